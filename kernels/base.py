@@ -1,0 +1,110 @@
+"""The kernel interface.
+
+A kernel is a named, versioned, deterministic step function with a declared comparison
+mode (DESIGN.md section 3):
+
+* ``init_state(spec, device)`` derives ``s_0`` from the spec alone (seeded), so the verifier
+  re-derives it and the worker cannot choose it;
+* ``step(state, i, spec, device)`` maps ``s_{i-1}`` to ``s_i`` (``i`` is 1-based) and must not
+  modify its input;
+* ``mode`` is ``"exact"`` (states compared by digest) or ``"tolerance"`` (``compare`` applies
+  a calibrated bound that is part of the kernel version);
+* ``schema(spec)`` gives the name -> (dtype, shape) every state has, so a claimed state of the
+  wrong dtype or shape is refused before anything is recomputed.
+
+The CPU path is the reference that defines the result; other backends are tested against it.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
+
+from verifier.encoding import State, Tensor, state_digest, state_schema
+from verifier.errors import SpecError
+
+if TYPE_CHECKING:
+    from verifier.jobs import JobSpec, ParamValue
+
+Mode = Literal["exact", "tolerance"]
+Schema = dict[str, tuple[str, tuple[int, ...]]]
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """Outcome of comparing a recomputed state with a claimed one."""
+
+    ok: bool
+    detail: str = ""
+    #: for tolerance kernels: the largest observed ratio deviation / allowed (<= 1 passes)
+    worst_ratio: float = 0.0
+
+
+class Kernel(ABC):
+    name: ClassVar[str]
+    version: ClassVar[int]
+    mode: ClassVar[Mode]
+    summary: ClassVar[str]
+    #: parameter name -> (default, min, max) for integer parameters
+    int_params: ClassVar[Mapping[str, tuple[int, int, int]]] = {}
+    #: devices this kernel can run on ("cpu", "cuda")
+    devices: ClassVar[tuple[str, ...]] = ("cpu",)
+
+    def check_params(self, params: dict[str, ParamValue]) -> dict[str, ParamValue]:
+        """Fill defaults and validate; raise SpecError naming what was expected and what came."""
+        unknown = set(params) - set(self.int_params)
+        if unknown:
+            raise SpecError(
+                f"kernel {self.name}@{self.version} has no parameter(s) {sorted(unknown)}; "
+                f"expected some of {sorted(self.int_params)}"
+            )
+        out: dict[str, ParamValue] = {}
+        for key, (default, lo, hi) in self.int_params.items():
+            v = params.get(key, default)
+            if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
+                raise SpecError(f"{self.name} parameter {key!r} must be an integer in {lo}..{hi}, got {v!r}")
+            out[key] = v
+        return out
+
+    def check_device(self, device: str) -> None:
+        kind = device.split(":")[0]
+        if kind not in self.devices:
+            raise SpecError(f"kernel {self.name}@{self.version} runs on {list(self.devices)}, not {device!r}")
+
+    @abstractmethod
+    def init_state(self, spec: JobSpec, device: str = "cpu") -> dict[str, Tensor]: ...
+
+    @abstractmethod
+    def step(self, state: State, i: int, spec: JobSpec, device: str = "cpu") -> dict[str, Tensor]: ...
+
+    @abstractmethod
+    def schema(self, spec: JobSpec) -> Schema: ...
+
+    def compare(self, expected: State, claimed: State, spec: JobSpec) -> Comparison:
+        """Exact kernels compare digests; tolerance kernels override this with their bound."""
+        if state_digest(expected) == state_digest(claimed):
+            return Comparison(True)
+        return Comparison(False, "state differs from the recomputed one")
+
+    def check_schema(self, state: State, spec: JobSpec) -> str | None:
+        """None if ``state`` has exactly the expected names, dtypes and shapes, else why not."""
+        want = self.schema(spec)
+        got = state_schema(state)
+        if want == got:
+            return None
+        for name in sorted(set(want) | set(got)):
+            if want.get(name) != got.get(name):
+                return f"tensor {name!r}: expected {want.get(name)}, got {got.get(name)}"
+        return "schema differs"  # pragma: no cover
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "version": self.version,
+            "mode": self.mode,
+            "summary": self.summary,
+            "params": {k: {"default": d, "min": lo, "max": hi} for k, (d, lo, hi) in self.int_params.items()},
+            "devices": list(self.devices),
+        }

@@ -1,0 +1,145 @@
+"""Job specs and job ids.
+
+A :class:`JobSpec` names a kernel (and its version), a number of steps, a seed and the
+kernel's parameters. Parameters are completed with the kernel's defaults on construction, so
+two specs that mean the same job have the same canonical JSON and the same job id::
+
+    job_id = BLAKE3-derive_key(JOB_CONTEXT, canonical JSON)
+
+Canonical JSON: keys sorted, no whitespace, UTF-8, integers only (no floats: their text form
+is not canonical across languages).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any, Final
+
+from blake3 import blake3
+
+from verifier.errors import LimitExceeded, MalformedError, SpecError
+
+if TYPE_CHECKING:
+    from kernels.base import Kernel
+
+JOB_CONTEXT: Final = "pocv 2026-11 job id v1"
+MAX_STEPS: Final = 1 << 32  # 4 Gi steps: leaf hashes alone would be 128 GiB
+MAX_SEED: Final = (1 << 63) - 1
+MAX_PARAMS: Final = 32
+MAX_PARAM_INT: Final = 1 << 53  # exact in every JSON implementation
+MAX_PARAM_STR: Final = 256
+MAX_SPEC_BYTES: Final = 64 * 1024
+
+ParamValue = int | str | bool
+_KEY_RE: Final = re.compile(r"[a-z][a-z0-9_]{0,31}")
+_KERNEL_RE: Final = re.compile(r"[a-z][a-z0-9\-]{0,63}")
+
+
+def _check_param(key: object, value: object) -> None:
+    if not isinstance(key, str) or not _KEY_RE.fullmatch(key):
+        raise SpecError(f"parameter name must match {_KEY_RE.pattern}, got {key!r}")
+    if isinstance(value, bool):
+        return
+    if isinstance(value, int):
+        if abs(value) > MAX_PARAM_INT:
+            raise SpecError(f"parameter {key!r} must be within +-2^53, got {value}")
+        return
+    if isinstance(value, str):
+        if len(value) > MAX_PARAM_STR:
+            raise SpecError(f"parameter {key!r} is at most {MAX_PARAM_STR} characters, got {len(value)}")
+        return
+    raise SpecError(f"parameter {key!r} must be an int, str or bool, got {type(value).__name__}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class JobSpec:
+    """What to compute. ``version=0`` means the registry's current version of the kernel."""
+
+    kernel: str
+    steps: int
+    seed: int
+    params: Mapping[str, ParamValue] = field(default_factory=dict)
+    version: int = 0
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.kernel, str) or not _KERNEL_RE.fullmatch(self.kernel):
+            raise SpecError(f"kernel name must match {_KERNEL_RE.pattern}, got {self.kernel!r}")
+        for name, lo, hi in (("steps", 1, MAX_STEPS), ("seed", 0, MAX_SEED), ("version", 0, 1 << 31)):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
+                raise SpecError(f"{name} must be an integer in {lo}..{hi}, got {v!r}")
+        if not isinstance(self.params, Mapping):
+            raise SpecError(f"params must be a mapping, got {type(self.params).__name__}")
+        if len(self.params) > MAX_PARAMS:
+            raise SpecError(f"at most {MAX_PARAMS} parameters, got {len(self.params)}")
+        for k, v in self.params.items():
+            _check_param(k, v)
+        from kernels import get_kernel  # lazy: kernels import verifier modules
+
+        k = get_kernel(self.kernel, self.version or None)
+        params = k.check_params(dict(self.params))
+        for key, value in params.items():
+            _check_param(key, value)
+        object.__setattr__(self, "version", k.version)
+        object.__setattr__(self, "params", MappingProxyType(dict(sorted(params.items()))))
+
+    @property
+    def kernel_ref(self) -> str:
+        """``name@version``, as recorded in commitments."""
+        return f"{self.kernel}@{self.version}"
+
+    def get_kernel(self) -> Kernel:
+        from kernels import get_kernel
+
+        return get_kernel(self.kernel, self.version)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "kernel": self.kernel,
+            "version": self.version,
+            "steps": self.steps,
+            "seed": self.seed,
+            "params": dict(self.params),
+        }
+
+    def canonical_json(self) -> bytes:
+        return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+    @property
+    def job_id(self) -> bytes:
+        return bytes(blake3(self.canonical_json(), derive_key_context=JOB_CONTEXT).digest())
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True, indent=2)
+
+    @classmethod
+    def from_dict(cls, d: object) -> JobSpec:
+        if not isinstance(d, dict):
+            raise SpecError(f"a job spec is a JSON object, got {type(d).__name__}")
+        unknown = set(d) - {"kernel", "version", "steps", "seed", "params"}
+        if unknown:
+            raise SpecError(f"unknown job spec fields: {sorted(unknown)}")
+        missing = {"kernel", "steps", "seed"} - set(d)
+        if missing:
+            raise SpecError(f"job spec is missing {sorted(missing)}")
+        return cls(
+            kernel=d["kernel"],
+            steps=d["steps"],
+            seed=d["seed"],
+            params=d.get("params", {}),
+            version=d.get("version", 0),
+        )
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> JobSpec:
+        if len(text) > MAX_SPEC_BYTES:
+            raise LimitExceeded(f"a job spec is at most {MAX_SPEC_BYTES} bytes, got {len(text)}")
+        try:
+            d = json.loads(text)
+        except (ValueError, RecursionError) as e:
+            raise MalformedError(f"job spec is not valid JSON: {e}") from e
+        return cls.from_dict(d)
