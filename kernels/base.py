@@ -88,6 +88,16 @@ class Kernel(ABC):
             return Comparison(True)
         return Comparison(False, "state differs from the recomputed one")
 
+    def verify_step(
+        self, prev: State, claimed: State, i: int, spec: JobSpec, device: str = "cpu"
+    ) -> Comparison:
+        """Is ``claimed`` a correct ``s_i`` given ``prev`` = ``s_{i-1}``?
+
+        The default recomputes the step and applies :meth:`compare`. Kernels with a cheaper
+        sound check (Freivalds for matrix products) override this.
+        """
+        return self.compare(self.step(prev, i, spec, device), claimed, spec)
+
     def check_schema(self, state: State, spec: JobSpec) -> str | None:
         """None if ``state`` has exactly the expected names, dtypes and shapes, else why not."""
         want = self.schema(spec)

@@ -96,10 +96,13 @@ def _raw(t: Tensor) -> tuple[str, tuple[int, ...], np.ndarray[Any, Any]]:
     else:
         arr = t
     raw_dtype = _DTYPES[name][1]
+    # (np.ascontiguousarray would turn a 0-d array into a 1-d one; copy(order="C") keeps it)
     if name == "bfloat16":  # int16 bits from torch -> the same bits as uint16
-        arr = np.ascontiguousarray(arr).view(raw_dtype)
+        arr = arr.view(raw_dtype)
     else:  # astype swaps big-endian input; a no-op for native little-endian arrays
-        arr = np.ascontiguousarray(arr.astype(raw_dtype, copy=False))
+        arr = arr.astype(raw_dtype, copy=False)
+    if not arr.flags.c_contiguous:
+        arr = arr.copy(order="C")
     return name, tuple(int(d) for d in arr.shape), arr
 
 
@@ -207,8 +210,8 @@ def decode_state(data: bytes | bytearray | memoryview) -> dict[str, torch.Tensor
             raise LimitExceeded(f"a tensor has at most {MAX_NDIM} dimensions, got {ndim}")
         shape = struct.unpack(f"<{ndim}Q", take(8 * ndim, "shape"))
         _, raw_dtype, tdtype, itemsize = _DTYPES[dname]
-        nbytes = itemsize
-        for d in shape:
+        nbytes = 0 if 0 in shape else itemsize
+        for d in shape if nbytes else ():
             nbytes *= d
             if nbytes > n:  # checked as it grows: no overflow, no huge allocation
                 raise LimitExceeded(f"tensor {name!r} of shape {shape} needs more bytes than the "

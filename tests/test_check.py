@@ -1,0 +1,141 @@
+"""Prover + Verifier through the library: honest PASS, each cheat a FAIL with its reason."""
+
+from __future__ import annotations
+
+import pytest
+from solders.keypair import Keypair
+
+from tests.helpers import SMALL, StepCheater, flip_one, replay, widen_dtype
+from verifier import Prover, VerificationFailed, Verifier
+from verifier.bundle import Response
+from verifier.errors import MismatchError, SignatureError
+from verifier.records import Commitment
+
+BEACON = bytes(range(32))
+
+
+@pytest.fixture(scope="module")
+def honest(tmp_path_factory):
+    key = Keypair.from_seed(bytes([3]) * 32)
+    prover = Prover(trace_dir=tmp_path_factory.mktemp("h") / "trace", key=key, checkpoint_every=8)
+    return prover, prover.run(SMALL)
+
+
+def _round(prover, commitment, verifier_key, k=None):
+    v = Verifier(key=verifier_key)
+    ch = v.challenge(commitment, beacon=BEACON, k=k)
+    return v, ch, prover.respond(ch)
+
+
+def test_honest_worker_passes(honest, verifier_key) -> None:
+    prover, c = honest
+    v, ch, resp = _round(prover, c, verifier_key)
+    verdict = v.check(c, ch, resp)
+    assert verdict.passed, verdict.failures
+    assert verdict.indices == ch.indices
+    assert len(verdict.outcomes) == min(66, SMALL.steps)
+    verdict.verify_signature(expected_verifier=bytes(verifier_key.pubkey()))
+    assert v.verify(c, ch, resp.to_bytes()) == verdict  # raising form agrees on PASS (bytes accepted)
+
+
+def test_every_step_checked_when_k_covers_all(honest, verifier_key) -> None:
+    prover, c = honest
+    v, ch, resp = _round(prover, c, verifier_key, k=SMALL.steps)
+    assert ch.indices == tuple(range(1, SMALL.steps + 1))
+    assert v.check(c, ch, resp).passed
+
+
+@pytest.mark.parametrize(("name", "fake", "reason"), [
+    ("replay", replay, "MISMATCH"),
+    ("flip-one-byte", flip_one, "MISMATCH"),
+    ("wrong-dtype", widen_dtype, "BAD_STATE"),
+])
+def test_cheating_every_step_is_caught(tmp_path, verifier_key, name, fake, reason) -> None:
+    cheat = StepCheater(trace_dir=tmp_path / "t", key=Keypair(), checkpoint_every=8,
+                        when=lambda i: i == 17, fake=fake)
+    c = cheat.run(SMALL)
+    v, ch, resp = _round(cheat, c, verifier_key, k=SMALL.steps)
+    verdict = v.check(c, ch, resp)
+    assert not verdict.passed
+    assert [o.index for o in verdict.failures][0] == 17
+    assert verdict.failures[0].reason == reason
+    with pytest.raises(VerificationFailed, match="FAIL") as e:
+        v.verify(c, ch, resp)
+    assert e.value.verdict == verdict
+
+
+def test_refusal_is_a_fail(honest, verifier_key) -> None:
+    prover, c = honest
+    v, ch, _ = _round(prover, c, verifier_key)
+    verdict = v.check(c, ch, None)
+    assert not verdict.passed and {o.reason for o in verdict.outcomes} == {"REFUSED"}
+
+
+def test_partial_answer_marks_missing_steps(honest, verifier_key) -> None:
+    prover, c = honest
+    v, ch, resp = _round(prover, c, verifier_key, k=5)
+    dropped = ch.indices[2]
+    keep = set(Response.opened_leaves([i for i in ch.indices if i != dropped]))
+    partial = prover._open_states  # build a real multiproof over fewer leaves
+    from verifier.merkle import MerkleTree
+    from verifier.store import TraceStore
+
+    store = TraceStore.open(prover.trace_dir)
+    leaves = store.read_leaves()
+    states = {j: s for j, s in resp.states.items() if j in keep}
+    r2 = Response(job_id=resp.job_id, root=resp.root, tree_size=resp.tree_size, indices=resp.indices,
+                  states=states, proof=tuple(MerkleTree(leaves).multiproof(sorted(states))))
+    verdict = v.check(c, ch, r2)
+    reasons = {o.index: o.reason for o in verdict.outcomes}
+    assert reasons[dropped] == "MISSING"
+    assert all(r == "OK" for i, r in reasons.items() if i != dropped)
+    assert partial is not None
+
+
+def test_response_to_another_job_is_wrong_job(tmp_path, honest, verifier_key) -> None:
+    prover, c = honest
+    other_spec = type(SMALL)(kernel="gemm-int8", steps=SMALL.steps, seed=12, params={"n": 32})
+    other = Prover(trace_dir=tmp_path / "o", key=prover.key, checkpoint_every=8)
+    oc = other.run(other_spec)
+    v = Verifier(key=verifier_key)
+    ch = v.challenge(c, beacon=BEACON)
+    och = v.challenge(oc, beacon=BEACON)
+    verdict = v.check(c, ch, other.respond(och))
+    assert {o.reason for o in verdict.outcomes} == {"WRONG_JOB"}
+
+
+def test_challenge_must_belong_to_commitment(honest, verifier_key) -> None:
+    prover, c = honest
+    v = Verifier(key=verifier_key)
+    ch = v.challenge(c, beacon=BEACON)
+    forged = type(ch)(job_id=ch.job_id, root=ch.root, steps=ch.steps, beacon=ch.beacon,
+                      indices=tuple(i for i in range(1, ch.k + 1)), confidence=ch.confidence,
+                      cheat_fraction=ch.cheat_fraction)
+    with pytest.raises(MismatchError, match="beacon derives"):
+        v.check(c, forged, None)
+    with pytest.raises(MismatchError, match="beacon derives"):
+        prover.respond(forged)
+
+
+def test_unsigned_commitment_is_refused(honest, verifier_key) -> None:
+    _, c = honest
+    forged = Commitment(spec=c.spec, root=c.root, worker=c.worker)
+    with pytest.raises(SignatureError):
+        Verifier(key=verifier_key).challenge(forged, beacon=BEACON)
+
+
+def test_wrong_initial_state_is_bad_init(tmp_path, verifier_key) -> None:
+    class BadStart(Prover):
+        def run(self, spec, *, device="cpu"):  # type: ignore[no-untyped-def]
+            k = spec.get_kernel()
+            orig = k.init_state
+            k.init_state = lambda s, d="cpu": flip_one(orig(s, d), 0)  # type: ignore[method-assign]
+            try:
+                return super().run(spec, device=device)
+            finally:
+                del k.init_state
+
+    p = BadStart(trace_dir=tmp_path / "t", key=Keypair(), checkpoint_every=8)
+    c = p.run(SMALL)
+    v, ch, resp = _round(p, c, verifier_key)
+    assert {o.reason for o in v.check(c, ch, resp).outcomes} == {"BAD_INIT"}

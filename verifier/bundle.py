@@ -1,0 +1,188 @@
+"""The response bundle: a worker's answer to a challenge, as one self-contained binary file.
+
+Format 1 (all integers little-endian; no pickle, nothing executable)::
+
+    magic        8 bytes  b"POCVRSP\\x00"
+    version      u16      1
+    flags        u16      0 (reserved; must be zero)
+    job_id       32 bytes
+    root         32 bytes
+    tree_size    u64      steps + 1 (leaves s_0 .. s_steps)
+    k            u32      number of challenged steps, 1..MAX_CHALLENGES
+    indices      u64[k]   the challenged steps, strictly ascending, each in 1..steps
+    m            u32      number of opened states, 1..2k+1
+    m times:
+      leaf       u64      leaf index, strictly ascending, in 0..steps
+      length     u64      byte length of the state, <= MAX_STATE_BYTES
+      state      bytes    canonical state encoding (verifier.encoding)
+    p            u32      number of multiproof hashes, <= MAX_PROOF_HASHES
+    proof        p * 32 bytes, in verifier.merkle's multiproof order
+    (end of file: trailing bytes are an error)
+
+The opened leaves are ``{0} | {i-1, i for each challenged i}``: ``s_0`` is always opened so
+the verifier can check it against the one it derives from the spec. Every count and length is
+checked against a named limit and against the bytes actually left in the file before anything
+is allocated, so a bundle claiming 2^40 bytes is refused at once.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import struct
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from types import MappingProxyType
+from typing import BinaryIO, Final
+
+from verifier.encoding import MAX_STATE_BYTES
+from verifier.errors import InputError, LimitExceeded, MalformedError
+from verifier.merkle import DIGEST_SIZE, MAX_PROOF_HASHES, MAX_TREE_SIZE
+from verifier.records import MAX_CHALLENGES
+from verifier.store import atomic_write
+
+MAGIC: Final = b"POCVRSP\x00"
+BUNDLE_VERSION: Final = 1
+#: The largest bundle accepted: every challenged pair of states at the largest state size
+#: would be far more; 64 GiB bounds what a verifier will ever read from one worker.
+MAX_BUNDLE_BYTES: Final = 64 << 30
+
+
+@dataclass(frozen=True, kw_only=True)
+class Response:
+    job_id: bytes
+    root: bytes
+    tree_size: int
+    indices: tuple[int, ...]
+    states: Mapping[int, bytes]  # leaf index -> canonical state bytes
+    proof: tuple[bytes, ...]
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "indices", tuple(self.indices))
+        object.__setattr__(self, "proof", tuple(self.proof))
+        object.__setattr__(self, "states", MappingProxyType(dict(sorted(self.states.items()))))
+
+    @staticmethod
+    def opened_leaves(indices: tuple[int, ...] | list[int]) -> list[int]:
+        """The leaves a response to ``indices`` opens: 0 and i-1, i for each i."""
+        out = {0}
+        for i in indices:
+            out.add(i - 1)
+            out.add(i)
+        return sorted(out)
+
+    # -- writing ---------------------------------------------------------------------------
+
+    def write_to(self, f: BinaryIO) -> None:
+        f.write(MAGIC + struct.pack("<HH", BUNDLE_VERSION, 0) + self.job_id + self.root)
+        f.write(struct.pack(f"<QI{len(self.indices)}Q", self.tree_size, len(self.indices), *self.indices))
+        f.write(struct.pack("<I", len(self.states)))
+        for leaf, data in self.states.items():
+            f.write(struct.pack("<QQ", leaf, len(data)))
+            f.write(data)
+        f.write(struct.pack("<I", len(self.proof)))
+        f.write(b"".join(self.proof))
+
+    def to_bytes(self) -> bytes:
+        buf = io.BytesIO()
+        self.write_to(buf)
+        return buf.getvalue()
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Write atomically (temporary file + rename)."""
+        atomic_write(Path(path), self.to_bytes())
+
+    # -- reading ---------------------------------------------------------------------------
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> Response:
+        return _parse(io.BytesIO(data), len(data))
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> Response:
+        p = Path(path)
+        try:
+            with p.open("rb") as f:
+                size = os.fstat(f.fileno()).st_size
+                return _parse(f, size)
+        except FileNotFoundError as e:
+            raise InputError(f"response bundle {str(p)!r} does not exist") from e
+        except IsADirectoryError as e:
+            raise InputError(f"response bundle {str(p)!r} is a directory, expected a file") from e
+        except OSError as e:
+            raise InputError(f"cannot read response bundle {str(p)!r}: {e.strerror}") from e
+
+
+class _Reader:
+    def __init__(self, f: BinaryIO, size: int) -> None:
+        self.f = f
+        self.left = size
+
+    def take(self, n: int, what: str) -> bytes:
+        if n > self.left:
+            raise MalformedError(f"bundle truncated: expected {n} bytes of {what}, got {self.left}")
+        out = self.f.read(n)
+        if len(out) != n:  # pragma: no cover - the file shrank while being read
+            raise MalformedError(f"bundle truncated: expected {n} bytes of {what}, got {len(out)}")
+        self.left -= n
+        return out
+
+    def u32(self, what: str) -> int:
+        return int(struct.unpack("<I", self.take(4, what))[0])
+
+    def u64(self, what: str) -> int:
+        return int(struct.unpack("<Q", self.take(8, what))[0])
+
+
+def _parse(f: BinaryIO, size: int) -> Response:
+    if size > MAX_BUNDLE_BYTES:
+        raise LimitExceeded(f"a bundle is at most {MAX_BUNDLE_BYTES} bytes, got {size}")
+    r = _Reader(f, size)
+    magic = r.take(len(MAGIC), "magic")
+    if magic != MAGIC:
+        raise MalformedError(f"not a pocv response bundle: expected magic {MAGIC!r}, got {magic!r}")
+    version, flags = struct.unpack("<HH", r.take(4, "version"))
+    if version != BUNDLE_VERSION:
+        raise MalformedError(f"bundle version: expected {BUNDLE_VERSION}, got {version}")
+    if flags:
+        raise MalformedError(f"bundle flags: expected 0, got {flags:#x}")
+    job_id = r.take(32, "job id")
+    root = r.take(DIGEST_SIZE, "root")
+    tree_size = r.u64("tree size")
+    if not 2 <= tree_size <= MAX_TREE_SIZE:
+        raise LimitExceeded(f"bundle tree size must be in 2..{MAX_TREE_SIZE}, got {tree_size}")
+    k = r.u32("index count")
+    if not 1 <= k <= MAX_CHALLENGES:
+        raise LimitExceeded(f"bundle index count must be in 1..{MAX_CHALLENGES}, got {k}")
+    indices = struct.unpack(f"<{k}Q", r.take(8 * k, "indices"))
+    prev = 0
+    for i in indices:
+        if not prev < i < tree_size:
+            raise MalformedError(f"bundle indices must ascend strictly within 1..{tree_size - 1}; "
+                                 f"got {i} after {prev}")
+        prev = i
+    m = r.u32("state count")
+    if not 1 <= m <= 2 * k + 1:
+        raise LimitExceeded(f"bundle state count must be in 1..{2 * k + 1} for {k} indices, got {m}")
+    states: dict[int, bytes] = {}
+    last = -1
+    for _ in range(m):
+        leaf = r.u64("leaf index")
+        if not last < leaf < tree_size:
+            raise MalformedError(f"bundle leaf indices must ascend strictly within 0..{tree_size - 1}; "
+                                 f"got {leaf} after {last}")
+        last = leaf
+        length = r.u64("state length")
+        if length > MAX_STATE_BYTES:
+            raise LimitExceeded(f"a state is at most {MAX_STATE_BYTES} bytes, bundle claims {length}")
+        states[leaf] = r.take(length, f"state {leaf}")
+    p = r.u32("proof length")
+    if p > MAX_PROOF_HASHES:
+        raise LimitExceeded(f"a multiproof has at most {MAX_PROOF_HASHES} hashes, bundle claims {p}")
+    raw = r.take(DIGEST_SIZE * p, "proof")
+    proof = tuple(raw[j : j + DIGEST_SIZE] for j in range(0, len(raw), DIGEST_SIZE))
+    if r.left:
+        raise MalformedError(f"bundle has {r.left} trailing bytes")
+    return Response(job_id=job_id, root=root, tree_size=tree_size, indices=tuple(indices),
+                    states=states, proof=proof)

@@ -1,0 +1,174 @@
+"""The verifier side: issue challenges, check responses, sign verdicts.
+
+``Verifier.check`` is the result form (always returns a signed :class:`Verdict` with a reason
+per challenged step); ``Verifier.verify`` is the raising form. The numbered steps follow
+DESIGN.md section 5:
+
+(1) the commitment's signature verifies and its job id is the id of its spec;
+(2) the challenge belongs to the commitment and its indices are the ones its beacon derives;
+(3) the response bundle parses within every limit;
+(4) the response is for this job id, root, tree size and challenge;
+(5) it opens exactly leaf 0 and i-1, i for each challenged i (fewer: those steps are MISSING);
+(6) the multiproof over the opened states' digests leads to the committed root;
+(7) the opened s_0 is the one the spec derives;
+(8) each challenged step recomputes (exact) or lies within the bound (tolerance) on this
+    verifier's device, after the claimed states are checked against the kernel's schema;
+(9) the verdict is signed.
+
+A response that fails (3)-(7) is the worker's fault and gives a FAIL verdict; inputs that fail
+(1)-(2) are the caller's and raise.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from solders.keypair import Keypair
+
+from verifier.bundle import Response
+from verifier.challenge import derive_indices, sample_size
+from verifier.encoding import decode_state, digest_encoded, state_digest
+from verifier.errors import EvidenceError, InputError, MismatchError, ProofError, VerificationFailed
+from verifier.merkle import verify_multiproof
+from verifier.records import Challenge, Commitment, Outcome, Verdict
+
+if TYPE_CHECKING:
+    from kernels.base import Kernel
+    from verifier.jobs import JobSpec
+
+DEFAULT_CONFIDENCE = 0.999
+DEFAULT_CHEAT_FRACTION = 0.1
+
+
+class Verifier:
+    """Challenges a commitment and checks the worker's response on ``device``."""
+
+    def __init__(self, *, key: Keypair, device: str = "cpu") -> None:
+        self.key = key
+        self.device = device
+
+    @property
+    def public_key(self) -> bytes:
+        return bytes(self.key.pubkey())
+
+    def challenge(
+        self,
+        commitment: Commitment,
+        *,
+        beacon: bytes,
+        confidence: float = DEFAULT_CONFIDENCE,
+        cheat_fraction: float = DEFAULT_CHEAT_FRACTION,
+        k: int | None = None,
+        beacon_source: str = "verifier nonce",
+    ) -> Challenge:
+        """Indices from (job id, root, beacon); k from (p, f) unless given."""
+        if not isinstance(beacon, bytes) or len(beacon) != 32:
+            raise InputError("a challenge needs a 32-byte beacon the worker could not know before committing")
+        commitment.verify_signature()
+        if k is None:
+            k = sample_size(confidence, cheat_fraction)
+        elif not 0 <= cheat_fraction <= 1:
+            raise InputError(f"cheat fraction f must be in [0, 1], got {cheat_fraction}")
+        indices = derive_indices(commitment.job_id, commitment.root, beacon, commitment.steps, k)
+        return Challenge(job_id=commitment.job_id, root=commitment.root, steps=commitment.steps,
+                         beacon=beacon, indices=indices, confidence=confidence,
+                         cheat_fraction=cheat_fraction, beacon_source=beacon_source)
+
+    # -- result form -----------------------------------------------------------------------
+
+    def check(self, commitment: Commitment, challenge: Challenge, response: Response | bytes | None) -> Verdict:
+        """Check ``response`` and return the signed verdict (PASS or FAIL, reasons per step).
+
+        ``response`` may be raw bundle bytes (parsed here; a malformed bundle is a FAIL) or
+        None (the worker refused or timed out: a FAIL).
+        """
+        # (1) the commitment
+        commitment.verify_signature()
+        spec = commitment.spec
+        kernel = spec.get_kernel()
+        # (2) the challenge
+        if (challenge.job_id, challenge.root, challenge.steps) != (
+                commitment.job_id, commitment.root, commitment.steps):
+            raise MismatchError("challenge is not for this commitment (job id, root or steps differ)")
+        derived = derive_indices(commitment.job_id, commitment.root, challenge.beacon, commitment.steps,
+                                 challenge.k)
+        if derived != challenge.indices:
+            raise MismatchError("challenge indices are not the ones its beacon derives")
+        indices = challenge.indices
+
+        def verdict(outcomes: Sequence[Outcome]) -> Verdict:
+            # (9)
+            return Verdict.create(job_id=commitment.job_id, root=commitment.root, beacon=challenge.beacon,
+                                  kernel=spec.kernel_ref, outcomes=outcomes,
+                                  cheat_fraction=challenge.cheat_fraction, key=self.key)
+
+        def all_fail(reason: str, detail: str) -> Verdict:
+            return verdict([Outcome(i, reason, detail) for i in indices])
+
+        if response is None:
+            return all_fail("REFUSED", "no response")
+        # (3) parse
+        if not isinstance(response, Response):
+            try:
+                response = Response.from_bytes(response)
+            except EvidenceError as e:
+                return all_fail("MALFORMED", str(e))
+        # (4) for this job and challenge
+        if (response.job_id, response.root, response.tree_size) != (
+                commitment.job_id, commitment.root, commitment.tree_size):
+            return all_fail("WRONG_JOB", "response is for another job id, root or tree size")
+        if response.indices != indices:
+            return all_fail("WRONG_JOB", "response answers other indices than the challenge")
+        # (5) the opened set
+        want = set(Response.opened_leaves(list(indices)))
+        have = set(response.states)
+        if have - want:
+            return all_fail("MALFORMED", f"response opens leaves that were not asked for: {sorted(have - want)[:8]}")
+        if 0 not in have:
+            return all_fail("MISSING", "response does not open s_0")
+        # (6) the multiproof over what was opened
+        digests = {j: digest_encoded(data) for j, data in response.states.items()}
+        try:
+            verify_multiproof(commitment.root, commitment.tree_size, digests, response.proof)
+        except ProofError as e:
+            return all_fail("BAD_PROOF", str(e))
+        # (7) s_0 re-derived from the spec
+        s0 = kernel.init_state(spec, self.device)
+        if state_digest(s0) != digests[0]:
+            return all_fail("BAD_INIT", "opened s_0 is not the state the spec derives")
+        # (8) recompute each challenged step
+        outcomes = [self._check_step(i, response, kernel, spec) for i in indices]
+        return verdict(outcomes)
+
+    def _check_step(self, i: int, response: Response, kernel: Kernel, spec: JobSpec) -> Outcome:
+        if i - 1 not in response.states or i not in response.states:
+            return Outcome(i, "MISSING", f"states {i - 1} and {i} must both be opened")
+        try:
+            prev = decode_state(response.states[i - 1])
+            claimed = decode_state(response.states[i])
+        except EvidenceError as e:
+            return Outcome(i, "BAD_STATE", str(e))
+        for which, st in ((i - 1, prev), (i, claimed)):
+            why = kernel.check_schema(st, spec)
+            if why is not None:
+                return Outcome(i, "BAD_STATE", f"state {which}: {why}")
+        try:
+            result = kernel.verify_step(prev, claimed, i, spec, self.device)
+        except EvidenceError as e:
+            return Outcome(i, "BAD_STATE", str(e))
+        if result.ok:
+            return Outcome(i, "OK", result.detail)
+        return Outcome(i, "MISMATCH", result.detail)
+
+    # -- raising form ----------------------------------------------------------------------
+
+    def verify(self, commitment: Commitment, challenge: Challenge, response: Response | bytes | None) -> Verdict:
+        """Like :meth:`check`, but raise :class:`VerificationFailed` (carrying the verdict) on FAIL."""
+        v = self.check(commitment, challenge, response)
+        if not v.passed:
+            first = v.failures[0]
+            raise VerificationFailed(
+                f"FAIL: {len(v.failures)} of {len(v.outcomes)} challenged steps rejected; first: step "
+                f"{first.index} {first.reason}: {first.detail}", v)
+        return v

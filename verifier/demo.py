@@ -1,0 +1,152 @@
+"""``pocv demo``: an honest and a cheating worker, end to end, on the embedded defaults.
+
+Everything runs in a temporary directory on the CPU: no GPU, network or validator. The
+cheating worker replays ``s_{i-1}`` as ``s_i`` on a fifth of its steps (it saves that compute)
+and otherwise follows the protocol, so only the spot check can catch it.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from solders.keypair import Keypair
+
+from verifier.check import Verifier
+from verifier.errors import EXIT_FAIL, EXIT_PASS
+from verifier.jobs import JobSpec
+from verifier.prover import Prover
+from verifier.records import Challenge, Commitment, Verdict
+
+if TYPE_CHECKING:
+    from kernels.base import Kernel
+    from verifier.encoding import State, Tensor
+
+CHEAT_FRACTION = 0.2  # the demo cheater skips this fraction of steps
+
+
+class LazyProver(Prover):
+    """A worker that skips a fraction of its steps (replays the previous state instead)."""
+
+    def __init__(self, *, skip_fraction: float, seed: int, **kw: Any) -> None:
+        super().__init__(**kw)
+        self.skip_fraction = skip_fraction
+        self._salt = seed.to_bytes(8, "little")
+        self.skipped = 0
+
+    def _skips(self, i: int) -> bool:
+        from blake3 import blake3
+
+        r = int.from_bytes(blake3(self._salt + i.to_bytes(8, "little")).digest()[:8], "little")
+        return r < self.skip_fraction * 2**64
+
+    def _step(self, kernel: Kernel, state: State, i: int, spec: JobSpec, device: str) -> dict[str, Tensor]:
+        if self._skips(i):
+            self.skipped += 1
+            return dict(state)
+        return super()._step(kernel, state, i, spec, device)
+
+
+def _round(prover: Prover, verifier: Verifier, spec: JobSpec, workdir: Path, name: str) -> dict[str, Any]:
+    t0 = time.perf_counter()
+    commitment = prover.run(spec)
+    t_run = time.perf_counter() - t0
+    (workdir / f"{name}-commitment.json").write_text(commitment.to_json())
+    # the beacon is drawn only after the commitment is fixed
+    challenge = verifier.challenge(Commitment.from_json(commitment.to_json()), beacon=secrets.token_bytes(32),
+                                   confidence=0.999, cheat_fraction=0.1)
+    (workdir / f"{name}-challenge.json").write_text(challenge.to_json())
+    t1 = time.perf_counter()
+    response = prover.respond(Challenge.from_json(challenge.to_json()))
+    t_respond = time.perf_counter() - t1
+    bundle = response.to_bytes()
+    (workdir / f"{name}-response.pocv").write_bytes(bundle)
+    t2 = time.perf_counter()
+    verdict = verifier.check(commitment, challenge, bundle)
+    t_verify = time.perf_counter() - t2
+    (workdir / f"{name}-verdict.json").write_text(verdict.to_json())
+    Verdict.from_json(verdict.to_json())  # the written verdict parses and its signature verifies
+    return {"worker": name, "commitment": commitment, "challenge": challenge, "verdict": verdict,
+            "run_s": t_run, "respond_s": t_respond, "verify_s": t_verify, "bundle_bytes": len(bundle),
+            "states": len(response.states), "proof_hashes": len(response.proof)}
+
+
+def run_demo(*, steps: int = 200, n: int = 256, output: str = "text", keep: str | None = None,
+             out: Any = None) -> int:
+    out = out or sys.stdout
+    err = sys.stderr
+    spec = JobSpec(kernel="gemm-int8", steps=steps, seed=2026, params={"n": n})
+    with tempfile.TemporaryDirectory(prefix="pocv-demo-") as tmp:
+        workdir = Path(keep) if keep else Path(tmp)
+        workdir.mkdir(parents=True, exist_ok=True)
+        honest_key, cheat_key, verifier_key = Keypair(), Keypair(), Keypair()
+        verifier = Verifier(key=verifier_key)
+        err.write(f"pocv demo: job {spec.job_id.hex()[:16]}... {spec.kernel_ref} n={n}, {steps} steps\n")
+        err.write("  honest worker running...\n")
+        honest = _round(Prover(trace_dir=workdir / "honest-trace", key=honest_key), verifier, spec,
+                        workdir, "honest")
+        lazy = LazyProver(trace_dir=workdir / "cheater-trace", key=cheat_key,
+                          skip_fraction=CHEAT_FRACTION, seed=7)
+        err.write(f"  cheating worker running (skips {CHEAT_FRACTION:.0%} of steps)...\n")
+        cheat = _round(lazy, verifier, spec, workdir, "cheater")
+        cheat["skipped"] = lazy.skipped
+        market: dict[str, Any] | None = _market_round(spec, honest, cheat, verifier_key, out, output)
+    ok = honest["verdict"].passed and not cheat["verdict"].passed
+    if output == "json":
+        doc = {"job_id": spec.job_id.hex(), "kernel": spec.kernel_ref, "steps": steps,
+               "rounds": [_summary(r) for r in (honest, cheat)], "ok": ok}
+        if market is not None:
+            doc["market"] = market
+        out.write(json.dumps(doc, indent=2) + "\n")
+    else:
+        out.write(_text(spec, honest, cheat, keep))
+    return EXIT_PASS if ok else EXIT_FAIL
+
+
+def _market_round(spec: JobSpec, honest: dict[str, Any], cheat: dict[str, Any], verifier_key: Keypair,
+                  out: Any, output: str) -> dict[str, Any] | None:
+    """Settle both verdicts on the embedded Solana market when that layer is present."""
+    try:
+        from verifier.market.demo import settle_demo
+    except ImportError:
+        return None
+    result: dict[str, Any] = settle_demo(spec=spec, honest=honest, cheat=cheat, verifier_key=verifier_key,
+                                         out=out if output == "text" else None)
+    return result
+
+
+def _summary(r: dict[str, Any]) -> dict[str, Any]:
+    v: Verdict = r["verdict"]
+    return {"worker": r["worker"], "root": r["commitment"].root.hex(), "result": "PASS" if v.passed else "FAIL",
+            "checked": len(v.outcomes), "failed": len(v.failures), "detection": v.detection,
+            "run_s": round(r["run_s"], 4), "respond_s": round(r["respond_s"], 4),
+            "verify_s": round(r["verify_s"], 4), "bundle_bytes": r["bundle_bytes"],
+            "skipped_steps": r.get("skipped", 0)}
+
+
+def _text(spec: JobSpec, honest: dict[str, Any], cheat: dict[str, Any], keep: str | None) -> str:
+    lines = [f"pocv demo — job {spec.job_id.hex()[:16]}… ({spec.kernel_ref}, n={spec.params['n']}, "
+             f"{spec.steps} steps)", ""]
+    for r in (honest, cheat):
+        v: Verdict = r["verdict"]
+        who = "honest worker" if r["worker"] == "honest" else f"cheating worker (skipped {r['skipped']} steps)"
+        lines.append(f"{who}")
+        lines.append(f"  run + commit   {r['run_s']:.3f} s   root {r['commitment'].root.hex()[:16]}…")
+        lines.append(f"  challenge      {r['challenge'].k} of {spec.steps} steps "
+                     f"(p = {r['challenge'].confidence}, f = {r['challenge'].cheat_fraction})")
+        lines.append(f"  respond        {r['respond_s']:.3f} s   {r['states']} states, "
+                     f"{r['proof_hashes']} proof hashes, {r['bundle_bytes'] / 1e6:.1f} MB")
+        bad = ", ".join(f"{o.index}" for o in v.failures[:8]) + (" …" if len(v.failures) > 8 else "")
+        result = "PASS" if v.passed else f"FAIL — {len(v.failures)} steps rejected ({v.failures[0].reason}: {bad})"
+        lines.append(f"  verify         {r['verify_s']:.3f} s   {result}")
+        lines.append("")
+    ok = honest["verdict"].passed and not cheat["verdict"].passed
+    lines.append("result: honest worker PASSED, cheater CAUGHT" if ok else "result: UNEXPECTED — see verdicts")
+    if keep:
+        lines.append(f"records and traces kept in {keep}")
+    return "\n".join(lines) + "\n"

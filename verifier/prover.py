@@ -1,0 +1,205 @@
+"""The worker side: run a job, commit to every state, answer challenges.
+
+``Prover.run`` executes ``s_0 -> ... -> s_n`` on the chosen device, hashes every state, keeps
+all leaf digests and every c-th state in the trace directory (:mod:`verifier.store`), and signs
+the Merkle root. A run that was killed resumes from its last consistent checkpoint and reaches
+the same root. ``Prover.respond`` opens the challenged states, recomputing the ones it did not
+keep from the nearest checkpoint (at most c-1 steps each), with one multiproof for all.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from solders.keypair import Keypair
+
+from verifier.bundle import Response
+from verifier.challenge import derive_indices
+from verifier.encoding import DIGEST_SIZE, State, Tensor, decode_state, digest_encoded, encode_state, state_digest
+from verifier.errors import EvidenceError, InputError, MismatchError, StorageError
+from verifier.jobs import JobSpec
+from verifier.merkle import IncrementalTree, MerkleTree
+from verifier.records import Challenge, Commitment
+from verifier.store import DEFAULT_CHECKPOINT_EVERY, TraceStore, atomic_write
+
+if TYPE_CHECKING:
+    from kernels.base import Kernel
+
+#: progress(step_done, steps_total) is called at most this often (in steps) during a run
+PROGRESS_EVERY = 64
+Progress = Callable[[int, int], None]
+
+
+class Prover:
+    """A worker with a trace directory and a signing key."""
+
+    def __init__(
+        self,
+        *,
+        trace_dir: str | os.PathLike[str],
+        key: Keypair,
+        checkpoint_every: int = DEFAULT_CHECKPOINT_EVERY,
+        progress: Progress | None = None,
+    ) -> None:
+        self.trace_dir = Path(trace_dir)
+        self.key = key
+        self.checkpoint_every = checkpoint_every
+        self.progress = progress
+
+    # -- run -------------------------------------------------------------------------------
+
+    def run(self, spec: JobSpec, *, device: str = "cpu") -> Commitment:
+        """Run ``spec`` (or resume it), write ``commitment.json``, return the commitment."""
+        from verifier.device import deterministic, environment, fingerprint, resolve_device
+
+        device = resolve_device(device)
+        kernel = spec.get_kernel()
+        kernel.check_device(device)
+        store = TraceStore.open(self.trace_dir, spec, checkpoint_every=self.checkpoint_every)
+        done = self._existing_commitment(store, spec)
+        if done is not None:
+            return done
+        n = spec.steps
+        every = store.checkpoint_every
+        with deterministic():
+            resume = store.resume_point()
+            if resume is None:
+                start = 0
+                state = kernel.init_state(spec, device)
+                encoded = encode_state(state)
+                digest = digest_encoded(encoded)
+                store.append_leaf(digest)
+                store.write_checkpoint(0, encoded)
+                tree = IncrementalTree()
+                tree.append(digest)
+            else:
+                start, encoded = resume
+                state = {k: v.to(device) for k, v in decode_state(encoded).items()}
+                leaves = store.read_leaves()
+                tree = IncrementalTree.from_values(
+                    [leaves[j : j + DIGEST_SIZE] for j in range(0, len(leaves), DIGEST_SIZE)])
+            for i in range(start + 1, n + 1):
+                state = self._step(kernel, state, i, spec, device)
+                if i % every == 0:
+                    encoded = encode_state(state)
+                    digest = digest_encoded(encoded)
+                    store.append_leaf(digest)
+                    store.write_checkpoint(i, encoded)
+                else:
+                    digest = state_digest(state)
+                    store.append_leaf(digest)
+                tree.append(digest)
+                if self.progress is not None and (i % PROGRESS_EVERY == 0 or i == n):
+                    self.progress(i, n)
+            store.close()
+            env = environment()
+        env = {**env, "device": device, "checkpoint_every": every}
+        commitment = Commitment.create(spec=spec, root=tree.root(), key=self.key,
+                                       fingerprint=fingerprint(), environment=env)
+        atomic_write(store.commitment_path, commitment.to_json().encode())
+        return commitment
+
+    def _step(self, kernel: Kernel, state: State, i: int, spec: JobSpec, device: str) -> dict[str, Tensor]:
+        """One step of the job (the seam a simulated cheating worker overrides)."""
+        return kernel.step(state, i, spec, device)
+
+    def _existing_commitment(self, store: TraceStore, spec: JobSpec) -> Commitment | None:
+        path = store.commitment_path
+        if not path.exists():
+            return None
+        try:
+            c = Commitment.from_json(path.read_bytes())
+        except (OSError, EvidenceError):
+            return None  # unreadable or stale: recompute (the trace decides the root)
+        if c.job_id != spec.job_id or c.worker != bytes(self.key.pubkey()):
+            return None
+        return c
+
+    # -- respond ---------------------------------------------------------------------------
+
+    def commitment(self) -> Commitment:
+        store = TraceStore.open(self.trace_dir)
+        try:
+            return Commitment.from_json(store.commitment_path.read_bytes())
+        except FileNotFoundError as e:
+            raise InputError(f"trace {str(self.trace_dir)!r} has no commitment: the run is not complete") from e
+
+    def respond(self, challenge: Challenge, *, device: str | None = None) -> Response:
+        """Open the challenged states with one multiproof."""
+        from verifier.device import deterministic, resolve_device
+
+        commitment = self.commitment()
+        if challenge.job_id != commitment.job_id or challenge.root != commitment.root:
+            raise MismatchError(
+                f"challenge is for job {challenge.job_id.hex()[:16]}... root {challenge.root.hex()[:16]}..., "
+                f"this trace holds job {commitment.job_id.hex()[:16]}... root {commitment.root.hex()[:16]}...")
+        if challenge.steps != commitment.steps:
+            raise MismatchError(f"challenge says {challenge.steps} steps, the job has {commitment.steps}")
+        expected = derive_indices(challenge.job_id, challenge.root, challenge.beacon, commitment.steps, challenge.k)
+        if challenge.indices != expected:
+            raise MismatchError("challenge indices are not the ones its beacon derives")
+        store = TraceStore.open(self.trace_dir)
+        spec = store.spec
+        leaves = store.read_leaves()
+        if len(leaves) != DIGEST_SIZE * commitment.tree_size:
+            raise StorageError(f"trace holds {len(leaves) // DIGEST_SIZE} leaves, the commitment "
+                               f"{commitment.tree_size}")
+        tree = MerkleTree(leaves)
+        if tree.root != commitment.root:
+            raise StorageError("trace leaves do not give the committed root: the trace is corrupt")
+        needed = Response.opened_leaves(list(challenge.indices))
+        run_device = resolve_device(device or str(commitment.environment.get("device", "cpu")))
+        with deterministic():
+            states = self._open_states(store, spec, needed, leaves, run_device)
+        return Response(job_id=commitment.job_id, root=commitment.root, tree_size=commitment.tree_size,
+                        indices=challenge.indices, states=states, proof=tuple(tree.multiproof(needed)))
+
+    def _open_states(
+        self, store: TraceStore, spec: JobSpec, needed: list[int], leaves: bytes, device: str
+    ) -> dict[int, bytes]:
+        kernel = spec.get_kernel()
+        out: dict[int, bytes] = {}
+        segments: dict[int, list[int]] = {}
+        for j in needed:
+            segments.setdefault(store.nearest_checkpoint(j), []).append(j)
+        for base, wanted in sorted(segments.items()):
+            encoded = store.read_checkpoint(base)
+            state = {k: v.to(device) for k, v in decode_state(encoded).items()}
+            last = max(wanted)
+            for j in range(base, last + 1):
+                if j > base:
+                    state = self._step(kernel, state, j, spec, device)
+                    encoded = encode_state(state) if j in wanted else b""
+                if j in wanted:
+                    if digest_encoded(encoded) != leaves[j * DIGEST_SIZE : (j + 1) * DIGEST_SIZE]:
+                        raise StorageError(f"state {j} recomputed from checkpoint {base} does not match "
+                                           "its committed leaf: the trace or the device is not reproducible")
+                    out[j] = encoded
+        return out
+
+
+def load_commitment(path: str | os.PathLike[str]) -> Commitment:
+    from verifier.records import MAX_RECORD_BYTES
+    from verifier.store import read_file
+
+    return Commitment.from_json(read_file(path, limit=MAX_RECORD_BYTES, what="commitment"))
+
+
+def load_challenge(path: str | os.PathLike[str]) -> Challenge:
+    from verifier.records import MAX_RECORD_BYTES
+    from verifier.store import read_file
+
+    return Challenge.from_json(read_file(path, limit=MAX_RECORD_BYTES, what="challenge"))
+
+
+def load_spec(path: str | os.PathLike[str]) -> JobSpec:
+    from verifier.jobs import MAX_SPEC_BYTES
+    from verifier.store import read_file
+
+    return JobSpec.from_json(read_file(path, limit=MAX_SPEC_BYTES, what="job spec"))
+
+
+__all__ = ["Prover", "load_challenge", "load_commitment", "load_spec"]

@@ -1,0 +1,238 @@
+"""The prover's trace directory, and atomic file writes.
+
+Layout (format 1)::
+
+    TRACE/
+      trace.json          {"format": 1, "spec": {...}, "checkpoint_every": c}
+      leaves.bin          32-byte state digests of s_0, s_1, ... appended in order
+      checkpoints/        canonical bytes of s_j for j = 0, c, 2c, ... ("{j:012d}.state")
+      commitment.json     the signed commitment, once the run is complete
+
+Crash safety: every file other than ``leaves.bin`` is written to a temporary file, flushed,
+fsynced and renamed into place, so a reader sees the old file or the new one, never part of
+one. ``leaves.bin`` is only appended; before checkpoint j is written the leaves up to j are
+flushed and fsynced. On resume the store keeps the highest checkpoint whose digest matches
+its leaf and truncates ``leaves.bin`` after it (a torn append or a stale tail is dropped), so a
+prover killed at any point resumes from a consistent state and reaches the same root.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import Any, BinaryIO, Final
+
+from verifier.encoding import DIGEST_SIZE, MAX_STATE_BYTES, digest_encoded
+from verifier.errors import InputError, StorageError
+from verifier.jobs import JobSpec
+
+TRACE_FORMAT: Final = 1
+DEFAULT_CHECKPOINT_EVERY: Final = 16
+MAX_CHECKPOINT_EVERY: Final = 1 << 20
+_CKPT_RE: Final = re.compile(r"(\d{12})\.state")
+
+
+def atomic_write(path: Path, data: bytes, *, mode: int = 0o644, durable: bool = True) -> None:
+    """Write ``data`` to ``path`` via a temporary file in the same directory and a rename."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as e:
+        raise StorageError(f"cannot write {str(path)!r}: {e.strerror}") from e
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            if durable:
+                os.fsync(f.fileno())
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise StorageError(f"cannot write {str(path)!r}: {e.strerror}") from e
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def read_file(path: str | os.PathLike[str], *, limit: int, what: str) -> bytes:
+    """Read a whole input file, refusing one larger than ``limit`` before reading it."""
+    p = Path(path)
+    try:
+        with p.open("rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            if size > limit:
+                from verifier.errors import LimitExceeded
+
+                raise LimitExceeded(f"{what} {str(p)!r} is {size} bytes; the limit is {limit}")
+            return f.read(limit + 1)
+    except FileNotFoundError as e:
+        raise InputError(f"{what} {str(p)!r} does not exist") from e
+    except IsADirectoryError as e:
+        raise InputError(f"{what} {str(p)!r} is a directory, expected a file") from e
+    except OSError as e:
+        raise InputError(f"cannot read {what} {str(p)!r}: {e.strerror}") from e
+
+
+class TraceStore:
+    """Leaf hashes and checkpoints of one job on disk. Not safe for two writers at once."""
+
+    def __init__(self, root: str | os.PathLike[str], spec: JobSpec, *, checkpoint_every: int) -> None:
+        self.root = Path(root)
+        self.spec = spec
+        self.checkpoint_every = checkpoint_every
+        self._leaf_file: BinaryIO | None = None
+        self._pending = bytearray()
+
+    # -- opening ---------------------------------------------------------------------------
+
+    @classmethod
+    def open(
+        cls,
+        root: str | os.PathLike[str],
+        spec: JobSpec | None = None,
+        *,
+        checkpoint_every: int = DEFAULT_CHECKPOINT_EVERY,
+    ) -> TraceStore:
+        """Open an existing trace, or create one for ``spec``.
+
+        An existing trace for another spec is refused rather than overwritten.
+        """
+        root = Path(root)
+        meta_path = root / "trace.json"
+        if meta_path.exists():
+            try:
+                meta = json.loads(meta_path.read_text())
+                existing = JobSpec.from_dict(meta["spec"])
+                every = int(meta["checkpoint_every"])
+                if meta.get("format") != TRACE_FORMAT:
+                    raise ValueError(f"format {meta.get('format')!r}, expected {TRACE_FORMAT}")
+            except (OSError, ValueError, KeyError, TypeError) as e:
+                raise StorageError(f"trace {str(root)!r} has an unreadable trace.json: {e}") from e
+            if spec is not None and spec.job_id != existing.job_id:
+                raise InputError(
+                    f"trace {str(root)!r} holds job {existing.job_id.hex()[:16]}..., not "
+                    f"{spec.job_id.hex()[:16]}...; use another --trace directory")
+            return cls(root, existing, checkpoint_every=every)
+        if spec is None:
+            raise InputError(f"{str(root)!r} is not a pocv trace directory (no trace.json)")
+        if not 1 <= checkpoint_every <= MAX_CHECKPOINT_EVERY:
+            raise InputError(f"checkpoint interval must be in 1..{MAX_CHECKPOINT_EVERY}, got {checkpoint_every}")
+        if root.exists() and any(root.iterdir()):
+            raise InputError(f"{str(root)!r} exists and is not an empty directory or a pocv trace")
+        store = cls(root, spec, checkpoint_every=checkpoint_every)
+        (root / "checkpoints").mkdir(parents=True, exist_ok=True)
+        meta_out: dict[str, Any] = {"format": TRACE_FORMAT, "spec": spec.to_dict(),
+                                    "checkpoint_every": checkpoint_every}
+        atomic_write(meta_path, json.dumps(meta_out, indent=2, sort_keys=True).encode())
+        return store
+
+    # -- leaves ----------------------------------------------------------------------------
+
+    @property
+    def leaves_path(self) -> Path:
+        return self.root / "leaves.bin"
+
+    def read_leaves(self) -> bytes:
+        """All complete leaf digests on disk (a torn last record is ignored)."""
+        try:
+            data = self.leaves_path.read_bytes()
+        except FileNotFoundError:
+            return b""
+        except OSError as e:
+            raise StorageError(f"cannot read {str(self.leaves_path)!r}: {e.strerror}") from e
+        return data[: len(data) - len(data) % DIGEST_SIZE]
+
+    def append_leaf(self, digest: bytes) -> None:
+        self._pending += digest
+
+    def flush(self) -> None:
+        """Append pending leaves to ``leaves.bin`` and fsync."""
+        if not self._pending:
+            return
+        try:
+            if self._leaf_file is None:
+                self._leaf_file = self.leaves_path.open("ab")
+            self._leaf_file.write(self._pending)
+            self._leaf_file.flush()
+            os.fsync(self._leaf_file.fileno())
+        except OSError as e:
+            raise StorageError(f"cannot append to {str(self.leaves_path)!r}: {e.strerror}") from e
+        self._pending.clear()
+
+    def close(self) -> None:
+        self.flush()
+        if self._leaf_file is not None:
+            self._leaf_file.close()
+            self._leaf_file = None
+
+    # -- checkpoints -----------------------------------------------------------------------
+
+    def checkpoint_path(self, index: int) -> Path:
+        return self.root / "checkpoints" / f"{index:012d}.state"
+
+    def write_checkpoint(self, index: int, encoded_state: bytes) -> None:
+        self.flush()  # leaves up to index are on disk before the checkpoint that needs them
+        atomic_write(self.checkpoint_path(index), encoded_state)
+
+    def read_checkpoint(self, index: int) -> bytes:
+        p = self.checkpoint_path(index)
+        try:
+            with p.open("rb") as f:
+                if os.fstat(f.fileno()).st_size > MAX_STATE_BYTES:
+                    raise StorageError(f"checkpoint {str(p)!r} is larger than any state")
+                return f.read()
+        except OSError as e:
+            raise StorageError(f"cannot read checkpoint {str(p)!r}: {e.strerror}") from e
+
+    def checkpoints(self) -> list[int]:
+        try:
+            names = os.listdir(self.root / "checkpoints")
+        except FileNotFoundError:
+            return []
+        return sorted(int(m.group(1)) for n in names if (m := _CKPT_RE.fullmatch(n)))
+
+    def nearest_checkpoint(self, index: int) -> int:
+        """The checkpoint the prover recomputes ``s_index`` from (at most c-1 steps away)."""
+        return index - index % self.checkpoint_every
+
+    def resume_point(self) -> tuple[int, bytes] | None:
+        """(j, encoded s_j) of the last consistent checkpoint, after truncating leaves past it.
+
+        None when nothing usable is on disk (the run starts from s_0).
+        """
+        leaves = self.read_leaves()
+        count = len(leaves) // DIGEST_SIZE
+        for j in reversed(self.checkpoints()):
+            if j >= count:
+                continue
+            data = self.read_checkpoint(j)
+            if digest_encoded(data) != leaves[j * DIGEST_SIZE : (j + 1) * DIGEST_SIZE]:
+                continue  # corrupt or stale checkpoint: fall back to an earlier one
+            self._truncate_leaves(j + 1)
+            return j, data
+        self._truncate_leaves(0)
+        return None
+
+    def _truncate_leaves(self, count: int) -> None:
+        self.close()
+        try:
+            if self.leaves_path.exists():
+                with self.leaves_path.open("r+b") as f:
+                    f.truncate(count * DIGEST_SIZE)
+                    os.fsync(f.fileno())
+        except OSError as e:
+            raise StorageError(f"cannot truncate {str(self.leaves_path)!r}: {e.strerror}") from e
+
+    # -- commitment ------------------------------------------------------------------------
+
+    @property
+    def commitment_path(self) -> Path:
+        return self.root / "commitment.json"
