@@ -21,6 +21,7 @@ A response that fails (3)-(7) is the worker's fault and gives a FAIL verdict; in
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -36,6 +37,8 @@ from verifier.records import Challenge, Commitment, Outcome, Verdict
 if TYPE_CHECKING:
     from kernels.base import Kernel
     from verifier.jobs import JobSpec
+
+ResponseInput = Response | bytes | str | os.PathLike[str] | None
 
 DEFAULT_CONFIDENCE = 0.999
 DEFAULT_CHEAT_FRACTION = 0.1
@@ -77,10 +80,11 @@ class Verifier:
 
     # -- result form -----------------------------------------------------------------------
 
-    def check(self, commitment: Commitment, challenge: Challenge, response: Response | bytes | None) -> Verdict:
+    def check(self, commitment: Commitment, challenge: Challenge, response: ResponseInput) -> Verdict:
         """Check ``response`` and return the signed verdict (PASS or FAIL, reasons per step).
 
-        ``response`` may be raw bundle bytes (parsed here; a malformed bundle is a FAIL) or
+        ``response`` may be a :class:`Response`, raw bundle bytes or the path of a bundle file
+        (parsed here; a malformed bundle is a FAIL, a missing file an :class:`InputError`), or
         None (the worker refused or timed out: a FAIL).
         """
         # (1) the commitment
@@ -111,7 +115,10 @@ class Verifier:
         # (3) parse
         if not isinstance(response, Response):
             try:
-                response = Response.from_bytes(response)
+                if isinstance(response, (bytes, bytearray, memoryview)):
+                    response = Response.from_bytes(bytes(response))
+                else:
+                    response = Response.load(response)
             except EvidenceError as e:
                 return all_fail("MALFORMED", str(e))
         # (4) for this job and challenge
@@ -163,7 +170,7 @@ class Verifier:
 
     # -- raising form ----------------------------------------------------------------------
 
-    def verify(self, commitment: Commitment, challenge: Challenge, response: Response | bytes | None) -> Verdict:
+    def verify(self, commitment: Commitment, challenge: Challenge, response: ResponseInput) -> Verdict:
         """Like :meth:`check`, but raise :class:`VerificationFailed` (carrying the verdict) on FAIL."""
         v = self.check(commitment, challenge, response)
         if not v.passed:

@@ -49,12 +49,12 @@ def _emit(text: str, path: str | None) -> None:
 class _ProgressLine:
     """A progress line on stderr: rewritten in place on a terminal, a line per 10% otherwise."""
 
-    def __init__(self, label: str, stream: TextIO = sys.stderr, quiet: bool = False) -> None:
+    def __init__(self, label: str, stream: TextIO | None = None, quiet: bool = False) -> None:
         self.label = label
-        self.stream = stream
+        self.stream = stream or sys.stderr
         self.quiet = quiet
         self.t0 = time.perf_counter()
-        self.tty = stream.isatty()
+        self.tty = self.stream.isatty()
         self._last_decile = -1
 
     def __call__(self, done: int, total: int) -> None:
@@ -158,15 +158,13 @@ def _cmd_respond(args: argparse.Namespace) -> int:
 
 
 def _cmd_verify(args: argparse.Namespace) -> int:
-    from verifier.bundle import MAX_BUNDLE_BYTES
     from verifier.check import Verifier
     from verifier.prover import load_challenge, load_commitment
-    from verifier.store import read_file
 
     commitment = load_commitment(args.commitment)
     challenge = load_challenge(args.challenge)
-    raw = read_file(args.response, limit=MAX_BUNDLE_BYTES, what="response bundle")
-    verdict = Verifier(key=_key(args.keypair, "verifier"), device=args.device).check(commitment, challenge, raw)
+    verifier = Verifier(key=_key(args.keypair, "verifier"), device=args.device)
+    verdict = verifier.check(commitment, challenge, Path(args.response))  # streamed, limits checked
     if args.output == "json":
         _emit(verdict.to_json(), args.out)
     else:
@@ -249,8 +247,10 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Run the job spec JOB (JSON: kernel, steps, seed, params) and write its "
                                    "trace and signed commitment. A killed run resumes where it stopped.")
     p.add_argument("job", metavar="JOB", help="job spec JSON file")
-    p.add_argument("--trace", required=True, metavar="DIR", help="trace directory (created; resumed if it holds this job)")
-    p.add_argument("-k", "--keypair", metavar="FILE", help="worker key (Solana keypair JSON; default ~/.config/solana/id.json)")
+    p.add_argument("--trace", required=True, metavar="DIR",
+                   help="trace directory (created; resumed if it holds this job)")
+    p.add_argument("-k", "--keypair", metavar="FILE",
+                   help="worker key (Solana keypair JSON; default ~/.config/solana/id.json)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default cpu)")
     p.add_argument("--checkpoint-every", type=int, default=16, metavar="C",
                    help="keep every C-th state (default 16): more disk, faster answers")
@@ -332,7 +332,7 @@ def _ext_market(sub: Any, commands: dict[str, Callable[[argparse.Namespace], int
 
 def _ext_calibrate(sub: Any, commands: dict[str, Callable[[argparse.Namespace], int]]) -> None:
     try:
-        from kernels.calibrate import add_calibrate_parser, run_calibrate
+        from kernels.calibrate import add_calibrate_parser, run_calibrate  # type: ignore[attr-defined,unused-ignore]
     except ImportError:
         return
     add_calibrate_parser(sub)
@@ -361,7 +361,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.command:
         parser.print_help(sys.stderr)
         return EXIT_USAGE
-    handler = args._commands[args.command]
+    handler: Callable[[argparse.Namespace], int] = args._commands[args.command]
     try:
         return handler(args)
     except PocvError as e:

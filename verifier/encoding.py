@@ -128,7 +128,7 @@ def _pieces(state: State) -> Iterator[bytes | memoryview]:
             + struct.pack(f"<BB{len(shape)}Q", DTYPE_CODES[dname], len(shape), *shape)
         )
         if arr.size:
-            yield memoryview(arr.reshape(-1).view(np.uint8))
+            yield memoryview(arr.reshape(-1).view(np.uint8))  # type: ignore[arg-type]
 
 
 def encode_state(state: State) -> bytes:

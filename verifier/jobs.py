@@ -80,11 +80,11 @@ class JobSpec:
             _check_param(k, v)
         from kernels import get_kernel  # lazy: kernels import verifier modules
 
-        k = get_kernel(self.kernel, self.version or None)
-        params = k.check_params(dict(self.params))
+        kern = get_kernel(self.kernel, self.version or None)
+        params = kern.check_params(dict(self.params))
         for key, value in params.items():
             _check_param(key, value)
-        object.__setattr__(self, "version", k.version)
+        object.__setattr__(self, "version", kern.version)
         object.__setattr__(self, "params", MappingProxyType(dict(sorted(params.items()))))
 
     @property

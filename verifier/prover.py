@@ -10,7 +10,7 @@ keep from the nearest checkpoint (at most c-1 steps each), with one multiproof f
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -94,6 +94,7 @@ class Prover:
                 tree.append(digest)
                 if self.progress is not None and (i % PROGRESS_EVERY == 0 or i == n):
                     self.progress(i, n)
+            store.sync()
             store.close()
             env = environment()
         env = {**env, "device": device, "checkpoint_every": every}
@@ -129,8 +130,6 @@ class Prover:
 
     def respond(self, challenge: Challenge, *, device: str | None = None) -> Response:
         """Open the challenged states with one multiproof."""
-        from verifier.device import deterministic, resolve_device
-
         commitment = self.commitment()
         if challenge.job_id != commitment.job_id or challenge.root != commitment.root:
             raise MismatchError(
@@ -141,21 +140,35 @@ class Prover:
         expected = derive_indices(challenge.job_id, challenge.root, challenge.beacon, commitment.steps, challenge.k)
         if challenge.indices != expected:
             raise MismatchError("challenge indices are not the ones its beacon derives")
+        states, proof = self.open(Response.opened_leaves(list(challenge.indices)), device=device)
+        return Response(job_id=commitment.job_id, root=commitment.root, tree_size=commitment.tree_size,
+                        indices=challenge.indices, states=states, proof=tuple(proof))
+
+    def open(self, leaves: Sequence[int], *, device: str | None = None) -> tuple[dict[int, bytes], list[bytes]]:
+        """Canonical bytes of the states at ``leaves`` and one multiproof for all of them.
+
+        States that were not kept are recomputed from the nearest checkpoint on the device the
+        run used (tolerance kernels reproduce their bits only there), and each is checked
+        against its committed leaf before it is handed out.
+        """
+        from verifier.device import deterministic, resolve_device
+
+        commitment = self.commitment()
         store = TraceStore.open(self.trace_dir)
-        spec = store.spec
-        leaves = store.read_leaves()
-        if len(leaves) != DIGEST_SIZE * commitment.tree_size:
-            raise StorageError(f"trace holds {len(leaves) // DIGEST_SIZE} leaves, the commitment "
+        leaf_bytes = store.read_leaves()
+        if len(leaf_bytes) != DIGEST_SIZE * commitment.tree_size:
+            raise StorageError(f"trace holds {len(leaf_bytes) // DIGEST_SIZE} leaves, the commitment "
                                f"{commitment.tree_size}")
-        tree = MerkleTree(leaves)
+        wanted = sorted(set(leaves))
+        if not wanted or wanted[0] < 0 or wanted[-1] >= commitment.tree_size:
+            raise InputError(f"leaves to open must be in 0..{commitment.tree_size - 1}")
+        tree = MerkleTree(leaf_bytes)
         if tree.root != commitment.root:
             raise StorageError("trace leaves do not give the committed root: the trace is corrupt")
-        needed = Response.opened_leaves(list(challenge.indices))
         run_device = resolve_device(device or str(commitment.environment.get("device", "cpu")))
         with deterministic():
-            states = self._open_states(store, spec, needed, leaves, run_device)
-        return Response(job_id=commitment.job_id, root=commitment.root, tree_size=commitment.tree_size,
-                        indices=challenge.indices, states=states, proof=tuple(tree.multiproof(needed)))
+            states = self._open_states(store, store.spec, wanted, leaf_bytes, run_device)
+        return states, tree.multiproof(wanted)
 
     def _open_states(
         self, store: TraceStore, spec: JobSpec, needed: list[int], leaves: bytes, device: str
@@ -167,7 +180,7 @@ class Prover:
             segments.setdefault(store.nearest_checkpoint(j), []).append(j)
         for base, wanted in sorted(segments.items()):
             encoded = store.read_checkpoint(base)
-            state = {k: v.to(device) for k, v in decode_state(encoded).items()}
+            state: dict[str, Tensor] = {k: v.to(device) for k, v in decode_state(encoded).items()}
             last = max(wanted)
             for j in range(base, last + 1):
                 if j > base:

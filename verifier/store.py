@@ -8,12 +8,17 @@ Layout (format 1)::
       checkpoints/        canonical bytes of s_j for j = 0, c, 2c, ... ("{j:012d}.state")
       commitment.json     the signed commitment, once the run is complete
 
-Crash safety: every file other than ``leaves.bin`` is written to a temporary file, flushed,
-fsynced and renamed into place, so a reader sees the old file or the new one, never part of
-one. ``leaves.bin`` is only appended; before checkpoint j is written the leaves up to j are
-flushed and fsynced. On resume the store keeps the highest checkpoint whose digest matches
-its leaf and truncates ``leaves.bin`` after it (a torn append or a stale tail is dropped), so a
-prover killed at any point resumes from a consistent state and reaches the same root.
+Crash safety: every file other than ``leaves.bin`` is written to a temporary file and renamed
+into place, so a reader sees the old file or the new one, never part of one. ``leaves.bin`` is
+only appended; before checkpoint j is written the leaves up to j are written out. On resume
+the store keeps the highest checkpoint whose digest matches its leaf and truncates
+``leaves.bin`` after it (a torn append or a stale tail is dropped), so a prover killed at any
+point resumes from a consistent state and reaches the same root.
+
+Durability: during a run nothing is fsynced (a killed process loses nothing the page cache
+holds, and after a power loss the digest check above discards whatever did not reach the
+disk). ``sync()`` fsyncs the leaves before the commitment is signed, and the commitment itself
+is fsynced, so a signed root always has its leaves on disk.
 """
 
 from __future__ import annotations
@@ -72,7 +77,7 @@ def read_file(path: str | os.PathLike[str], *, limit: int, what: str) -> bytes:
                 from verifier.errors import LimitExceeded
 
                 raise LimitExceeded(f"{what} {str(p)!r} is {size} bytes; the limit is {limit}")
-            return f.read(limit + 1)
+            return f.read(size)
     except FileNotFoundError as e:
         raise InputError(f"{what} {str(p)!r} does not exist") from e
     except IsADirectoryError as e:
@@ -154,7 +159,7 @@ class TraceStore:
         self._pending += digest
 
     def flush(self) -> None:
-        """Append pending leaves to ``leaves.bin`` and fsync."""
+        """Append pending leaves to ``leaves.bin`` (to the OS; see :meth:`sync`)."""
         if not self._pending:
             return
         try:
@@ -162,10 +167,18 @@ class TraceStore:
                 self._leaf_file = self.leaves_path.open("ab")
             self._leaf_file.write(self._pending)
             self._leaf_file.flush()
-            os.fsync(self._leaf_file.fileno())
         except OSError as e:
             raise StorageError(f"cannot append to {str(self.leaves_path)!r}: {e.strerror}") from e
         self._pending.clear()
+
+    def sync(self) -> None:
+        """Flush and fsync the leaves: called once, before the commitment is signed."""
+        self.flush()
+        try:
+            if self._leaf_file is not None:
+                os.fsync(self._leaf_file.fileno())
+        except OSError as e:
+            raise StorageError(f"cannot sync {str(self.leaves_path)!r}: {e.strerror}") from e
 
     def close(self) -> None:
         self.flush()
@@ -179,8 +192,8 @@ class TraceStore:
         return self.root / "checkpoints" / f"{index:012d}.state"
 
     def write_checkpoint(self, index: int, encoded_state: bytes) -> None:
-        self.flush()  # leaves up to index are on disk before the checkpoint that needs them
-        atomic_write(self.checkpoint_path(index), encoded_state)
+        self.flush()  # leaves up to index are written before the checkpoint that needs them
+        atomic_write(self.checkpoint_path(index), encoded_state, durable=False)
 
     def read_checkpoint(self, index: int) -> bytes:
         p = self.checkpoint_path(index)
