@@ -1,0 +1,108 @@
+"""The prover: trace layout, resume after a crash, answering from checkpoints."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from solders.keypair import Keypair
+
+from tests.helpers import SMALL
+from verifier import Prover, Verifier
+from verifier.encoding import DIGEST_SIZE
+from verifier.errors import InputError, StorageError
+from verifier.jobs import JobSpec
+from verifier.merkle import MerkleTree
+from verifier.store import TraceStore
+
+KEY = Keypair.from_seed(bytes([8]) * 32)
+
+
+class Crash(Exception):
+    pass
+
+
+class CrashingProver(Prover):
+    def __init__(self, *, crash_at: int, **kw) -> None:
+        super().__init__(**kw)
+        self.crash_at = crash_at
+
+    def _step(self, kernel, state, i, spec, device):
+        if i == self.crash_at:
+            raise Crash(i)
+        return super()._step(kernel, state, i, spec, device)
+
+
+@pytest.fixture(scope="module")
+def reference_root(tmp_path_factory) -> bytes:
+    return Prover(trace_dir=tmp_path_factory.mktemp("ref") / "t", key=KEY, checkpoint_every=8).run(SMALL).root
+
+
+def test_trace_layout(tmp_path) -> None:
+    c = Prover(trace_dir=tmp_path / "t", key=KEY, checkpoint_every=8).run(SMALL)
+    store = TraceStore.open(tmp_path / "t")
+    leaves = store.read_leaves()
+    assert len(leaves) == DIGEST_SIZE * (SMALL.steps + 1)
+    assert MerkleTree(leaves).root == c.root
+    assert store.checkpoints() == list(range(0, SMALL.steps + 1, 8))
+    assert json.loads((tmp_path / "t" / "commitment.json").read_text())["root"] == c.root.hex()
+    assert c.environment["device"] == "cpu"
+    assert "accelerator" in c.fingerprint or c.fingerprint
+
+
+@pytest.mark.parametrize("crash_at", [1, 7, 8, 9, 23, SMALL.steps])
+def test_crash_then_resume_reaches_the_same_root(tmp_path, reference_root, crash_at) -> None:
+    with pytest.raises(Crash):
+        CrashingProver(trace_dir=tmp_path / "t", key=KEY, checkpoint_every=8, crash_at=crash_at).run(SMALL)
+    assert not (tmp_path / "t" / "commitment.json").exists()
+    assert Prover(trace_dir=tmp_path / "t", key=KEY, checkpoint_every=8).run(SMALL).root == reference_root
+
+
+def test_resume_survives_torn_leaves_and_a_corrupt_checkpoint(tmp_path, reference_root) -> None:
+    with pytest.raises(Crash):
+        CrashingProver(trace_dir=tmp_path / "t", key=KEY, checkpoint_every=8, crash_at=30).run(SMALL)
+    store = TraceStore.open(tmp_path / "t")
+    with store.leaves_path.open("ab") as f:
+        f.write(b"\x01" * 13)  # a torn append
+    ck = store.checkpoint_path(24)
+    ck.write_bytes(ck.read_bytes()[:-1] + b"\xff")  # bit rot in the newest checkpoint
+    assert Prover(trace_dir=tmp_path / "t", key=KEY, checkpoint_every=8).run(SMALL).root == reference_root
+
+
+def test_run_refuses_a_trace_of_another_job(tmp_path) -> None:
+    Prover(trace_dir=tmp_path / "t", key=KEY, checkpoint_every=8).run(SMALL)
+    other = JobSpec(kernel="gemm-int8", steps=SMALL.steps, seed=SMALL.seed + 1, params={"n": 32})
+    with pytest.raises(InputError, match="holds job"):
+        Prover(trace_dir=tmp_path / "t", key=KEY).run(other)
+    (tmp_path / "junk").mkdir()
+    (tmp_path / "junk" / "x").write_text("x")
+    with pytest.raises(InputError, match="not an empty directory"):
+        Prover(trace_dir=tmp_path / "junk", key=KEY).run(SMALL)
+
+
+@pytest.mark.parametrize("every", [1, 3, 64])
+def test_answers_from_checkpoints_at_any_interval(tmp_path, reference_root, every) -> None:
+    p = Prover(trace_dir=tmp_path / "t", key=KEY, checkpoint_every=every)
+    c = p.run(SMALL)
+    assert c.root == reference_root  # the interval does not change what is committed
+    v = Verifier(key=Keypair())
+    ch = v.challenge(c, beacon=bytes(32), k=10)
+    assert v.check(c, ch, p.respond(ch)).passed
+
+
+def test_respond_detects_a_corrupted_trace(tmp_path) -> None:
+    p = Prover(trace_dir=tmp_path / "t", key=KEY, checkpoint_every=8)
+    c = p.run(SMALL)
+    store = TraceStore.open(tmp_path / "t")
+    data = bytearray(store.read_leaves())
+    data[5 * DIGEST_SIZE] ^= 1
+    store.leaves_path.write_bytes(bytes(data))
+    ch = Verifier(key=Keypair()).challenge(c, beacon=bytes(32), k=5)
+    with pytest.raises(StorageError, match="corrupt"):
+        p.respond(ch)
+
+
+def test_progress_is_reported(tmp_path) -> None:
+    seen: list[tuple[int, int]] = []
+    Prover(trace_dir=tmp_path / "t", key=KEY, progress=lambda d, n: seen.append((d, n))).run(SMALL)
+    assert seen[-1] == (SMALL.steps, SMALL.steps)
