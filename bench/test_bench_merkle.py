@@ -1,0 +1,157 @@
+"""verifier.merkle against pymerkle 7.0 on the same 100,000 32-byte leaf values.
+
+    pytest bench/test_bench_merkle.py --benchmark-only -s
+
+The groups ``merkle-build-100k`` and ``merkle-proofs-1000`` are pytest-benchmark's own tables.
+``test_ratios`` times both libraries side by side in one test (interleaved, best of several
+rounds, so load on the shared cores hits both alike), prints the ratios, and writes them with
+the multiproof sizes to bench/out/merkle_ratios.json. Targets (DESIGN.md section 4): build and
+inclusion-proof generation each >= 20x faster than pymerkle.
+"""
+
+from __future__ import annotations
+
+import gc
+import random
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from blake3 import blake3
+from pymerkle import InmemoryTree
+
+from bench.conftest import write_result
+from verifier.merkle import MerkleTree, inclusion_proof_size, multiproof_size, verify_multiproof
+
+pytestmark = pytest.mark.bench
+
+N = 100_000
+VALUES = [blake3(i.to_bytes(8, "little")).digest() for i in range(N)]
+DATA = b"".join(VALUES)
+PROOF_INDICES = random.Random(7).sample(range(N), 1000)
+TARGET = 20.0
+
+
+def build_pymerkle() -> InmemoryTree:
+    t = InmemoryTree(algorithm="sha256")
+    for v in VALUES:
+        t.append_entry(v)
+    return t
+
+
+def proofs_ours(tree: MerkleTree) -> None:
+    for i in PROOF_INDICES:
+        tree.inclusion_proof(i)
+
+
+def proofs_pymerkle(tree: InmemoryTree) -> None:
+    for i in PROOF_INDICES:
+        tree.prove_inclusion(i + 1)  # pymerkle counts leaves from 1
+
+
+@pytest.mark.benchmark(group="merkle-build-100k")
+def test_build_ours_list(benchmark: Any) -> None:
+    benchmark.pedantic(MerkleTree, args=(VALUES,), rounds=10, iterations=1, warmup_rounds=1)
+
+
+@pytest.mark.benchmark(group="merkle-build-100k")
+def test_build_ours_bytes(benchmark: Any) -> None:
+    benchmark.pedantic(MerkleTree, args=(DATA,), rounds=10, iterations=1, warmup_rounds=1)
+
+
+@pytest.mark.benchmark(group="merkle-build-100k")
+def test_build_pymerkle(benchmark: Any) -> None:
+    benchmark.pedantic(build_pymerkle, rounds=3, iterations=1)
+
+
+@pytest.mark.benchmark(group="merkle-proofs-1000")
+def test_proofs_ours(benchmark: Any) -> None:
+    benchmark.pedantic(proofs_ours, args=(MerkleTree(VALUES),), rounds=20, iterations=1, warmup_rounds=1)
+
+
+@pytest.mark.benchmark(group="merkle-proofs-1000")
+def test_proofs_pymerkle(benchmark: Any) -> None:
+    benchmark.pedantic(proofs_pymerkle, args=(build_pymerkle(),), rounds=5, iterations=1, warmup_rounds=1)
+
+
+def _best(fn: Callable[[], object], rounds: int) -> float:
+    best = float("inf")
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def _multiproof_sizes(tree: MerkleTree, rng: random.Random, k: int) -> dict[str, int]:
+    single = sorted(rng.sample(range(N), k))
+    # what a response opens (DESIGN.md section 5): s_0, and s_{i-1}, s_i for each challenged i
+    challenged = rng.sample(range(1, N), k)
+    opened = sorted({0} | set(challenged) | {i - 1 for i in challenged})
+    proof = tree.multiproof(opened)
+    verify_multiproof(tree.root, N, {i: VALUES[i] for i in opened}, proof)
+    return {
+        "challenges": k,
+        "multiproof_hashes": multiproof_size(single, N),
+        "single_proofs_hashes": sum(inclusion_proof_size(i, N) for i in single),
+        "opened_leaves": len(opened),
+        "opened_multiproof_hashes": len(proof),
+        "opened_single_proofs_hashes": sum(inclusion_proof_size(i, N) for i in opened),
+    }
+
+
+@pytest.mark.benchmark(group="merkle-ratios")
+def test_ratios(benchmark: Any) -> None:
+    ours_list, ours_bytes, theirs = [], [], []
+    for _ in range(3):  # interleaved, so drift hits both sides alike
+        gc.collect()
+        for _ in range(5):
+            ours_list.append(_best(lambda: MerkleTree(VALUES), 1))
+            ours_bytes.append(_best(lambda: MerkleTree(DATA), 1))
+        theirs.append(_best(build_pymerkle, 1))
+    ours_tree, their_tree = MerkleTree(VALUES), build_pymerkle()
+    assert ours_tree.root == MerkleTree(DATA).root
+    assert their_tree.get_size() == ours_tree.size == N
+    proofs_pymerkle(their_tree)  # warm pymerkle's subroot cache, as ours is warm
+    p_ours, p_theirs = [], []
+    for _ in range(3):
+        p_ours.append(_best(lambda: proofs_ours(ours_tree), 10) / len(PROOF_INDICES))
+        p_theirs.append(_best(lambda: proofs_pymerkle(their_tree), 2) / len(PROOF_INDICES))
+    build_ours, build_theirs = min(ours_list), min(theirs)
+    proof_ours, proof_theirs = min(p_ours), min(p_theirs)
+    rng = random.Random(11)
+    result = {
+        "leaves": N,
+        "build_ms": {
+            "ours_list": build_ours * 1e3,
+            "ours_bytes": min(ours_bytes) * 1e3,
+            "pymerkle": build_theirs * 1e3,
+        },
+        "build_ratio": build_theirs / build_ours,
+        "build_ratio_bytes_input": build_theirs / min(ours_bytes),
+        "proof_us": {"ours": proof_ours * 1e6, "pymerkle": proof_theirs * 1e6},
+        "proof_ratio": proof_theirs / proof_ours,
+        "target_ratio": TARGET,
+        "multiproofs": [_multiproof_sizes(ours_tree, rng, k) for k in (64, 66, 256)],
+    }
+    result["targets_met"] = result["build_ratio"] >= TARGET and result["proof_ratio"] >= TARGET
+    benchmark.extra_info.update(result)
+    benchmark.pedantic(MerkleTree, args=(VALUES,), rounds=1, iterations=1)
+    path = write_result("merkle_ratios", result)
+    print(
+        f"\nbuild {N} leaves: ours {build_ours * 1e3:.1f} ms (list), {min(ours_bytes) * 1e3:.1f} ms (bytes); "
+        f"pymerkle {build_theirs * 1e3:.0f} ms; ratio {result['build_ratio']:.1f}x "
+        f"({result['build_ratio_bytes_input']:.1f}x from bytes)"
+    )
+    print(
+        f"inclusion proof: ours {proof_ours * 1e6:.2f} us, pymerkle {proof_theirs * 1e6:.1f} us; "
+        f"ratio {result['proof_ratio']:.1f}x (target >= {TARGET:.0f}x)"
+    )
+    for m in result["multiproofs"]:
+        print(
+            f"multiproof, {m['challenges']} random leaves: {m['multiproof_hashes']} hashes vs "
+            f"{m['single_proofs_hashes']} in single proofs; {m['challenges']} challenges opening "
+            f"{m['opened_leaves']} leaves: {m['opened_multiproof_hashes']} vs {m['opened_single_proofs_hashes']}"
+        )
+    print(f"wrote {path}")
