@@ -30,7 +30,7 @@ from solders.keypair import Keypair
 from verifier.bundle import Response
 from verifier.challenge import derive_indices, sample_size
 from verifier.encoding import decode_state, digest_encoded, state_digest
-from verifier.errors import EvidenceError, InputError, MismatchError, ProofError, VerificationFailed
+from verifier.errors import EvidenceError, InputError, MismatchError, VerificationFailed
 from verifier.merkle import verify_multiproof
 from verifier.records import Challenge, Commitment, Outcome, Verdict
 
@@ -138,7 +138,7 @@ class Verifier:
         digests = {j: digest_encoded(data) for j, data in response.states.items()}
         try:
             verify_multiproof(commitment.root, commitment.tree_size, digests, response.proof)
-        except ProofError as e:
+        except EvidenceError as e:  # ProofError, or a proof over a named limit
             return all_fail("BAD_PROOF", str(e))
         # (7) s_0 re-derived from the spec
         s0 = kernel.init_state(spec, self.device)

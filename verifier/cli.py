@@ -348,8 +348,17 @@ def _ext_dispute(sub: Any, commands: dict[str, Callable[[argparse.Namespace], in
     commands["dispute"] = run_dispute
 
 
+def _ext_bench(sub: Any, commands: dict[str, Callable[[argparse.Namespace], int]]) -> None:
+    try:
+        from verifier.bench_cli import add_bench_parser, run_bench
+    except ImportError:
+        return
+    add_bench_parser(sub)
+    commands["bench"] = run_bench
+
+
 _EXTENSIONS: list[Callable[[Any, dict[str, Callable[[argparse.Namespace], int]]], None]] = [
-    _ext_market, _ext_calibrate, _ext_dispute]
+    _ext_market, _ext_calibrate, _ext_dispute, _ext_bench]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

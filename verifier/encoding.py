@@ -210,6 +210,8 @@ def decode_state(data: bytes | bytearray | memoryview) -> dict[str, torch.Tensor
             raise LimitExceeded(f"a tensor has at most {MAX_NDIM} dimensions, got {ndim}")
         shape = struct.unpack(f"<{ndim}Q", take(8 * ndim, "shape"))
         _, raw_dtype, tdtype, itemsize = _DTYPES[dname]
+        if any(d > MAX_STATE_BYTES for d in shape):  # no real dimension is this large, zero-sized or not
+            raise LimitExceeded(f"tensor {name!r} has a dimension over {MAX_STATE_BYTES}: {shape}")
         nbytes = 0 if 0 in shape else itemsize
         for d in shape if nbytes else ():
             nbytes *= d

@@ -31,7 +31,7 @@ from verifier.errors import (
     MalformedError,
     SignatureError,
 )
-from verifier.jobs import JobSpec
+from verifier.jobs import MAX_STEPS, JobSpec
 
 DIGEST_SIZE: Final = 32
 MAX_RECORD_BYTES: Final = 4 * 1024 * 1024  # a JSON record; a verdict of MAX_CHALLENGES fits easily
@@ -58,6 +58,7 @@ REASONS: Final = (
 _REASON_CODE: Final = {r: i for i, r in enumerate(REASONS)}
 
 _HEX64_RE: Final = re.compile(r"[0-9a-f]{64}")
+_KERNEL_REF_RE: Final = re.compile(r"[a-z][a-z0-9\-]{0,63}@[0-9]{1,10}")
 
 
 def _hex32(value: object, what: str) -> bytes:
@@ -114,9 +115,25 @@ def _field(d: Mapping[str, Any], key: str, kind: type | tuple[type, ...], what: 
 def _meta(value: object, what: str) -> Mapping[str, Any]:
     if not isinstance(value, Mapping):
         raise MalformedError(f"{what}: expected a JSON object, got {type(value).__name__}")
-    if len(json.dumps(dict(value))) > MAX_META_BYTES:
-        raise LimitExceeded(f"{what} is at most {MAX_META_BYTES} bytes of JSON")
+    try:  # exactly what meta_hash will hash: JSON-serializable and valid UTF-8 (no lone surrogates)
+        size = len(json.dumps(dict(value), sort_keys=True, ensure_ascii=False).encode())
+    except (TypeError, ValueError, UnicodeEncodeError, RecursionError) as e:
+        raise MalformedError(f"{what} is not canonical JSON: {e}") from e
+    if size > MAX_META_BYTES:
+        raise LimitExceeded(f"{what} is at most {MAX_META_BYTES} bytes of JSON, got {size}")
     return MappingProxyType(dict(value))
+
+
+def _utf8(text: object, what: str, limit: int) -> bytes:
+    if not isinstance(text, str):
+        raise MalformedError(f"{what}: expected a string, got {type(text).__name__}")
+    try:
+        data = text.encode()
+    except UnicodeEncodeError as e:
+        raise MalformedError(f"{what} is not valid UTF-8 text: {e}") from e
+    if len(data) > limit:
+        raise LimitExceeded(f"{what} is at most {limit} bytes, got {len(data)}")
+    return data
 
 
 # -- keys ------------------------------------------------------------------------------------
@@ -299,10 +316,10 @@ class Challenge:
         object.__setattr__(self, "indices", idx)
         for name in ("confidence", "cheat_fraction"):
             v = getattr(self, name)
-            if not isinstance(v, (int, float)) or not math.isfinite(v) or not 0 <= v <= 1:
-                raise MalformedError(f"challenge {name} must be a number in [0, 1], got {v!r}")
-        if not isinstance(self.beacon_source, str) or len(self.beacon_source) > 200:
-            raise MalformedError("challenge beacon_source must be a string of at most 200 characters")
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not (
+                    0 <= v <= 1 and math.isfinite(float(v))):
+                raise MalformedError(f"challenge {name} must be a number in [0, 1], got {str(v)[:40]}")
+        _utf8(self.beacon_source, "challenge beacon_source", 200)
 
     @property
     def k(self) -> int:
@@ -361,8 +378,11 @@ class Outcome:
     detail: str = ""
 
     def __post_init__(self) -> None:
-        if self.reason not in _REASON_CODE:
-            raise MalformedError(f"unknown reason {self.reason!r}; expected one of {list(REASONS)}")
+        if isinstance(self.index, bool) or not isinstance(self.index, int) or not 0 <= self.index <= MAX_STEPS:
+            raise MalformedError(f"outcome index must be an integer in 0..{MAX_STEPS}, got {str(self.index)[:40]}")
+        if not isinstance(self.reason, str) or self.reason not in _REASON_CODE:
+            raise MalformedError(f"unknown reason {str(self.reason)[:40]!r}; expected one of {list(REASONS)}")
+        _utf8(self.detail, "outcome detail", 1 << 20)
         if len(self.detail.encode()) > MAX_DETAIL_BYTES:
             object.__setattr__(self, "detail", self.detail.encode()[: MAX_DETAIL_BYTES - 3]
                                .decode(errors="ignore") + "...")
@@ -391,11 +411,16 @@ class Verdict:
         _check_bytes(self.beacon, 32, "verdict beacon")
         _check_bytes(self.verifier, 32, "verdict verifier key")
         _check_bytes(self.signature, 64, "verdict signature")
+        if not isinstance(self.kernel, str) or not _KERNEL_REF_RE.fullmatch(self.kernel):
+            raise MalformedError(f"verdict kernel must look like name@version, got {str(self.kernel)[:80]!r}")
         object.__setattr__(self, "outcomes", tuple(self.outcomes))
+        if not all(isinstance(o, Outcome) for o in self.outcomes):
+            raise MalformedError("verdict outcomes must be Outcome records")
         if not 1 <= len(self.outcomes) <= MAX_CHALLENGES:
             raise LimitExceeded(f"a verdict has 1..{MAX_CHALLENGES} outcomes, got {len(self.outcomes)}")
-        if not isinstance(self.cheat_fraction, (int, float)) or not 0 <= self.cheat_fraction <= 1:
-            raise MalformedError(f"verdict cheat_fraction must be in [0, 1], got {self.cheat_fraction!r}")
+        f = self.cheat_fraction
+        if isinstance(f, bool) or not isinstance(f, (int, float)) or not 0 <= f <= 1:
+            raise MalformedError(f"verdict cheat_fraction must be in [0, 1], got {str(f)[:40]}")
 
     @property
     def passed(self) -> bool:
