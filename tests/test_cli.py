@@ -79,10 +79,17 @@ def test_rerun_is_idempotent(flow) -> None:
 
 
 def test_demo_runs_and_catches_the_cheater() -> None:
-    r = pocv("demo", "--steps", "60", "--n", "64", "--output", "json")
+    r = pocv("demo", "--steps", "60", "--n", "64", "--output", "json", "--no-market")
     assert r.returncode == 0, r.stderr
     doc = json.loads(r.stdout)
     assert [x["result"] for x in doc["rounds"]] == ["PASS", "FAIL"]
+
+
+def test_demo_settles_on_the_embedded_chain() -> None:
+    r = pocv("demo", "--steps", "60", "--n", "64")
+    assert r.returncode == 0, r.stderr
+    assert "slash" in r.stdout.lower()
+    assert "reconciled: tokens yes, lamports yes" in r.stdout
 
 
 @pytest.mark.parametrize("cmd", ["run", "challenge", "respond", "verify", "demo", "keygen", "kernels"])

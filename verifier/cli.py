@@ -215,7 +215,7 @@ def _cmd_kernels(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from verifier.demo import run_demo
 
-    return run_demo(steps=args.steps, n=args.n, output=args.output, keep=args.keep)
+    return run_demo(steps=args.steps, n=args.n, output=args.output, keep=args.keep, market=not args.no_market)
 
 
 # -- parser ----------------------------------------------------------------------------------
@@ -297,9 +297,14 @@ def build_parser() -> argparse.ArgumentParser:
     commands["verify"] = _cmd_verify
 
     p = sub.add_parser("demo", help="an honest and a cheating worker, end to end, on embedded defaults",
-                       description="Runs an honest worker and a cheating worker (who skips 20%% of its steps) "
-                                   "through run, challenge, respond and verify in a temporary directory, "
-                                   "then prints a summary. No GPU, network or validator needed.")
+                       description="A whole marketplace round on the embedded Solana chain (LiteSVM): workers "
+                                   "offer, a consumer posts a job in escrow, the honest worker is matched, runs "
+                                   "and commits, the verifier challenges with a beacon taken from the chain after "
+                                   "the commit, verifies and settles; then a cheating worker (who skips 20%% of its "
+                                   "steps) is caught and its bond slashed. Balances are printed before and after. "
+                                   "No GPU, network or validator needed.")
+    p.add_argument("--no-market", action="store_true",
+                   help="protocol only: run, challenge (verifier nonce), respond, verify; no chain")
     p.add_argument("--steps", type=int, default=200, help="steps per job (default 200)")
     p.add_argument("--n", type=int, default=256, help="gemm-int8 matrix size (default 256)")
     p.add_argument("--keep", metavar="DIR", default=None, help="keep the traces and records in DIR")

@@ -77,47 +77,62 @@ def _round(prover: Prover, verifier: Verifier, spec: JobSpec, workdir: Path, nam
 
 
 def run_demo(*, steps: int = 200, n: int = 256, output: str = "text", keep: str | None = None,
-             out: Any = None) -> int:
+             market: bool = True, out: Any = None) -> int:
+    """The whole story on embedded defaults; with ``market`` (the default) settled on the
+    embedded Solana chain (LiteSVM): offers, a posted job, the honest worker matched, run,
+    committed, challenged from the chain beacon, verified and paid; then a cheating worker
+    caught and its bond slashed, with every party's balances before and after."""
     out = out or sys.stdout
-    err = sys.stderr
     spec = JobSpec(kernel="gemm-int8", steps=steps, seed=2026, params={"n": n})
     with tempfile.TemporaryDirectory(prefix="pocv-demo-") as tmp:
         workdir = Path(keep) if keep else Path(tmp)
         workdir.mkdir(parents=True, exist_ok=True)
-        honest_key, cheat_key, verifier_key = Keypair(), Keypair(), Keypair()
-        verifier = Verifier(key=verifier_key)
-        err.write(f"pocv demo: job {spec.job_id.hex()[:16]}... {spec.kernel_ref} n={n}, {steps} steps\n")
-        err.write("  honest worker running...\n")
-        honest = _round(Prover(trace_dir=workdir / "honest-trace", key=honest_key), verifier, spec,
-                        workdir, "honest")
-        lazy = LazyProver(trace_dir=workdir / "cheater-trace", key=cheat_key,
-                          skip_fraction=CHEAT_FRACTION, seed=7)
-        err.write(f"  cheating worker running (skips {CHEAT_FRACTION:.0%} of steps)...\n")
-        cheat = _round(lazy, verifier, spec, workdir, "cheater")
-        cheat["skipped"] = lazy.skipped
-        market: dict[str, Any] | None = _market_round(spec, honest, cheat, verifier_key, out, output)
+        if market:
+            return _market_demo(spec, workdir, output, out)
+        return _protocol_demo(spec, workdir, output, keep, out)
+
+
+def _protocol_demo(spec: JobSpec, workdir: Path, output: str, keep: str | None, out: Any) -> int:
+    """Run, challenge (verifier nonce), respond and verify for an honest and a cheating worker."""
+    err = sys.stderr
+    honest_key, cheat_key, verifier_key = Keypair(), Keypair(), Keypair()
+    verifier = Verifier(key=verifier_key)
+    err.write(f"pocv demo: job {spec.job_id.hex()[:16]}... {spec.kernel_ref} n={spec.params['n']}, "
+              f"{spec.steps} steps\n")
+    err.write("  honest worker running...\n")
+    honest = _round(Prover(trace_dir=workdir / "honest-trace", key=honest_key), verifier, spec, workdir, "honest")
+    lazy = LazyProver(trace_dir=workdir / "cheater-trace", key=cheat_key, skip_fraction=CHEAT_FRACTION, seed=7)
+    err.write(f"  cheating worker running (skips {CHEAT_FRACTION:.0%} of steps)...\n")
+    cheat = _round(lazy, verifier, spec, workdir, "cheater")
+    cheat["skipped"] = lazy.skipped
     ok = honest["verdict"].passed and not cheat["verdict"].passed
     if output == "json":
-        doc = {"job_id": spec.job_id.hex(), "kernel": spec.kernel_ref, "steps": steps,
+        doc = {"job_id": spec.job_id.hex(), "kernel": spec.kernel_ref, "steps": spec.steps,
                "rounds": [_summary(r) for r in (honest, cheat)], "ok": ok}
-        if market is not None:
-            doc["market"] = market
         out.write(json.dumps(doc, indent=2) + "\n")
     else:
         out.write(_text(spec, honest, cheat, keep))
     return EXIT_PASS if ok else EXIT_FAIL
 
 
-def _market_round(spec: JobSpec, honest: dict[str, Any], cheat: dict[str, Any], verifier_key: Keypair,
-                  out: Any, output: str) -> dict[str, Any] | None:
-    """Settle both verdicts on the embedded Solana market when that layer is present."""
-    try:
-        from verifier.market.demo import settle_demo
-    except ImportError:
-        return None
-    result: dict[str, Any] = settle_demo(spec=spec, honest=honest, cheat=cheat, verifier_key=verifier_key,
-                                         out=out if output == "text" else None)
-    return result
+def _market_demo(spec: JobSpec, workdir: Path, output: str, out: Any) -> int:
+    from verifier.market.demo import engine_callbacks, run_market_demo
+
+    sys.stderr.write(f"pocv demo: {spec.kernel_ref} n={spec.params['n']}, {spec.steps} steps per job, "
+                     "settled on the embedded Solana chain (LiteSVM)\n")
+
+    def make_prover(key: Keypair, honest: bool) -> Prover:
+        d = workdir / f"{'honest' if honest else 'cheater'}-{str(key.pubkey())[:8]}-{secrets.token_hex(4)}"
+        if honest:
+            return Prover(trace_dir=d, key=key)
+        return LazyProver(trace_dir=d, key=key, skip_fraction=CHEAT_FRACTION, seed=7)
+
+    commit, verify = engine_callbacks(make_prover)
+    result: dict[str, Any] = run_market_demo(spec=spec, commit=commit, verify=verify,
+                                             out=out if output == "text" else None)
+    if output == "json":
+        out.write(json.dumps(result, indent=2, default=str) + "\n")
+    return EXIT_PASS if result.get("ok") else EXIT_FAIL
 
 
 def _summary(r: dict[str, Any]) -> dict[str, Any]:

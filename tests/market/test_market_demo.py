@@ -1,0 +1,77 @@
+"""The marketplace round ``pocv demo`` runs, with the stand-in compute callbacks."""
+
+from __future__ import annotations
+
+import io
+
+from verifier.market.demo import run_market_demo
+
+
+def test_demo_round_pays_honest_and_slashes_cheater() -> None:
+    out = io.StringIO()
+    r = run_market_demo(out=out)
+    text = out.getvalue()
+    assert r["ok"], text
+    assert [x["result"] for x in r["rounds"]] == ["PASS", "FAIL"]
+    assert [x["worker"] for x in r["rounds"]] == ["honest worker", "cheating worker"]
+    assert r["tokens_reconciled"] and r["lamports_reconciled"]
+    assert r["reputation"]["cheating worker"]["fails"] == 1
+    for party in ("consumer", "honest worker", "cheating worker", "verifier"):
+        assert party in text
+    assert "beacon: solana slot hash" in text and "result: honest worker PAID, cheater SLASHED" in text
+    # every escrow transaction within the targets
+    job_txs = [t for t in r["transactions"] if t["step"].startswith(("POST", "COMMIT", "SETTLE"))]
+    assert len(job_txs) == 6 and sum(t["fee"] for t in job_txs) == 2 * 20_000
+
+
+def test_demo_with_engine_callbacks_gets_the_chain_beacon() -> None:
+    from solders.keypair import Keypair
+
+    from verifier.jobs import JobSpec
+    from verifier.records import Commitment, Outcome, Verdict
+
+    seen: list[tuple[bytes, str]] = []
+
+    def commit(spec: JobSpec, key: Keypair, honest: bool) -> Commitment:
+        return Commitment.create(spec=spec, root=(b"\x01" if honest else b"\x02") * 32, key=key)
+
+    def verify(c: Commitment, beacon: bytes, source: str, key: Keypair) -> Verdict:
+        seen.append((beacon, source))
+        ok = c.root == b"\x01" * 32
+        return Verdict.create(job_id=c.job_id, root=c.root, beacon=beacon, kernel=c.spec.kernel_ref,
+                              outcomes=[Outcome(1, "OK" if ok else "MISMATCH", "")], cheat_fraction=0.1, key=key)
+
+    r = run_market_demo(commit=commit, verify=verify)
+    assert r["ok"] and not r["stand_in"]
+    assert [b.hex() for b, _ in seen] == [x["beacon"] for x in r["rounds"]]
+    assert all("slot hash" in s for _, s in seen)
+
+
+def test_demo_over_the_real_engine(tmp_path: object) -> None:
+    """Real provers and the real verifier, challenged with the chain beacon; the cheater skips steps."""
+    from pathlib import Path
+
+    from solders.keypair import Keypair
+
+    from verifier.demo import LazyProver
+    from verifier.jobs import JobSpec
+    from verifier.market.demo import engine_callbacks
+    from verifier.prover import Prover
+
+    root = Path(str(tmp_path))
+    made: list[str] = []
+
+    def make_prover(key: Keypair, honest: bool) -> Prover:
+        d = root / f"trace-{len(made)}"
+        made.append(str(d))
+        if honest:
+            return Prover(trace_dir=d, key=key)
+        return LazyProver(trace_dir=d, key=key, skip_fraction=0.5, seed=7)
+
+    commit, verify = engine_callbacks(make_prover)
+    spec = JobSpec(kernel="gemm-int8", steps=24, seed=11, params={"n": 16})
+    out = io.StringIO()
+    r = run_market_demo(spec=spec, commit=commit, verify=verify, out=out)
+    assert r["ok"], out.getvalue()
+    assert [x["result"] for x in r["rounds"]] == ["PASS", "FAIL"]
+    assert len(made) == 2

@@ -1,0 +1,437 @@
+"""Chain backends behind one small synchronous interface.
+
+:class:`Backend` is what the escrow, market and indexer need from a chain: send a transaction
+(a failed transaction comes back as a :class:`TxOutcome` value, never as an exception), read
+accounts, list the transactions that touched an address, read one transaction with its token
+balances before and after. Transport trouble raises :class:`~verifier.errors.ChainError`.
+
+:class:`LiteSVMBackend` is the embedded default: ``solders.litesvm.LiteSVM`` in process, made to
+behave like a chain where the escrow needs it -- one slot (and one new blockhash, recorded in the
+SlotHashes sysvar) per landed transaction, and an address -> signatures index with pre/post
+lamport and token balances per transaction, as an RPC node's ``getSignaturesForAddress`` and
+``getTransaction`` give. The RPC backend lives in :mod:`verifier.market.rpc`.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any, Final, Literal, Protocol
+
+from solders.account import Account
+from solders.hash import Hash
+from solders.litesvm import LiteSVM
+from solders.message import Message
+from solders.pubkey import Pubkey
+from solders.signature import Signature
+from solders.transaction import Transaction
+from solders.transaction_metadata import FailedTransactionMetadata, TransactionMetadata
+
+from verifier.errors import ChainError
+from verifier.market.programs import (
+    ACCOUNT_SIZE,
+    MEMO_PROGRAM_ID,
+    SLOT_HASHES_SYSVAR,
+    TOKEN_PROGRAM_ID,
+    classic_token_elf,
+    decode_slot_hashes,
+)
+
+MAX_SLOT_HASHES: Final = 512  # entries the SlotHashes sysvar keeps (as on a real cluster)
+# The embedded chain writes only the newest entries into LiteSVM's sysvar (it costs per entry on
+# every clock change); :meth:`LiteSVMBackend.slot_hash` answers for all MAX_SLOT_HASHES.
+SYSVAR_SLOT_HASHES: Final = 64
+CLOCK_SYSVAR: Final = Pubkey.from_string("SysvarC1ock11111111111111111111111111111111")
+_SYSVARS_READ: Final = frozenset({SLOT_HASHES_SYSVAR, CLOCK_SYSVAR})
+MAX_SIGNATURES_PER_ADDRESS: Final = 100_000  # the embedded index keeps at most this many per address
+TokenBuild = Literal["p-token", "classic"]
+SNAPSHOT_VERSION: Final = 1
+_NOT_SNAPSHOT_OWNERS: Final = frozenset({Pubkey.from_string("Sysvar1111111111111111111111111111111111111"),
+                                         Pubkey.from_string("NativeLoader1111111111111111111111111111111")})
+
+
+@dataclass(frozen=True, kw_only=True)
+class AccountView:
+    """An account as read from the chain (a copy, not a live view)."""
+
+    lamports: int
+    owner: Pubkey
+    data: bytes
+    executable: bool = False
+
+
+@dataclass(frozen=True, kw_only=True)
+class TokenBalance:
+    """A token account's balance as ``getTransaction`` reports it (pre or post)."""
+
+    account: Pubkey
+    mint: Pubkey
+    owner: Pubkey
+    amount: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class TxOutcome:
+    """What happened to a sent transaction. ``landed``: it was executed and charged a fee."""
+
+    signature: Signature
+    ok: bool
+    landed: bool
+    error: str | None
+    fee: int
+    compute_units: int
+    slot: int
+    logs: tuple[str, ...] = ()
+    raw_error: object = field(default=None, compare=False, repr=False)  # the solders error, where there is one
+
+
+@dataclass(frozen=True, kw_only=True)
+class TxRecord:
+    """A landed transaction as an indexer sees it (``getTransaction``)."""
+
+    signature: Signature
+    slot: int
+    message: Message
+    error: str | None
+    fee: int
+    compute_units: int
+    pre_lamports: tuple[int, ...]
+    post_lamports: tuple[int, ...]
+    pre_token: tuple[TokenBalance, ...]
+    post_token: tuple[TokenBalance, ...]
+    logs: tuple[str, ...] = ()
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    @cached_property
+    def account_keys(self) -> tuple[Pubkey, ...]:
+        return tuple(self.message.account_keys)  # solders builds a new list on every access: keep one
+
+    @property
+    def signers(self) -> tuple[Pubkey, ...]:
+        return self.account_keys[: self.message.header.num_required_signatures]
+
+    @cached_property
+    def memos(self) -> tuple[tuple[bytes, tuple[Pubkey, ...]], ...]:
+        """(data, named keys) of every SPL Memo instruction, in order."""
+        keys = self.account_keys
+        return tuple((bytes(ix.data), tuple(keys[i] for i in bytes(ix.accounts)))
+                     for ix in self.message.instructions if keys[ix.program_id_index] == MEMO_PROGRAM_ID)
+
+    def token_delta(self, account: Pubkey) -> int:
+        """Change of ``account``'s token amount in this transaction (0 if not a token account)."""
+        pre = sum(b.amount for b in self.pre_token if b.account == account)
+        post = sum(b.amount for b in self.post_token if b.account == account)
+        return post - pre
+
+
+class Backend(Protocol):
+    """The chain, as the market layer uses it."""
+
+    @property
+    def description(self) -> str: ...
+
+    @property
+    def token_build(self) -> str: ...
+
+    def latest_blockhash(self) -> Hash: ...
+
+    def send(self, tx: Transaction) -> TxOutcome: ...
+
+    def get_account(self, address: Pubkey) -> AccountView | None: ...
+
+    def balance(self, address: Pubkey) -> int: ...
+
+    def rent_exempt(self, size: int) -> int: ...
+
+    def airdrop(self, address: Pubkey, lamports: int) -> None: ...
+
+    def slot(self) -> int: ...
+
+    def signatures_for_address(self, address: Pubkey) -> list[Signature]:
+        """Signatures of landed transactions naming ``address``, oldest first."""
+        ...
+
+    def get_transaction(self, signature: Signature) -> TxRecord | None: ...
+
+    def close(self) -> None: ...
+
+
+def slot_hashes(backend: Backend) -> list[tuple[int, Hash]]:
+    """The SlotHashes sysvar, newest first (read like any account: works on every backend)."""
+    acct = backend.get_account(SLOT_HASHES_SYSVAR)
+    if acct is None:
+        raise ChainError("the SlotHashes sysvar is missing")
+    return decode_slot_hashes(acct.data)
+
+
+def _writable_indices(header: Any, n: int) -> list[int]:
+    """Indices of the writable keys of a legacy message (from its header, as the runtime reads it)."""
+    signed, ro_signed, ro_unsigned = (header.num_required_signatures, header.num_readonly_signed_accounts,
+                                      header.num_readonly_unsigned_accounts)
+    return [i for i in range(n) if i < signed - ro_signed or signed <= i < n - ro_unsigned]
+
+
+def token_balances(keys: Sequence[Pubkey], accounts: Sequence[AccountView | None]) -> tuple[TokenBalance, ...]:
+    out = []
+    for key, acct in zip(keys, accounts):
+        if acct is not None and acct.owner == TOKEN_PROGRAM_ID and len(acct.data) == ACCOUNT_SIZE:
+            d = acct.data
+            out.append(TokenBalance(account=key, mint=Pubkey.from_bytes(d[0:32]), owner=Pubkey.from_bytes(d[32:64]),
+                                    amount=int.from_bytes(d[64:72], "little")))
+    return tuple(out)
+
+
+@dataclass
+class _Index:
+    records: dict[Signature, TxRecord] = field(default_factory=dict)
+    raw: dict[Signature, tuple[Transaction, object]] = field(default_factory=dict)  # signed tx, solders error
+    by_address: dict[Pubkey, list[Signature]] = field(default_factory=dict)
+
+
+class LiteSVMBackend:
+    """The embedded chain: LiteSVM in process. No validator, no network.
+
+    ``token_program``: ``"p-token"`` (LiteSVM's default, a lighter rewrite) or ``"classic"``
+    (the SPL Token build deployed on mainnet; compute-unit figures are only comparable to
+    mainnet with this one). ``index=False`` turns off the address index (benchmarks of raw
+    throughput); the escrow works either way, the indexer needs it.
+    """
+
+    def __init__(self, *, token_program: TokenBuild = "p-token", index: bool = True,  # noqa: S107
+                 start_slot: int = 1_000) -> None:
+        self.svm = LiteSVM()
+        if token_program == "classic":  # noqa: S105
+            self.svm.add_program(TOKEN_PROGRAM_ID, classic_token_elf())
+        elif token_program != "p-token":  # noqa: S105
+            raise ValueError(f"token_program must be 'p-token' or 'classic', got {token_program!r}")
+        self._token_build: TokenBuild = token_program
+        self._indexing = index
+        self._index = _Index()
+        self._slot = start_slot
+        self._start_slot = start_slot
+        self._touched: set[Pubkey] = set()  # accounts outside any transaction (airdrops): for snapshots
+        self._hashes: list[tuple[int, Hash]] = []
+        self._dirty = True
+        self._push_slot_hash()
+        self._flush()
+
+    # -- chain-like behaviour ---------------------------------------------------------------
+
+    def _push_slot_hash(self) -> None:
+        # A real slot hash is the bank hash: unpredictable before the slot ends. LiteSVM's
+        # blockhashes are a public hash chain (predictable), so the embedded chain draws each
+        # slot's hash from the OS's CSPRNG instead.
+        self._hashes.insert(0, (self._slot, Hash(os.urandom(32))))
+        del self._hashes[MAX_SLOT_HASHES:]
+        self._dirty = True
+
+    def _flush(self) -> None:
+        """Bring LiteSVM's Clock and SlotHashes sysvars up to date. Done lazily: LiteSVM
+        re-serializes its sysvar cache on every change (~50 us each with 512 slot hashes)."""
+        if self._dirty:
+            self.svm.warp_to_slot(self._slot)
+            self.svm.set_slot_hashes(self._hashes[:SYSVAR_SLOT_HASHES])
+            self._dirty = False
+
+    def advance_slot(self) -> None:
+        """Close the current slot: next slot, new blockhash (the old one stops being accepted)."""
+        self._slot += 1
+        self.svm.expire_blockhash()
+        self._push_slot_hash()
+
+    def slot_hash(self, slot: int) -> Hash | None:
+        """The hash of ``slot`` if it is among the last ``MAX_SLOT_HASHES`` slots."""
+        return next((h for s, h in self._hashes if s == slot), None)
+
+    @property
+    def description(self) -> str:
+        return f"LiteSVM in process (solders {_solders_version()}, token program: {self._token_build})"
+
+    @property
+    def token_build(self) -> str:
+        return self._token_build
+
+    def latest_blockhash(self) -> Hash:
+        return self.svm.latest_blockhash()
+
+    def slot(self) -> int:
+        return self._slot
+
+    def _views(self, keys: Sequence[Pubkey]) -> list[AccountView | None]:
+        return [self.get_account(k) for k in keys]
+
+    def send(self, tx: Transaction) -> TxOutcome:
+        sig = tx.signatures[0]
+        if sig in self._index.records:  # LiteSVM's own history does not survive a snapshot/restore
+            return TxOutcome(signature=sig, ok=False, landed=False, error="AlreadyProcessed", fee=0,
+                             compute_units=0, slot=self._slot)
+        keys = list(tx.message.account_keys)
+        if self._dirty and any(k in _SYSVARS_READ for k in keys):
+            self._flush()
+        writable = _writable_indices(tx.message.header, len(keys))
+        pre = self._views(keys) if self._indexing else []
+        pre_sum = sum(a.lamports for a in pre if a is not None) if self._indexing else 0
+        payer_before = 0 if self._indexing else (self.svm.get_balance(keys[0]) or 0)
+        result = self.svm.send_transaction(tx)
+        raw_err: object = None
+        if isinstance(result, FailedTransactionMetadata):
+            meta: TransactionMetadata = result.meta()
+            raw_err = result.err()
+            error: str | None = str(raw_err)
+        else:
+            meta = result
+            error = None
+        if self._indexing:
+            # only writable accounts can change: re-read those, keep the read-only ones as they were
+            post = list(pre)
+            for i in writable:
+                post[i] = self.get_account(keys[i])
+            fee = pre_sum - sum(a.lamports for a in post if a is not None)
+        else:
+            fee = payer_before - (self.svm.get_balance(keys[0]) or 0) if error is not None else meta.fee()
+        landed = error is None or fee > 0
+        slot = self._slot
+        if landed and self._indexing:
+            rec = TxRecord(
+                signature=sig, slot=slot, message=tx.message, error=error, fee=fee,
+                compute_units=meta.compute_units_consumed(),
+                pre_lamports=tuple(a.lamports if a else 0 for a in pre),
+                post_lamports=tuple(a.lamports if a else 0 for a in post),
+                pre_token=token_balances(keys, pre), post_token=token_balances(keys, post),
+                logs=tuple(meta.logs()),
+            )
+            self._index.records[sig] = rec
+            self._index.raw[sig] = (tx, raw_err)
+            for k in keys:
+                lst = self._index.by_address.setdefault(k, [])
+                if len(lst) < MAX_SIGNATURES_PER_ADDRESS:
+                    lst.append(sig)
+        if landed:
+            self.advance_slot()
+        return TxOutcome(signature=sig, ok=error is None, landed=landed, error=error, fee=fee if landed else 0,
+                         compute_units=meta.compute_units_consumed(), slot=slot, logs=tuple(meta.logs()),
+                         raw_error=raw_err)
+
+    def get_account(self, address: Pubkey) -> AccountView | None:
+        if self._dirty and address in _SYSVARS_READ:
+            self._flush()
+        a = self.svm.get_account(address)
+        if a is None or (a.lamports == 0 and not a.data):
+            return None
+        return AccountView(lamports=a.lamports, owner=a.owner, data=bytes(a.data), executable=a.executable)
+
+    def balance(self, address: Pubkey) -> int:
+        return self.svm.get_balance(address) or 0
+
+    def rent_exempt(self, size: int) -> int:
+        return self.svm.minimum_balance_for_rent_exemption(size)
+
+    def airdrop(self, address: Pubkey, lamports: int) -> None:
+        self._touched.add(address)
+        r = self.svm.airdrop(address, lamports)
+        if isinstance(r, FailedTransactionMetadata):
+            raise ChainError(f"airdrop of {lamports} lamports to {address} failed: {r.err()}")
+
+    def signatures_for_address(self, address: Pubkey) -> list[Signature]:
+        return list(self._index.by_address.get(address, ()))
+
+    def get_transaction(self, signature: Signature) -> TxRecord | None:
+        return self._index.records.get(signature)
+
+    def signed_transaction(self, signature: Signature) -> Transaction | None:
+        raw = self._index.raw.get(signature)
+        return raw[0] if raw else None
+
+    def raw_error(self, signature: Signature) -> object:
+        """The solders TransactionError of a landed failed transaction (``None`` if it succeeded)."""
+        raw = self._index.raw.get(signature)
+        return raw[1] if raw else None
+
+    def records(self) -> list[TxRecord]:
+        """Every landed transaction, oldest first (used by the loopback RPC server and the ledger)."""
+        return list(self._index.records.values())
+
+    def close(self) -> None:
+        """Nothing to release in process."""
+
+    # -- snapshots (the CLI's ledger directory) -----------------------------------------------
+
+    def to_state(self) -> dict[str, Any]:
+        """Everything needed to continue this chain in another process, as JSON-able data."""
+        keys: set[Pubkey] = set(self._touched)
+        for rec in self._index.records.values():
+            keys.update(rec.message.account_keys)
+        accounts = {}
+        for k in sorted(keys, key=bytes):
+            a = self.svm.get_account(k)
+            if a is None or a.executable or a.owner in _NOT_SNAPSHOT_OWNERS or k in _SYSVARS_READ:
+                continue
+            accounts[str(k)] = {"lamports": a.lamports, "owner": str(a.owner), "rent_epoch": a.rent_epoch,
+                                "data": base64.b64encode(bytes(a.data)).decode()}
+        txs = []
+        for sig, rec in self._index.records.items():
+            tx = self._index.raw[sig][0]
+            txs.append({"tx": base64.b64encode(bytes(tx)).decode(), "slot": rec.slot, "error": rec.error,
+                        "fee": rec.fee, "cu": rec.compute_units, "logs": list(rec.logs),
+                        "pre_lamports": list(rec.pre_lamports), "post_lamports": list(rec.post_lamports),
+                        "pre_token": [_tb_json(b) for b in rec.pre_token],
+                        "post_token": [_tb_json(b) for b in rec.post_token]})
+        return {"version": SNAPSHOT_VERSION, "token_program": self._token_build, "start_slot": self._start_slot,
+                "slot": self._slot, "slot_hashes": [[s, str(h)] for s, h in self._hashes],
+                "accounts": accounts, "transactions": txs, "touched": sorted(str(k) for k in self._touched)}
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> LiteSVMBackend:
+        if state.get("version") != SNAPSHOT_VERSION:
+            raise ChainError(f"ledger snapshot version {state.get('version')!r}, expected {SNAPSHOT_VERSION}")
+        be = cls(token_program=state["token_program"], start_slot=int(state["start_slot"]))
+        for k, a in state["accounts"].items():
+            be.svm.set_account(Pubkey.from_string(k), Account(int(a["lamports"]), base64.b64decode(a["data"]),
+                                                              Pubkey.from_string(a["owner"]), False,
+                                                              int(a["rent_epoch"])))
+        # LiteSVM's blockhash is a hash chain from a fixed start: walk it past every hash already
+        # used, so no transaction signed in an earlier process can land again
+        for _ in range(int(state["slot"]) - be._slot):
+            be.svm.expire_blockhash()
+        be._slot = int(state["slot"])
+        be._hashes = [(int(s), Hash.from_string(h)) for s, h in state["slot_hashes"]]
+        be._touched = {Pubkey.from_string(k) for k in state["touched"]}
+        for t in state["transactions"]:
+            tx = Transaction.from_bytes(base64.b64decode(t["tx"]))
+            keys = list(tx.message.account_keys)
+            rec = TxRecord(signature=tx.signatures[0], slot=int(t["slot"]), message=tx.message, error=t["error"],
+                           fee=int(t["fee"]), compute_units=int(t["cu"]), logs=tuple(t["logs"]),
+                           pre_lamports=tuple(t["pre_lamports"]), post_lamports=tuple(t["post_lamports"]),
+                           pre_token=tuple(_tb_from(b) for b in t["pre_token"]),
+                           post_token=tuple(_tb_from(b) for b in t["post_token"]))
+            be._index.records[rec.signature] = rec
+            be._index.raw[rec.signature] = (tx, None)
+            for k in keys:
+                be._index.by_address.setdefault(k, []).append(rec.signature)
+        be._dirty = True
+        be._flush()
+        return be
+
+
+def _tb_json(b: TokenBalance) -> list[Any]:
+    return [str(b.account), str(b.mint), str(b.owner), b.amount]
+
+
+def _tb_from(v: list[Any]) -> TokenBalance:
+    return TokenBalance(account=Pubkey.from_string(v[0]), mint=Pubkey.from_string(v[1]),
+                        owner=Pubkey.from_string(v[2]), amount=int(v[3]))
+
+
+def _solders_version() -> str:
+    from importlib.metadata import version
+
+    try:
+        return version("solders")
+    except Exception:  # metadata missing in odd installs; the description is informational
+        return "?"
