@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 from solders.keypair import Keypair
 
@@ -107,13 +109,33 @@ def test_challenge_must_belong_to_commitment(honest, verifier_key) -> None:
     v = Verifier(key=verifier_key)
     ch = v.challenge(c, beacon=BEACON, k=5)
     assert ch.indices != (1, 2, 3, 4, 5)
-    forged = type(ch)(job_id=ch.job_id, root=ch.root, steps=ch.steps, beacon=ch.beacon,
-                      indices=(1, 2, 3, 4, 5), confidence=ch.confidence,
-                      cheat_fraction=ch.cheat_fraction)
+    forged = dataclasses.replace(ch, indices=(1, 2, 3, 4, 5)).signed(verifier_key)
     with pytest.raises(MismatchError, match="beacon derives"):
         v.check(c, forged, None)
     with pytest.raises(MismatchError, match="beacon derives"):
         prover.respond(forged)
+
+
+def test_only_this_verifiers_challenges_are_checked(honest, verifier_key) -> None:
+    """A worker that brings its own challenge (a beacon it ground) is refused (REVIEW R2)."""
+    prover, c = honest
+    worker_made = Verifier(key=prover.key).challenge(c, beacon=bytes(32), k=5)
+    with pytest.raises(SignatureError, match="not by this verifier"):
+        Verifier(key=verifier_key).check(c, worker_made, prover.respond(worker_made))
+    unsigned = dataclasses.replace(Verifier(key=verifier_key).challenge(c, beacon=BEACON, k=5),
+                                   signature=bytes(64))
+    with pytest.raises(SignatureError):
+        Verifier(key=verifier_key).check(c, unsigned, None)
+
+
+def test_challenge_cannot_promise_more_than_its_k(honest, verifier_key) -> None:
+    prover, c = honest
+    v = Verifier(key=verifier_key)
+    weak = dataclasses.replace(v.challenge(c, beacon=BEACON, k=1), confidence=0.999).signed(verifier_key)
+    with pytest.raises(MismatchError, match="give only"):
+        v.check(c, weak, prover.respond(weak))
+    ok = v.challenge(c, beacon=BEACON, k=3)
+    assert ok.confidence == pytest.approx(1 - 0.9**3)  # an explicit k records what it achieves
 
 
 def test_unsigned_commitment_is_refused(honest, verifier_key) -> None:

@@ -3,6 +3,7 @@ of bad inputs, each with its documented exit code and message."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import struct
 import subprocess
@@ -14,7 +15,7 @@ from solders.keypair import Keypair
 
 from tests.helpers import SMALL
 from verifier.bundle import MAGIC, Response
-from verifier.records import save_keypair
+from verifier.records import Challenge, save_keypair
 
 BEACON = "ab" * 32
 
@@ -52,7 +53,7 @@ def flow(tmp_path_factory) -> dict[str, Path]:
     assert "step 40/40" in r.stderr  # progress on stderr, the record on stdout
     # 12 of 40 steps, so the multiproof is not empty
     r = pocv("challenge", d / "commitment.json", "--beacon", BEACON, "-n", "12", "-f", "0.1",
-             "-o", d / "challenge.json")
+             "-k", d / "verifier.json", "--job", d / "job.json", "-o", d / "challenge.json")
     assert r.returncode == 0, r.stderr
     r = pocv("respond", d / "trace", d / "challenge.json", "-o", d / "response.pocv")
     assert r.returncode == 0, r.stderr
@@ -68,8 +69,9 @@ def test_end_to_end_pass(flow) -> None:
     assert verdict["result"] == "PASS"
     assert verdict["checked"] == 12
     r = pocv("verify", flow["commitment"], flow["challenge"], flow["response"], "-k", flow["vkey"],
-             "--output", "text")
+             "--output", "text", "--job", flow["job"])
     assert r.returncode == 0 and r.stdout.startswith("PASS")
+    assert "no --job given" not in r.stderr
 
 
 def test_rerun_is_idempotent(flow) -> None:
@@ -215,6 +217,21 @@ def _challenge_not_json(flow, d: Path) -> list:
     return [flow["commitment"], d / "ch.json", flow["response"]]
 
 
+def _challenge_by_worker(flow, d: Path) -> list:
+    """The worker brings its own challenge (signed by itself, with a beacon it picked)."""
+    r = pocv("challenge", flow["commitment"], "--beacon", "cd" * 32, "-n", "12", "-k", flow["wkey"],
+             "-o", d / "ch.json")
+    assert r.returncode == 0, r.stderr
+    return [flow["commitment"], d / "ch.json", flow["response"]]
+
+
+def _other_job_ordered(flow, d: Path) -> list:
+    other = json.loads(SMALL.to_json())
+    other["steps"] = 1000
+    (d / "ordered.json").write_text(json.dumps(other))
+    return [flow["commitment"], flow["challenge"], flow["response"], "--job", d / "ordered.json"]
+
+
 #: name -> (arguments builder, exit code, reason in the verdict or text on stderr)
 BAD_VERIFY = {
     "truncated-bundle": (_truncated, 1, "MALFORMED"),
@@ -229,8 +246,10 @@ BAD_VERIFY = {
     "missing-response-file": (_missing_response, 3, "does not exist"),
     "missing-commitment-file": (_missing_commitment, 3, "does not exist"),
     "tampered-commitment": (_tampered_commitment, 3, "signature"),
-    "challenge-for-other-root": (_challenge_for_other_root, 3, "not for this commitment"),
+    "challenge-for-other-root": (_challenge_for_other_root, 3, "signature does not verify"),
     "challenge-not-json": (_challenge_not_json, 3, "not valid JSON"),
+    "challenge-signed-by-worker": (_challenge_by_worker, 3, "not by this verifier"),
+    "commitment-for-another-job": (_other_job_ordered, 3, "not the ordered job"),
 }
 
 
@@ -251,14 +270,23 @@ def test_bad_verify_inputs(flow, tmp_path, capsys, case: str) -> None:
 
 
 BAD_OTHER = {
-    "challenge-bad-beacon": (["challenge", "{commitment}", "--beacon", "xyz"], 3, "beacon must be 32 bytes"),
+    "challenge-bad-beacon": (["challenge", "{commitment}", "--beacon", "xyz", "-k", "{wkey}"], 3,
+                             "beacon must be 32 bytes"),
     "challenge-no-beacon": (["challenge", "{commitment}"], 2, "--beacon"),
-    "challenge-bad-p": (["challenge", "{commitment}", "--beacon", BEACON, "-p", "1.5"], 3, "confidence"),
+    "challenge-bad-p": (["challenge", "{commitment}", "--beacon", BEACON, "-p", "1.5", "-k", "{wkey}"], 3,
+                        "confidence"),
     "run-unknown-kernel": (["run", "{badjob}", "--trace", "{tmp}/t", "-k", "{wkey}"], 3, "unknown kernel"),
     "run-missing-key": (["run", "{job}", "--trace", "{tmp}/t", "-k", "{tmp}/nokey.json"], 3, "cannot read"),
     "run-trace-of-other-job": (["run", "{otherjob}", "--trace", "{trace}", "-k", "{wkey}"], 3, "holds job"),
     "respond-challenge-other-job": (["respond", "{trace}", "{otherchallenge}", "-o", "{tmp}/r"], 3, "this trace"),
     "respond-not-a-trace": (["respond", "{tmp}", "{challenge}", "-o", "{tmp}/r"], 3, "not a pocv trace"),
+    "verify-on-missing-cuda": (["verify", "{commitment}", "{challenge}", "{tmp}/r", "-k", "{wkey}", "--device",
+                               "cuda:7"], 3, "cuda"),
+    "run-trace-is-a-file": (["run", "{job}", "--trace", "{tmp}/badjob.json", "-k", "{wkey}"], 3,
+                            "not an empty directory"),
+    "run-trace-under-a-file": (["run", "{job}", "--trace", "{tmp}/badjob.json/t", "-k", "{wkey}"], 3,
+                               "cannot use"),
+    "run-corrupt-trace-json": (["run", "{job}", "--trace", "{corrupt}", "-k", "{wkey}"], 3, "unreadable trace.json"),
     "no-command": ([], 2, "usage"),
     "unknown-command": (["frobnicate"], 2, "invalid choice"),
 }
@@ -271,10 +299,12 @@ def test_bad_inputs_other_commands(flow, tmp_path, capsys, case: str) -> None:
     other = json.loads(SMALL.to_json())
     other["seed"] = 99
     (tmp_path / "otherjob.json").write_text(json.dumps(other))
-    ch = json.loads(flow["challenge"].read_text())
-    ch["job_id"] = "22" * 32
-    (tmp_path / "otherchallenge.json").write_text(json.dumps(ch))
-    subs = {"commitment": flow["commitment"], "tmp": tmp_path, "wkey": flow["wkey"], "job": flow["job"],
+    ch = Challenge.from_json(flow["challenge"].read_text())
+    other_ch = dataclasses.replace(ch, job_id=bytes([0x22]) * 32).signed(Keypair())
+    (tmp_path / "otherchallenge.json").write_text(other_ch.to_json())
+    (tmp_path / "corrupt").mkdir()
+    (tmp_path / "corrupt" / "trace.json").write_text('{"format": 1, "checkpoint_every": 0, "spec": ' + SMALL.to_json() + "}")
+    subs = {"corrupt": tmp_path / "corrupt", "commitment": flow["commitment"], "tmp": tmp_path, "wkey": flow["wkey"], "job": flow["job"],
             "badjob": tmp_path / "badjob.json", "otherjob": tmp_path / "otherjob.json", "trace": flow["trace"],
             "otherchallenge": tmp_path / "otherchallenge.json", "challenge": flow["challenge"]}
     r = pocv_here(capsys, *[a.format(**subs) for a in argv])

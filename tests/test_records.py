@@ -77,6 +77,22 @@ def test_verdict_roundtrip_result_and_signature(verifier_key: Keypair) -> None:
         v.verify_signature(expected_verifier=bytes(Keypair().pubkey()))
 
 
+@pytest.mark.parametrize(("field", "value"), [("detection", 1.0), ("checked", 7), ("failed", 0), ("version", 2),
+                                              ("extra", 1)])
+def test_verdict_unsigned_fields_must_agree(verifier_key: Keypair, field: str, value: object) -> None:
+    d = json.loads(_verdict(verifier_key, ("OK", "MISMATCH")).to_json())
+    d[field] = value
+    with pytest.raises(MalformedError):
+        Verdict.from_json(json.dumps(d))
+
+
+def test_full_coverage_means_detection_one(verifier_key: Keypair) -> None:
+    v = Verdict.create(job_id=SPEC.job_id, root=bytes(32), beacon=bytes(32), kernel=SPEC.kernel_ref,
+                       outcomes=[Outcome(i, "OK") for i in (1, 2, 3)], cheat_fraction=0.1, key=verifier_key, steps=3)
+    assert v.detection == 1.0
+    assert Verdict.from_json(v.to_json()).detection == 1.0
+
+
 def test_verdict_cannot_be_flipped_to_pass(verifier_key: Keypair) -> None:
     d = json.loads(_verdict(verifier_key, ("OK", "MISMATCH")).to_json())
     d["outcomes"][1]["reason"] = "OK"
@@ -91,8 +107,12 @@ def test_verdict_cannot_be_flipped_to_pass(verifier_key: Keypair) -> None:
 
 def test_challenge_roundtrip_and_validation() -> None:
     ch = Challenge(job_id=SPEC.job_id, root=bytes(32), steps=10, beacon=bytes(32), indices=(1, 5, 9),
-                   confidence=0.99, cheat_fraction=0.1)
+                   confidence=0.99, cheat_fraction=0.1).signed(Keypair())
     assert Challenge.from_json(ch.to_json()) == ch
+    d = json.loads(ch.to_json())
+    d["indices"] = [1, 5, 8]
+    with pytest.raises(SignatureError):
+        Challenge.from_json(json.dumps(d))
     for bad in [(0,), (11,), (2, 2), ()]:
         with pytest.raises(MalformedError):
             Challenge(job_id=SPEC.job_id, root=bytes(32), steps=10, beacon=bytes(32), indices=bad,

@@ -37,16 +37,26 @@ from types import MappingProxyType
 from typing import BinaryIO, Final
 
 from verifier.encoding import MAX_STATE_BYTES
-from verifier.errors import InputError, LimitExceeded, MalformedError
+from verifier.errors import InputError, LimitExceeded, MalformedError, MismatchError
 from verifier.merkle import DIGEST_SIZE, MAX_PROOF_HASHES, MAX_TREE_SIZE
 from verifier.records import MAX_CHALLENGES
-from verifier.store import atomic_write
+from verifier.store import atomic_writer
 
 MAGIC: Final = b"POCVRSP\x00"
 BUNDLE_VERSION: Final = 1
 #: The largest bundle accepted: every challenged pair of states at the largest state size
 #: would be far more; 64 GiB bounds what a verifier will ever read from one worker.
 MAX_BUNDLE_BYTES: Final = 64 << 30
+
+
+@dataclass(frozen=True, kw_only=True)
+class Expected:
+    """What the verifier knows before reading a bundle: checked as soon as the header is read."""
+
+    job_id: bytes
+    root: bytes
+    tree_size: int
+    state_bytes: int  # every state of this job encodes to exactly this many bytes
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -90,22 +100,25 @@ class Response:
         return buf.getvalue()
 
     def save(self, path: str | os.PathLike[str]) -> None:
-        """Write atomically (temporary file + rename)."""
-        atomic_write(Path(path), self.to_bytes())
+        """Stream to a temporary file beside ``path``, then rename (no copy of the bundle in memory)."""
+        with atomic_writer(Path(path)) as f:
+            self.write_to(f)
 
     # -- reading ---------------------------------------------------------------------------
 
     @classmethod
-    def from_bytes(cls, data: bytes) -> Response:
-        return _parse(io.BytesIO(data), len(data))
+    def from_bytes(cls, data: bytes, *, expect: Expected | None = None) -> Response:
+        return _parse(io.BytesIO(data), len(data), expect)
 
     @classmethod
-    def load(cls, path: str | os.PathLike[str]) -> Response:
+    def load(cls, path: str | os.PathLike[str], *, expect: Expected | None = None) -> Response:
+        """Read a bundle file; with ``expect``, refuse another job's bundle (MismatchError) and
+        any state of another size (LimitExceeded) before reading the states."""
         p = Path(path)
         try:
             with p.open("rb") as f:
                 size = os.fstat(f.fileno()).st_size
-                return _parse(f, size)
+                return _parse(f, size, expect)
         except FileNotFoundError as e:
             raise InputError(f"response bundle {str(p)!r} does not exist") from e
         except IsADirectoryError as e:
@@ -135,7 +148,7 @@ class _Reader:
         return int(struct.unpack("<Q", self.take(8, what))[0])
 
 
-def _parse(f: BinaryIO, size: int) -> Response:
+def _parse(f: BinaryIO, size: int, expect: Expected | None = None) -> Response:
     if size > MAX_BUNDLE_BYTES:
         raise LimitExceeded(f"a bundle is at most {MAX_BUNDLE_BYTES} bytes, got {size}")
     r = _Reader(f, size)
@@ -152,6 +165,9 @@ def _parse(f: BinaryIO, size: int) -> Response:
     tree_size = r.u64("tree size")
     if not 2 <= tree_size <= MAX_TREE_SIZE:
         raise LimitExceeded(f"bundle tree size must be in 2..{MAX_TREE_SIZE}, got {tree_size}")
+    if expect is not None and (job_id, root, tree_size) != (expect.job_id, expect.root, expect.tree_size):
+        raise MismatchError("response is for another job id, root or tree size")
+    max_state = MAX_STATE_BYTES if expect is None else expect.state_bytes
     k = r.u32("index count")
     if not 1 <= k <= MAX_CHALLENGES:
         raise LimitExceeded(f"bundle index count must be in 1..{MAX_CHALLENGES}, got {k}")
@@ -174,8 +190,8 @@ def _parse(f: BinaryIO, size: int) -> Response:
                                  f"got {leaf} after {last}")
         last = leaf
         length = r.u64("state length")
-        if length > MAX_STATE_BYTES:
-            raise LimitExceeded(f"a state is at most {MAX_STATE_BYTES} bytes, bundle claims {length}")
+        if length > max_state:
+            raise LimitExceeded(f"a state of this job is at most {max_state} bytes, bundle claims {length}")
         states[leaf] = r.take(length, f"state {leaf}")
     p = r.u32("proof length")
     if p > MAX_PROOF_HASHES:

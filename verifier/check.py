@@ -27,9 +27,9 @@ from typing import TYPE_CHECKING
 
 from solders.keypair import Keypair
 
-from verifier.bundle import Response
-from verifier.challenge import derive_indices, sample_size
-from verifier.encoding import decode_state, digest_encoded, state_digest
+from verifier.bundle import Expected, Response
+from verifier.challenge import derive_indices, detection_probability, sample_size
+from verifier.encoding import decode_state, digest_encoded, encoded_size, state_digest
 from verifier.errors import EvidenceError, InputError, MismatchError, VerificationFailed
 from verifier.merkle import verify_multiproof
 from verifier.records import Challenge, Commitment, Outcome, Verdict
@@ -48,8 +48,10 @@ class Verifier:
     """Challenges a commitment and checks the worker's response on ``device``."""
 
     def __init__(self, *, key: Keypair, device: str = "cpu") -> None:
+        from verifier.device import resolve_device
+
         self.key = key
-        self.device = device
+        self.device = resolve_device(device)  # InputError now, not a crash mid-check
 
     @property
     def public_key(self) -> bytes:
@@ -69,14 +71,18 @@ class Verifier:
         if not isinstance(beacon, bytes) or len(beacon) != 32:
             raise InputError("a challenge needs a 32-byte beacon the worker could not know before committing")
         commitment.verify_signature()
+        explicit = k is not None
         if k is None:
             k = sample_size(confidence, cheat_fraction)
         elif not 0 <= cheat_fraction <= 1:
             raise InputError(f"cheat fraction f must be in [0, 1], got {cheat_fraction}")
         indices = derive_indices(commitment.job_id, commitment.root, beacon, commitment.steps, k)
+        if explicit:  # record what k really gives, not a confidence it does not reach
+            full = len(indices) >= commitment.steps
+            confidence = 1.0 if full else detection_probability(len(indices), cheat_fraction)
         return Challenge(job_id=commitment.job_id, root=commitment.root, steps=commitment.steps,
                          beacon=beacon, indices=indices, confidence=confidence,
-                         cheat_fraction=cheat_fraction, beacon_source=beacon_source)
+                         cheat_fraction=cheat_fraction, beacon_source=beacon_source).signed(self.key)
 
     # -- result form -----------------------------------------------------------------------
 
@@ -91,7 +97,11 @@ class Verifier:
         commitment.verify_signature()
         spec = commitment.spec
         kernel = spec.get_kernel()
-        # (2) the challenge
+        # (2) the challenge: issued by this verifier, for this commitment, with the k it promises
+        challenge.verify_signature(expected_verifier=self.public_key)
+        if challenge.k < commitment.steps and challenge.detection < challenge.confidence - 1e-9:
+            raise MismatchError(f"challenge promises p = {challenge.confidence} at f = {challenge.cheat_fraction} "
+                                f"but its {challenge.k} steps give only {challenge.detection:.6f}")
         if (challenge.job_id, challenge.root, challenge.steps) != (
                 commitment.job_id, commitment.root, commitment.steps):
             raise MismatchError("challenge is not for this commitment (job id, root or steps differ)")
@@ -104,7 +114,7 @@ class Verifier:
         def verdict(outcomes: Sequence[Outcome]) -> Verdict:
             # (9)
             return Verdict.create(job_id=commitment.job_id, root=commitment.root, beacon=challenge.beacon,
-                                  kernel=spec.kernel_ref, outcomes=outcomes,
+                                  kernel=spec.kernel_ref, outcomes=outcomes, steps=commitment.steps,
                                   cheat_fraction=challenge.cheat_fraction, key=self.key)
 
         def all_fail(reason: str, detail: str) -> Verdict:
@@ -114,11 +124,17 @@ class Verifier:
             return all_fail("REFUSED", "no response")
         # (3) parse
         if not isinstance(response, Response):
+            # every state of this job has exactly this many bytes: a bundle claiming more for one is
+            # refused before it is read, and one for another job before any state is read
+            expect = Expected(job_id=commitment.job_id, root=commitment.root, tree_size=commitment.tree_size,
+                              state_bytes=encoded_size(kernel.schema(spec)))
             try:
                 if isinstance(response, (bytes, bytearray, memoryview)):
-                    response = Response.from_bytes(bytes(response))
+                    response = Response.from_bytes(bytes(response), expect=expect)
                 else:
-                    response = Response.load(response)
+                    response = Response.load(response, expect=expect)
+            except MismatchError as e:
+                return all_fail("WRONG_JOB", str(e))
             except EvidenceError as e:
                 return all_fail("MALFORMED", str(e))
         # (4) for this job and challenge

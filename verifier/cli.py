@@ -5,7 +5,7 @@ errors to stderr. Exit codes (also in the README)::
 
     0  success / PASS          1  FAIL (the evidence was checked and rejected)
     2  usage error             3  bad or missing input (files, records, arguments)
-    4  chain or network error  130 interrupted
+    4  chain or network error  70  internal error (a bug)   130 interrupted
 
 Every error the library raises on purpose is printed as one line; set POCV_DEBUG=1 to see a
 traceback as well.
@@ -23,7 +23,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
-from verifier.errors import EXIT_FAIL, EXIT_PASS, EXIT_USAGE, PocvError
+from verifier.errors import EXIT_FAIL, EXIT_INTERNAL, EXIT_PASS, EXIT_USAGE, PocvError
 
 PROG = "pocv"
 
@@ -109,22 +109,37 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return EXIT_PASS
 
 
-def _cmd_challenge(args: argparse.Namespace) -> int:
-    from solders.keypair import Keypair
+def _expected_job(args: argparse.Namespace, commitment: Any) -> str:
+    """With --job, the commitment must be for that job; without, a note saying which job this is."""
+    from verifier.errors import MismatchError
+    from verifier.prover import load_spec
 
+    if args.job is None:
+        return (f"{PROG} {args.command}: note: no --job given; this is the job the commitment names: "
+                f"{commitment.spec.kernel_ref}, {commitment.steps} steps, params {dict(commitment.spec.params)}, "
+                f"job id {commitment.job_id.hex()[:16]}...\n")
+    spec = load_spec(args.job)
+    if spec.job_id != commitment.job_id:
+        raise MismatchError(f"the commitment is for job {commitment.job_id.hex()[:16]}... "
+                            f"({commitment.spec.kernel_ref}, {commitment.steps} steps), not the ordered job "
+                            f"{spec.job_id.hex()[:16]}... ({spec.kernel_ref}, {spec.steps} steps)")
+    return ""
+
+
+def _cmd_challenge(args: argparse.Namespace) -> int:
     from verifier.check import Verifier
     from verifier.prover import load_commitment
     from verifier.records import parse_beacon
 
     commitment = load_commitment(args.commitment)
+    note = _expected_job(args, commitment)
     if args.beacon == "random":
         beacon, source = secrets.token_bytes(32), "verifier nonce (random, drawn after the commitment)"
     else:
         beacon, source = parse_beacon(args.beacon), args.beacon_source
-    # challenges are not signed; an ephemeral key satisfies the Verifier constructor
-    ch = Verifier(key=Keypair()).challenge(commitment, beacon=beacon, confidence=args.confidence,
-                                           cheat_fraction=args.cheat_fraction, k=args.count,
-                                           beacon_source=source)
+    verifier = Verifier(key=_key(args.keypair, "verifier"))
+    ch = verifier.challenge(commitment, beacon=beacon, confidence=args.confidence,
+                            cheat_fraction=args.cheat_fraction, k=args.count, beacon_source=source)
     if args.output == "json":
         _emit(ch.to_json(), args.out)
     else:
@@ -132,6 +147,7 @@ def _cmd_challenge(args: argparse.Namespace) -> int:
             _emit(ch.to_json(), args.out)
         print(f"challenge {ch.k} of {ch.steps} steps; detection >= {ch.detection:.6f} "
               f"for f = {ch.cheat_fraction}; beacon {ch.beacon.hex()}")
+    sys.stderr.write(note)
     return EXIT_PASS
 
 
@@ -162,6 +178,7 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     from verifier.prover import load_challenge, load_commitment
 
     commitment = load_commitment(args.commitment)
+    note = _expected_job(args, commitment)
     challenge = load_challenge(args.challenge)
     verifier = Verifier(key=_key(args.keypair, "verifier"), device=args.device)
     verdict = verifier.check(commitment, challenge, Path(args.response))  # streamed, limits checked
@@ -171,11 +188,13 @@ def _cmd_verify(args: argparse.Namespace) -> int:
         if args.out:
             _emit(verdict.to_json(), args.out)
         print(_verdict_text(verdict))
+    sys.stderr.write(note)
     return EXIT_PASS if verdict.passed else EXIT_FAIL
 
 
 def _verdict_text(verdict: Any) -> str:
-    head = (f"{'PASS' if verdict.passed else 'FAIL'}: {len(verdict.outcomes) - len(verdict.failures)}/"
+    head = (f"{'PASS' if verdict.passed else 'FAIL'} job {verdict.job_id.hex()[:16]}... ({verdict.kernel}): "
+            f"{len(verdict.outcomes) - len(verdict.failures)}/"
             f"{len(verdict.outcomes)} challenged steps verified; detection >= {verdict.detection:.6f} "
             f"for f = {verdict.cheat_fraction}")
     lines = [head] + [f"  step {o.index}: {o.reason} {o.detail}".rstrip() for o in verdict.failures[:10]]
@@ -271,6 +290,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-f", "--cheat-fraction", type=float, default=0.1,
                    help="smallest fraction of faked steps to catch (default 0.1)")
     p.add_argument("-n", "--count", type=int, default=None, metavar="K", help="challenge exactly K steps")
+    p.add_argument("-k", "--keypair", metavar="FILE",
+                   help="verifier key that signs the challenge (default ~/.config/solana/id.json); "
+                        "`pocv verify` accepts only challenges signed by its own key")
+    p.add_argument("--job", metavar="JOB", help="the job spec that was ordered: refuse a commitment for another job")
     _common(p, out_help="also write the challenge JSON to FILE (atomically)")
     commands["challenge"] = _cmd_challenge
 
@@ -292,6 +315,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("challenge", metavar="CHALLENGE")
     p.add_argument("response", metavar="RESPONSE", help="response bundle from `pocv respond`")
     p.add_argument("-k", "--keypair", metavar="FILE", help="verifier key (default ~/.config/solana/id.json)")
+    p.add_argument("--job", metavar="JOB", help="the job spec that was ordered: refuse a commitment for another job")
     p.add_argument("--device", default="cpu", help="device to recompute on (default cpu)")
     _common(p, out_help="also write the verdict JSON to FILE (atomically)")
     commands["verify"] = _cmd_verify
@@ -388,6 +412,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         return EXIT_PASS
+    except Exception as e:  # a bug: still one line, and never the FAIL code
+        if os.environ.get("POCV_DEBUG"):
+            raise
+        sys.stderr.write(f"{PROG} {args.command}: internal error: {type(e).__name__}: {e} "
+                         f"(a bug in pocv; POCV_DEBUG=1 shows the traceback)\n")
+        return EXIT_INTERNAL
 
 
 if __name__ == "__main__":  # pragma: no cover

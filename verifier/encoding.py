@@ -210,14 +210,18 @@ def decode_state(data: bytes | bytearray | memoryview) -> dict[str, torch.Tensor
             raise LimitExceeded(f"a tensor has at most {MAX_NDIM} dimensions, got {ndim}")
         shape = struct.unpack(f"<{ndim}Q", take(8 * ndim, "shape"))
         _, raw_dtype, tdtype, itemsize = _DTYPES[dname]
-        if any(d > MAX_STATE_BYTES for d in shape):  # no real dimension is this large, zero-sized or not
-            raise LimitExceeded(f"tensor {name!r} has a dimension over {MAX_STATE_BYTES}: {shape}")
-        nbytes = 0 if 0 in shape else itemsize
-        for d in shape if nbytes else ():
-            nbytes *= d
-            if nbytes > n:  # checked as it grows: no overflow, no huge allocation
-                raise LimitExceeded(f"tensor {name!r} of shape {shape} needs more bytes than the "
-                                    f"{n}-byte state holds")
+        # Bound the extent with zero dimensions counted as 1, so that a zero-sized tensor cannot
+        # carry dimensions whose product overflows numpy (or anything else) either.
+        extent = itemsize
+        for d in shape:
+            extent *= max(d, 1)
+            if extent > MAX_STATE_BYTES:
+                raise LimitExceeded(f"tensor {name!r} of shape {shape} is larger than any state "
+                                    f"({MAX_STATE_BYTES} bytes), whether or not it is empty")
+        nbytes = 0 if 0 in shape else extent
+        if nbytes > n:
+            raise LimitExceeded(f"tensor {name!r} of shape {shape} needs more bytes than the "
+                                f"{n}-byte state holds")
         buf = take(nbytes, f"data of {name!r}")
         arr = np.frombuffer(buf, dtype=raw_dtype).reshape(shape).copy()
         if dname == "bool" and arr.size and arr.view(np.uint8).max() > 1:
@@ -227,6 +231,17 @@ def decode_state(data: bytes | bytearray | memoryview) -> dict[str, torch.Tensor
     if pos != n:
         raise MalformedError(f"state has {n - pos} trailing bytes after {count} tensors")
     return out
+
+
+def encoded_size(schema: Mapping[str, tuple[str, tuple[int, ...]]]) -> int:
+    """Bytes of the canonical encoding of any state with this name -> (dtype, shape) schema."""
+    total = len(MAGIC) + 3
+    for name, (dname, shape) in schema.items():
+        count = 1
+        for d in shape:
+            count *= d
+        total += 1 + len(name.encode()) + 2 + 8 * len(shape) + count * _DTYPES[dname][3]
+    return total
 
 
 def state_schema(state: State) -> dict[str, tuple[str, tuple[int, ...]]]:

@@ -25,6 +25,7 @@ EXIT_FAIL = 1
 EXIT_USAGE = 2
 EXIT_BAD_INPUT = 3
 EXIT_CHAIN = 4
+EXIT_INTERNAL = 70  # sysexits EX_SOFTWARE: a bug, never to be read as FAIL
 
 
 class PocvError(Exception):

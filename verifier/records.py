@@ -9,6 +9,7 @@ of 64 integers) is a valid key file.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -40,6 +41,7 @@ MAX_DETAIL_BYTES: Final = 512  # reason text of one outcome
 MAX_META_BYTES: Final = 64 * 1024  # fingerprint / environment JSON
 
 COMMITMENT_DOMAIN: Final = b"pocv commitment v1\x00"
+CHALLENGE_DOMAIN: Final = b"pocv challenge v1\x00"
 VERDICT_DOMAIN: Final = b"pocv verdict v1\x00"
 META_CONTEXT: Final = "pocv 2026-11 metadata v1"
 
@@ -110,6 +112,29 @@ def _field(d: Mapping[str, Any], key: str, kind: type | tuple[type, ...], what: 
     if not isinstance(v, kind) or (kind is int and isinstance(v, bool)):
         raise MalformedError(f"{what}.{key}: expected {getattr(kind, '__name__', kind)}, got {type(v).__name__}")
     return v
+
+
+def _pubkey(text: str, what: str) -> bytes:
+    try:
+        return bytes(Pubkey.from_string(text))
+    except ValueError as e:
+        raise MalformedError(f"{what} is not a base58 public key: {e}") from e
+
+
+def _sig(text: str, what: str) -> bytes:
+    if not re.fullmatch(r"[0-9a-f]{128}", text):
+        raise MalformedError(f"{what}: expected 128 lowercase hex digits")
+    return bytes.fromhex(text)
+
+
+def _known_fields(d: Mapping[str, Any], what: str, derived: set[str]) -> None:
+    """Refuse unknown fields and other versions (derived fields are cross-checked by the caller)."""
+    if d.get("version") != 1:
+        raise MalformedError(f"{what} version: expected 1, got {str(d.get('version'))[:20]}")
+    known = {f.name for f in dataclasses.fields(_RECORDS[what])} | {"type", "version"} | derived
+    unknown = set(d) - known
+    if unknown:
+        raise MalformedError(f"{what} has unknown fields {sorted(unknown)[:5]}")
 
 
 def _meta(value: object, what: str) -> Mapping[str, Any]:
@@ -258,6 +283,7 @@ class Commitment:
     def from_json(cls, text: str | bytes) -> Commitment:
         """Parse and check: the job id must match the spec and the signature must verify."""
         d = _load_json(text, "commitment")
+        _known_fields(d, "commitment", {"job_id"})
         spec = JobSpec.from_dict(_field(d, "spec", dict, "commitment"))
         job_id = _hex32(_field(d, "job_id", str, "commitment"), "commitment.job_id")
         if job_id != spec.job_id:
@@ -289,7 +315,11 @@ class Commitment:
 
 @dataclass(frozen=True, kw_only=True)
 class Challenge:
-    """Steps to open, derived from (job id, root, beacon); see :mod:`verifier.challenge`."""
+    """Steps to open, derived from (job id, root, beacon); see :mod:`verifier.challenge`.
+
+    Signed by the verifier that issued it: a verifier checks only responses to its own
+    challenges, so a worker cannot hand it a challenge with a beacon of the worker's choosing.
+    """
 
     job_id: bytes
     root: bytes
@@ -299,13 +329,17 @@ class Challenge:
     confidence: float  # p: probability of catching a worker who faked cheat_fraction of steps
     cheat_fraction: float  # f
     beacon_source: str = "verifier nonce"
+    verifier: bytes = bytes(32)
+    signature: bytes = bytes(64)
 
     def __post_init__(self) -> None:
         _check_bytes(self.job_id, DIGEST_SIZE, "challenge job_id")
         _check_bytes(self.root, DIGEST_SIZE, "challenge root")
         _check_bytes(self.beacon, 32, "challenge beacon")
-        if not isinstance(self.steps, int) or self.steps < 1:
-            raise MalformedError(f"challenge steps must be a positive integer, got {self.steps!r}")
+        _check_bytes(self.verifier, 32, "challenge verifier key")
+        _check_bytes(self.signature, 64, "challenge signature")
+        if isinstance(self.steps, bool) or not isinstance(self.steps, int) or not 1 <= self.steps <= MAX_STEPS:
+            raise MalformedError(f"challenge steps must be an integer in 1..{MAX_STEPS}, got {str(self.steps)[:40]}")
         idx = tuple(self.indices)
         if not 1 <= len(idx) <= MAX_CHALLENGES:
             raise LimitExceeded(f"a challenge has 1..{MAX_CHALLENGES} indices, got {len(idx)}")
@@ -327,8 +361,38 @@ class Challenge:
 
     @property
     def detection(self) -> float:
-        """Probability of catching a worker who faked ``cheat_fraction`` of steps, at least."""
+        """Probability of catching a worker who faked ``cheat_fraction`` of steps, at least
+        (1 when every step is checked)."""
+        if self.k >= self.steps:
+            return 1.0
         return 1.0 - (1.0 - self.cheat_fraction) ** self.k
+
+    def signing_bytes(self) -> bytes:
+        source = self.beacon_source.encode()
+        return b"".join((
+            CHALLENGE_DOMAIN,
+            self.job_id,
+            self.root,
+            struct.pack("<Q", self.steps),
+            self.beacon,
+            struct.pack("<dd", float(self.confidence), float(self.cheat_fraction)),
+            struct.pack("<B", len(source)),
+            source,
+            self.verifier,
+            struct.pack(f"<I{len(self.indices)}Q", len(self.indices), *self.indices),
+        ))
+
+    def signed(self, key: Keypair) -> Challenge:
+        """This challenge, issued and signed by ``key``."""
+        unsigned = dataclasses.replace(self, verifier=bytes(key.pubkey()), signature=bytes(64))
+        return dataclasses.replace(unsigned, signature=bytes(key.sign_message(unsigned.signing_bytes())))
+
+    def verify_signature(self, expected_verifier: bytes | None = None) -> None:
+        if expected_verifier is not None and expected_verifier != self.verifier:
+            raise SignatureError(
+                f"challenge was issued by {Pubkey.from_bytes(self.verifier)}, not by this verifier "
+                f"({Pubkey.from_bytes(expected_verifier)})")
+        _verify_sig(self.verifier, self.signature, self.signing_bytes(), "challenge")
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -343,6 +407,8 @@ class Challenge:
             "cheat_fraction": self.cheat_fraction,
             "detection": self.detection,
             "indices": list(self.indices),
+            "verifier": str(Pubkey.from_bytes(self.verifier)),
+            "signature": self.signature.hex(),
         }
 
     def to_json(self) -> str:
@@ -350,11 +416,13 @@ class Challenge:
 
     @classmethod
     def from_json(cls, text: str | bytes) -> Challenge:
+        """Parse and verify the issuer's signature."""
         d = _load_json(text, "challenge")
+        _known_fields(d, "challenge", {"detection"})
         indices = _field(d, "indices", list, "challenge")
         if len(indices) > MAX_CHALLENGES:
             raise LimitExceeded(f"a challenge has at most {MAX_CHALLENGES} indices, got {len(indices)}")
-        return cls(
+        ch = cls(
             job_id=_hex32(_field(d, "job_id", str, "challenge"), "challenge.job_id"),
             root=_hex32(_field(d, "root", str, "challenge"), "challenge.root"),
             steps=_field(d, "steps", int, "challenge"),
@@ -362,8 +430,14 @@ class Challenge:
             indices=tuple(indices),
             confidence=_field(d, "confidence", (int, float), "challenge"),
             cheat_fraction=_field(d, "cheat_fraction", (int, float), "challenge"),
-            beacon_source=d.get("beacon_source", "verifier nonce"),
+            beacon_source=_field(d, "beacon_source", str, "challenge"),
+            verifier=_pubkey(_field(d, "verifier", str, "challenge"), "challenge.verifier"),
+            signature=_sig(_field(d, "signature", str, "challenge"), "challenge.signature"),
         )
+        ch.verify_signature()
+        if d.get("detection") != ch.detection:
+            raise MalformedError(f"challenge.detection {d.get('detection')!r} is not what its k and f give")
+        return ch
 
 
 # -- verdict ---------------------------------------------------------------------------------
@@ -404,9 +478,12 @@ class Verdict:
     cheat_fraction: float
     verifier: bytes  # ed25519 public key
     signature: bytes = bytes(64)
+    steps: int = 0  # steps of the job (0: not recorded); every step checked means detection 1
 
     def __post_init__(self) -> None:
         _check_bytes(self.job_id, DIGEST_SIZE, "verdict job_id")
+        if isinstance(self.steps, bool) or not isinstance(self.steps, int) or not 0 <= self.steps <= MAX_STEPS:
+            raise MalformedError(f"verdict steps must be an integer in 0..{MAX_STEPS}, got {str(self.steps)[:40]}")
         _check_bytes(self.root, DIGEST_SIZE, "verdict root")
         _check_bytes(self.beacon, 32, "verdict beacon")
         _check_bytes(self.verifier, 32, "verdict verifier key")
@@ -432,7 +509,10 @@ class Verdict:
 
     @property
     def detection(self) -> float:
-        """Detection bound achieved: 1 - (1 - f)^k for the k steps actually checked."""
+        """Detection bound achieved: 1 - (1 - f)^k for the k steps actually checked (1 when
+        every step of the job was checked)."""
+        if self.steps and len(set(self.indices)) >= self.steps:
+            return 1.0
         return 1.0 - (1.0 - self.cheat_fraction) ** len(self.outcomes)
 
     @property
@@ -449,7 +529,7 @@ class Verdict:
             struct.pack("<B", 1 if self.passed else 0),
             struct.pack("<B", len(ref)),
             ref,
-            struct.pack("<d", float(self.cheat_fraction)),
+            struct.pack("<dQ", float(self.cheat_fraction), self.steps),
             self.verifier,
             struct.pack("<I", len(self.outcomes)),
         ]
@@ -470,12 +550,12 @@ class Verdict:
         outcomes: Sequence[Outcome],
         cheat_fraction: float,
         key: Keypair,
+        steps: int = 0,
     ) -> Verdict:
         unsigned = cls(job_id=job_id, root=root, beacon=beacon, kernel=kernel, outcomes=tuple(outcomes),
-                       cheat_fraction=cheat_fraction, verifier=bytes(key.pubkey()))
+                       cheat_fraction=cheat_fraction, verifier=bytes(key.pubkey()), steps=steps)
         sig = bytes(key.sign_message(unsigned.signing_bytes()))
-        return cls(job_id=job_id, root=root, beacon=beacon, kernel=kernel, outcomes=unsigned.outcomes,
-                   cheat_fraction=cheat_fraction, verifier=unsigned.verifier, signature=sig)
+        return dataclasses.replace(unsigned, signature=sig)
 
     def verify_signature(self, expected_verifier: bytes | None = None) -> None:
         """Check the signature; with ``expected_verifier``, also that it is that verifier's."""
@@ -495,6 +575,7 @@ class Verdict:
             "beacon": self.beacon.hex(),
             "kernel": self.kernel,
             "cheat_fraction": self.cheat_fraction,
+            "steps": self.steps,
             "detection": self.detection,
             "checked": len(self.outcomes),
             "failed": len(self.failures),
@@ -510,6 +591,7 @@ class Verdict:
     def from_json(cls, text: str | bytes) -> Verdict:
         """Parse and verify the signature (and that ``result`` agrees with the outcomes)."""
         d = _load_json(text, "verdict")
+        _known_fields(d, "verdict", {"result", "detection", "checked", "failed"})
         raw = _field(d, "outcomes", list, "verdict")
         if len(raw) > MAX_CHALLENGES:
             raise LimitExceeded(f"a verdict has at most {MAX_CHALLENGES} outcomes, got {len(raw)}")
@@ -519,13 +601,6 @@ class Verdict:
                 raise MalformedError("verdict.outcomes: expected objects")
             outcomes.append(Outcome(_field(o, "index", int, "outcome"), _field(o, "reason", str, "outcome"),
                                     _field(o, "detail", str, "outcome")))
-        try:
-            verifier = bytes(Pubkey.from_string(_field(d, "verifier", str, "verdict")))
-        except ValueError as e:
-            raise MalformedError(f"verdict.verifier is not a base58 public key: {e}") from e
-        sig_hex = _field(d, "signature", str, "verdict")
-        if not re.fullmatch(r"[0-9a-f]{128}", sig_hex):
-            raise MalformedError("verdict.signature: expected 128 lowercase hex digits")
         v = cls(
             job_id=_hex32(_field(d, "job_id", str, "verdict"), "verdict.job_id"),
             root=_hex32(_field(d, "root", str, "verdict"), "verdict.root"),
@@ -533,10 +608,18 @@ class Verdict:
             kernel=_field(d, "kernel", str, "verdict"),
             outcomes=tuple(outcomes),
             cheat_fraction=_field(d, "cheat_fraction", (int, float), "verdict"),
-            verifier=verifier,
-            signature=bytes.fromhex(sig_hex),
+            verifier=_pubkey(_field(d, "verifier", str, "verdict"), "verdict.verifier"),
+            signature=_sig(_field(d, "signature", str, "verdict"), "verdict.signature"),
+            steps=d.get("steps", 0),
         )
         v.verify_signature()
         if d.get("result") != ("PASS" if v.passed else "FAIL"):
-            raise MalformedError(f"verdict.result {d.get('result')!r} disagrees with its outcomes")
+            raise MalformedError(f"verdict.result {str(d.get('result'))[:20]!r} disagrees with its outcomes")
+        derived = {"detection": v.detection, "checked": len(v.outcomes), "failed": len(v.failures)}
+        for key, value in derived.items():
+            if key in d and d[key] != value:
+                raise MalformedError(f"verdict.{key} {str(d[key])[:20]} disagrees with its outcomes ({value})")
         return v
+
+
+_RECORDS: Final[dict[str, type]] = {"commitment": Commitment, "challenge": Challenge, "verdict": Verdict}

@@ -29,10 +29,11 @@ import os
 import re
 import tempfile
 from pathlib import Path
+from collections.abc import Iterator
 from typing import Any, BinaryIO, Final
 
 from verifier.encoding import DIGEST_SIZE, MAX_STATE_BYTES, digest_encoded
-from verifier.errors import InputError, StorageError
+from verifier.errors import EvidenceError, InputError, StorageError
 from verifier.jobs import JobSpec
 
 TRACE_FORMAT: Final = 1
@@ -41,8 +42,11 @@ MAX_CHECKPOINT_EVERY: Final = 1 << 20
 _CKPT_RE: Final = re.compile(r"(\d{12})\.state")
 
 
-def atomic_write(path: Path, data: bytes, *, mode: int = 0o644, durable: bool = True) -> None:
-    """Write ``data`` to ``path`` via a temporary file in the same directory and a rename."""
+@contextlib.contextmanager
+def atomic_writer(path: Path, *, mode: int = 0o644, durable: bool = True) -> Iterator[BinaryIO]:
+    """A file to write ``path`` through: a temporary file in the same directory, renamed into
+    place when the block ends without an exception (and removed when it does not), so a reader
+    never sees part of a file. ``durable`` fsyncs the file and its directory."""
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -51,12 +55,14 @@ def atomic_write(path: Path, data: bytes, *, mode: int = 0o644, durable: bool = 
         raise StorageError(f"cannot write {str(path)!r}: {e.strerror}") from e
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            yield f
             f.flush()
             if durable:
                 os.fsync(f.fileno())
         os.chmod(tmp, mode)
         os.replace(tmp, path)
+        if durable:
+            _fsync_dir(path.parent)
     except OSError as e:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
@@ -65,6 +71,26 @@ def atomic_write(path: Path, data: bytes, *, mode: int = 0o644, durable: bool = 
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Make a rename in ``directory`` durable (where the platform allows opening directories)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: Path, data: bytes, *, mode: int = 0o644, durable: bool = True) -> None:
+    """Write ``data`` to ``path`` atomically (see :func:`atomic_writer`)."""
+    with atomic_writer(path, mode=mode, durable=durable) as f:
+        f.write(data)
 
 
 def read_file(path: str | os.PathLike[str], *, limit: int, what: str) -> bytes:
@@ -116,10 +142,12 @@ class TraceStore:
             try:
                 meta = json.loads(meta_path.read_text())
                 existing = JobSpec.from_dict(meta["spec"])
-                every = int(meta["checkpoint_every"])
+                every = meta["checkpoint_every"]
+                if isinstance(every, bool) or not isinstance(every, int) or not 1 <= every <= MAX_CHECKPOINT_EVERY:
+                    raise ValueError(f"checkpoint_every {str(every)[:20]} is not in 1..{MAX_CHECKPOINT_EVERY}")
                 if meta.get("format") != TRACE_FORMAT:
-                    raise ValueError(f"format {meta.get('format')!r}, expected {TRACE_FORMAT}")
-            except (OSError, ValueError, KeyError, TypeError) as e:
+                    raise ValueError(f"format {str(meta.get('format'))[:20]}, expected {TRACE_FORMAT}")
+            except (OSError, ValueError, KeyError, TypeError, RecursionError, EvidenceError) as e:
                 raise StorageError(f"trace {str(root)!r} has an unreadable trace.json: {e}") from e
             if spec is not None and spec.job_id != existing.job_id:
                 raise InputError(
@@ -130,10 +158,13 @@ class TraceStore:
             raise InputError(f"{str(root)!r} is not a pocv trace directory (no trace.json)")
         if not 1 <= checkpoint_every <= MAX_CHECKPOINT_EVERY:
             raise InputError(f"checkpoint interval must be in 1..{MAX_CHECKPOINT_EVERY}, got {checkpoint_every}")
-        if root.exists() and any(root.iterdir()):
-            raise InputError(f"{str(root)!r} exists and is not an empty directory or a pocv trace")
+        try:
+            if root.exists() and (not root.is_dir() or any(root.iterdir())):
+                raise InputError(f"{str(root)!r} exists and is not an empty directory or a pocv trace")
+            (root / "checkpoints").mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise InputError(f"cannot use {str(root)!r} as a trace directory: {e.strerror}") from e
         store = cls(root, spec, checkpoint_every=checkpoint_every)
-        (root / "checkpoints").mkdir(parents=True, exist_ok=True)
         meta_out: dict[str, Any] = {"format": TRACE_FORMAT, "spec": spec.to_dict(),
                                     "checkpoint_every": checkpoint_every}
         atomic_write(meta_path, json.dumps(meta_out, indent=2, sort_keys=True).encode())

@@ -1,0 +1,743 @@
+"""Turn the benchmark results in bench/out/*.json into bench/out/REPORT.md with PNG plots.
+
+    python -m bench.report [--out bench/out]
+
+Every suite writes ``<out>/<name>.json`` through ``bench.conftest.write_result`` (a ``machine``
+block plus its figures). This module knows the layout of the suites it was written against
+(``core``, ``merkle_ratios``, ``market``, ``detection``) and renders anything else generically (a
+table of every number it holds, and any ``ratio``/``target`` pair it can find). A file that does
+not parse, or that a suite renderer cannot read (a partial run, an older layout), is shown
+generically or skipped with a note: the report never fails because of one bad file.
+
+Each section names the machine its figures came from, puts the target next to each figure
+with a met/missed mark, and embeds its plots (``report-<suite>-<what>.png``, matplotlib with the
+``Agg`` backend; without matplotlib the tables are still written). REPORT.md and each PNG are
+written atomically (temp file in the same directory, fsync, rename).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+OUT = Path(__file__).parent / "out"
+REPORT_NAME = "REPORT.md"
+PLOT_PREFIX = "report-"
+#: JSON files bigger than this are skipped, not parsed (a report generator must not eat the machine)
+MAX_JSON_BYTES = 32 * 1024 * 1024
+#: rows shown by the generic renderer before it says "... N more"
+MAX_GENERIC_ROWS = 200
+
+#: targets of the core suite (bench/test_bench_core.py; DESIGN.md sections 4-5)
+CORE_TARGETS: dict[str, tuple[str, float, str]] = {
+    "overhead": ("<=", 1.05, "run+commit time / bare steps"),
+    "verifier_over_prover": ("<=", 0.08, "verifier time / prover time (n = 1000, k = 66)"),
+}
+#: targets of the kernels suite (bench/test_bench_kernels.py)
+KERNEL_COMPUTE_OVER_HASH = 20.0  # step time / state hash time, for a commitment overhead <= 5%
+KERNEL_EXACTNESS_RATIO = 4.0  # fixed-order numba fp32 product / torch-MKL, 512^3
+KERNEL_FREIVALDS_RATIO = 0.05  # Freivalds check / (recompute + compare), 1024^3
+MERKLE_TARGET_DEFAULT = 20.0
+MARKET_LIFECYCLES_TARGET = 500.0
+MARKET_TX_PER_JOB_TARGET = 3
+MARKET_FEES_PER_JOB_TARGET = 20_000
+
+
+# -- figures --------------------------------------------------------------------------------------
+
+
+def _num(v: Any) -> float | None:
+    """A finite float from a JSON number, else None (bools, strings, NaN, inf and huge ints are not figures)."""
+    if isinstance(v, bool) or not isinstance(v, int | float):
+        return None
+    try:
+        f = float(v)
+    except OverflowError:
+        return None
+    return f if math.isfinite(f) else None
+
+
+def fmt(v: Any, digits: int = 4) -> str:
+    """A number for a table: integers as integers, floats with ``digits`` significant digits."""
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    if isinstance(v, int):
+        return f"{v:,}" if abs(v) < 10**30 else f"{v:.3e}"
+    if isinstance(v, float):
+        if not math.isfinite(v):
+            return str(v)
+        if v != 0 and (abs(v) >= 10**7 or abs(v) < 10**-4):
+            return f"{v:.{digits - 1}e}"
+        return f"{v:,.{digits}g}" if abs(v) < 1000 else f"{v:,.0f}"
+    if v is None:
+        return "—"
+    return _cell(str(v))
+
+
+def _cell(text: str) -> str:
+    """Text made safe for one markdown table cell."""
+    return text.replace("|", "\\|").replace("\n", " ").strip()[:300]
+
+
+@dataclass(frozen=True)
+class Figure:
+    """One measured figure, optionally with a target (``op`` is ``<=`` or ``>=``)."""
+
+    name: str
+    value: Any
+    target: float | None = None
+    op: str | None = None
+    unit: str = ""
+
+    @property
+    def met(self) -> bool | None:
+        """True/False against the target; None without a usable target or value."""
+        v = _num(self.value)
+        if self.target is None or self.op not in ("<=", ">=") or v is None:
+            return None
+        return v <= self.target if self.op == "<=" else v >= self.target
+
+    @property
+    def mark(self) -> str:
+        return {True: "met", False: "**missed**", None: "—"}[self.met]
+
+    @property
+    def target_text(self) -> str:
+        if self.target is None:
+            return "—"
+        return f"{self.op or '?'} {fmt(self.target)}{(' ' + self.unit) if self.unit else ''}"
+
+
+def figure_table(figs: list[Figure], *, label: str = "figure") -> str:
+    lines = [f"| {label} | value | target | |", "|---|---:|---|---|"]
+    for f in figs:
+        unit = f" {f.unit}" if f.unit and _num(f.value) is not None else ""
+        lines.append(f"| {_cell(f.name)} | {fmt(f.value)}{unit} | {f.target_text} | {f.mark} |")
+    return "\n".join(lines)
+
+
+def table(headers: list[str], rows: list[list[Any]]) -> str:
+    lines = ["| " + " | ".join(_cell(h) for h in headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(fmt(c) for c in r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+# -- sections -------------------------------------------------------------------------------------
+
+
+@dataclass
+class Section:
+    """What one suite's JSON file becomes in the report."""
+
+    suite: str
+    source: str
+    machine: str
+    title: str = ""
+    blocks: list[str] = field(default_factory=list)
+    figures: list[Figure] = field(default_factory=list)
+    plots: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def add_figures(self, figs: list[Figure], *, label: str = "figure", heading: str | None = None) -> None:
+        if heading:
+            self.blocks.append(f"**{heading}**")
+        self.blocks.append(figure_table(figs, label=label))
+        self.figures += figs
+
+    @property
+    def met(self) -> int:
+        return sum(f.met is True for f in self.figures)
+
+    @property
+    def missed(self) -> int:
+        return sum(f.met is False for f in self.figures)
+
+    def markdown(self) -> str:
+        out = [f"## {self.title or self.suite}", "", f"Source: `{self.source}`. Machine: {self.machine}.", ""]
+        for n in self.notes:
+            out += [f"> {n}", ""]
+        for b in self.blocks:
+            out += [b, ""]
+        for p in self.plots:
+            out += [f"![{self.suite}: {Path(p).stem}]({p})", ""]
+        return "\n".join(out)
+
+
+def describe_machine(m: Any) -> str:
+    """One line for the machine block (a dict from bench.conftest.machine, or a string)."""
+    if isinstance(m, str):
+        return _cell(m) or "not recorded"
+    if not isinstance(m, dict) or not m:
+        return "not recorded"
+    parts = []
+    if m.get("cpu"):
+        parts.append(str(m["cpu"]))
+    if m.get("cores") is not None:
+        parts.append(f"{m['cores']} cores")
+    if m.get("torch_threads") is not None:
+        parts.append(f"{m['torch_threads']} torch threads")
+    if "gpu" in m:
+        parts.append(f"GPU {m['gpu']}" if m["gpu"] else "no GPU")
+    if m.get("python"):
+        parts.append(f"Python {m['python']}")
+    if m.get("torch"):
+        parts.append(f"torch {m['torch']}")
+    known = {"cpu", "cores", "torch_threads", "gpu", "python", "torch", "when"}
+    parts += [f"{k} {v}" for k, v in m.items() if k not in known and isinstance(v, str | int | float)]
+    if m.get("when"):
+        parts.append(f"run {m['when']}")
+    return _cell(", ".join(parts))
+
+
+# -- plots ----------------------------------------------------------------------------------------
+
+
+class Plotter:
+    """Writes PNGs next to the report; a no-op (with a note) when matplotlib is missing."""
+
+    def __init__(self, out: Path) -> None:
+        self.out = out
+        self.written: list[Path] = []
+        self.error: str | None = None
+        try:
+            import matplotlib
+
+            matplotlib.use("Agg")
+            import matplotlib.pyplot as plt
+        except ImportError as e:  # matplotlib is in the bench extra; tables do not need it
+            self.plt: Any = None
+            self.error = f"plots skipped: matplotlib is not installed ({e}); `pip install -e '.[bench]'`"
+        else:
+            self.plt = plt
+
+    @contextlib.contextmanager
+    def figure(self, section: Section, what: str, **kw: Any) -> Iterator[Any]:
+        """``with plotter.figure(section, "ratios", ncols=2) as (fig, axes): ...`` saves on exit."""
+        if self.plt is None:
+            yield None
+            return
+        ncols = kw.pop("ncols", 1)
+        fig, axes = self.plt.subplots(1, ncols, figsize=kw.pop("figsize", (5.5 * ncols, 3.8)), squeeze=False)
+        try:
+            yield fig, list(axes[0])
+            fig.suptitle(f"{section.suite} — {section.machine[:110]}", fontsize=7)
+            fig.tight_layout()
+            name = f"{PLOT_PREFIX}{_slug(section.suite)}-{_slug(what)}.png"
+            path = self.out / name
+            fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=self.out)
+            try:
+                with os.fdopen(fd, "wb") as fh:
+                    fig.savefig(fh, format="png", dpi=100)
+                    fh.flush()
+                    os.fsync(fh.fileno())
+                os.replace(tmp, path)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
+                raise
+            self.written.append(path)
+            section.plots.append(name)
+        finally:
+            self.plt.close(fig)
+
+
+def _slug(s: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_" else "-" for c in s).strip("-") or "x"
+
+
+def bars_vs_targets(ax: Any, figs: list[Figure], title: str, *, log: bool = False) -> None:
+    """Bars for the figures, a target tick per bar, green when met and red when missed."""
+    figs = [f for f in figs if _num(f.value) is not None]
+    xs = range(len(figs))
+    colors = ["tab:green" if f.met else "tab:red" if f.met is False else "tab:gray" for f in figs]
+    ax.bar(xs, [_num(f.value) for f in figs], color=colors, width=0.6, label="measured")
+    tx = [(x, f.target) for x, f in zip(xs, figs) if f.target is not None]
+    if tx:
+        ax.scatter([x for x, _ in tx], [t for _, t in tx], marker="_", s=900, c="k", linewidths=2,
+                   label="target", zorder=3)
+    ax.set_xticks(list(xs))
+    ax.set_xticklabels([f.name for f in figs], rotation=20, ha="right", fontsize=7)
+    tops = [v for f in figs if (v := _num(f.value)) is not None] + [t for _, t in tx if t is not None]
+    if log:
+        ax.set_yscale("log")
+        if tops and min(tops) > 0:
+            ax.set_ylim(min(tops) / 2, max(tops) * 4)  # headroom for the legend
+    elif tops:
+        ax.set_ylim(min(0.0, min(tops) * 1.1), max(tops) * 1.3 or 1.0)
+    ax.set_title(title, fontsize=9)
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=7, loc="upper right", ncols=2)
+
+
+def grouped_bars(ax: Any, groups: list[str], series: dict[str, list[float]], title: str, *, ylabel: str = "",
+                 log: bool = False) -> None:
+    n = max(len(series), 1)
+    w = 0.8 / n
+    for j, (name, vals) in enumerate(series.items()):
+        ax.bar([i + (j - (n - 1) / 2) * w for i in range(len(groups))], vals, width=w, label=name)
+    ax.set_xticks(range(len(groups)))
+    ax.set_xticklabels(groups, rotation=20, ha="right", fontsize=7)
+    if log:
+        ax.set_yscale("log")
+    ax.set_ylabel(ylabel, fontsize=8)
+    ax.set_title(title, fontsize=9)
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=7)
+
+
+# -- suite renderers ------------------------------------------------------------------------------
+
+Renderer = Callable[[Section, dict[str, Any], Plotter], None]
+
+
+def render_core(sec: Section, data: dict[str, Any], plot: Plotter) -> None:
+    sec.title = "Core protocol costs (`core`)"
+    groups: dict[str, list[tuple[str, dict[str, Any]]]] = {}
+    for key, v in data.items():
+        if key == "machine":
+            continue
+        metric, _, kernel = key.partition("/")
+        if not isinstance(v, dict) or metric not in CORE_TARGETS:
+            sec.notes.append(f"entry `{_cell(key)}` not recognised; shown under other figures")
+            render_generic(sec, {key: v}, plot, plots=False)
+            continue
+        groups.setdefault(metric, []).append((kernel or key, v))
+    if not groups:
+        raise KeyError("no overhead/* or verifier_over_prover/* entries")
+    plotted: list[tuple[str, list[Figure]]] = []
+    for metric, entries in groups.items():
+        op, target, what = CORE_TARGETS[metric]
+        rows, figs = [], []
+        for kernel, v in entries:
+            params = ", ".join(f"{k}={p}" for k, p in v["params"].items()) if isinstance(v.get("params"), dict) else ""
+            if metric == "overhead":
+                rows.append([kernel, params, v.get("steps"), v.get("bare_s"), v.get("proved_s"), v["ratio"],
+                             f"{op} {target}", Figure(kernel, v["ratio"], target, op).mark])
+            else:
+                k, steps = _num(v.get("k")), _num(v.get("steps"))
+                floor = k / steps if k is not None and steps else None
+                rows.append([kernel, params, v.get("steps"), v.get("k"), v.get("prover_s"), v.get("verifier_s"),
+                             v.get("bundle_bytes"), v["ratio"], floor, f"{op} {target}",
+                             Figure(kernel, v["ratio"], target, op).mark])
+            figs.append(Figure(kernel, v["ratio"], target, op))
+        sec.blocks.append(f"**{metric}**: {what}")
+        if metric == "overhead":
+            sec.blocks.append(table(["kernel", "params", "steps", "bare s", "run+commit s", "ratio", "target", ""], rows))
+        else:
+            sec.blocks.append(table(["kernel", "params", "steps", "k", "prover s", "verifier s", "bundle bytes",
+                                     "ratio", "floor k/n", "target", ""], rows))
+        sec.figures += figs
+        plotted.append((metric, figs))
+    with plot.figure(sec, "ratios", ncols=len(plotted)) as fa:
+        if fa:
+            for ax, (metric, figs) in zip(fa[1], plotted):
+                bars_vs_targets(ax, figs, f"{metric} ratio vs target ({CORE_TARGETS[metric][0]} "
+                                          f"{CORE_TARGETS[metric][1]})")
+
+
+def render_kernels(sec: Section, data: dict[str, Any], plot: Plotter) -> None:
+    sec.title = "Kernel costs (`kernels`)"
+    steps = {k.partition("/")[2]: v for k, v in data.items() if k.startswith("step/") and isinstance(v, dict)}
+    exact = {k.partition("/")[2]: v for k, v in data.items() if k.startswith("exactness_512/") and isinstance(v, dict)}
+    fr = data.get("freivalds_1024")
+    known = {"machine", "freivalds_1024"} | {f"step/{k}" for k in steps} | {f"exactness_512/{k}" for k in exact}
+    if not steps and not exact and not isinstance(fr, dict):
+        raise KeyError("no step/*, exactness_512/* or freivalds_1024 entries")
+    panels: list[tuple[str, list[Figure], bool]] = []
+    if steps:
+        rows, figs = [], []
+        for name, v in steps.items():
+            params = ", ".join(f"{k}={p}" for k, p in v["params"].items()) if isinstance(v.get("params"), dict) else ""
+            f = Figure(name, v.get("compute_over_hash"), KERNEL_COMPUTE_OVER_HASH, ">=", "x")
+            rows.append([name, v.get("mode"), params, v.get("step_ms"), v.get("hash_ms"), v.get("state_bytes"),
+                         v.get("compute_over_hash"), f">= {fmt(KERNEL_COMPUTE_OVER_HASH)}", f.mark])
+            figs.append(f)
+        sec.blocks.append("**step time vs state hashing** (compute should dominate hashing for a small commitment "
+                          "overhead)")
+        sec.blocks.append(table(["kernel", "mode", "params", "step ms", "hash ms", "state bytes", "step / hash",
+                                 "target", ""], rows))
+        sec.figures += figs
+        panels.append(("step time / hash time", figs, True))
+    if exact:
+        figs = [Figure(t, v.get("ratio"), KERNEL_EXACTNESS_RATIO, "<=", "x") for t, v in exact.items()]
+        sec.blocks.append("**cost of exactness**, 512^3: fixed-order numba float32 product / torch-MKL matmul")
+        sec.blocks.append(table(["threads", "exact ms", "torch/MKL ms", "ratio", "target", ""],
+                                [[t, v.get("exact_ms"), v.get("torch_mkl_ms"), v.get("ratio"),
+                                  f"<= {fmt(KERNEL_EXACTNESS_RATIO)}", f.mark]
+                                 for (t, v), f in zip(exact.items(), figs)]))
+        sec.figures += figs
+        panels.append(("exact / vendor (512^3)", figs, False))
+    if isinstance(fr, dict):
+        f = Figure("Freivalds / recompute", fr.get("ratio"), KERNEL_FREIVALDS_RATIO, "<=")
+        sec.add_figures([f, Figure("Freivalds / bare step", fr.get("ratio_vs_step_only")),
+                         Figure("Freivalds ms", fr.get("freivalds_ms"), unit="ms"),
+                         Figure("recompute + compare ms", fr.get("recompute_and_compare_ms"), unit="ms"),
+                         Figure("vectors", fr.get("vectors"))],
+                        heading="Freivalds check vs recomputing the step, 1024^3")
+        panels.append(("Freivalds / recompute (1024^3)", [f], False))
+    for key in data.keys() - known:
+        sec.notes.append(f"entry `{_cell(key)}` not recognised; shown under other figures")
+        render_generic(sec, {key: data[key]}, plot, plots=False)
+    with plot.figure(sec, "ratios", ncols=len(panels)) as fa:
+        if fa:
+            for ax, (title, figs, log) in zip(fa[1], panels):
+                bars_vs_targets(ax, figs, title, log=log)
+
+
+def render_merkle(sec: Section, data: dict[str, Any], plot: Plotter) -> None:
+    sec.title = "Merkle tree vs pymerkle (`merkle`)"
+    target = _num(data.get("target_ratio")) or MERKLE_TARGET_DEFAULT
+    build, proof = data["build_ms"], data["proof_us"]
+    leaves = data.get("leaves")
+    sec.blocks.append(table(["operation", "ours", "ours (bytes input)", "pymerkle 7.0"], [
+        [f"build {fmt(leaves)} leaves (ms)", build.get("ours_list"), build.get("ours_bytes"), build.get("pymerkle")],
+        ["inclusion proof (µs)", proof.get("ours"), None, proof.get("pymerkle")],
+    ]))
+    figs = [Figure("build speed-up", data["build_ratio"], target, ">=", "x"),
+            Figure("build speed-up (bytes input)", data.get("build_ratio_bytes_input"), target, ">=", "x"),
+            Figure("proof speed-up", data["proof_ratio"], target, ">=", "x")]
+    figs = [f for f in figs if f.value is not None]
+    sec.add_figures(figs, label="pymerkle time / ours")
+    if "targets_met" in data:
+        sec.blocks.append(f"Suite's own verdict: targets_met = {fmt(data['targets_met'])}.")
+    mp = data.get("multiproofs")
+    if isinstance(mp, list) and mp:
+        cols = ["challenges", "multiproof_hashes", "single_proofs_hashes", "opened_leaves",
+                "opened_multiproof_hashes", "opened_single_proofs_hashes"]
+        sec.blocks.append("**multiproof sizes** (hashes; a response opens s_0 and s_{i-1}, s_i per challenge)")
+        sec.blocks.append(table(["challenges", "multiproof (k leaves)", "single proofs (k leaves)", "opened leaves",
+                                 "multiproof (opened)", "single proofs (opened)"],
+                                [[m.get(c) for c in cols] for m in mp if isinstance(m, dict)]))
+    with plot.figure(sec, "times", ncols=3, figsize=(14, 3.8)) as fa:
+        if fa:
+            ax1, ax2, ax3 = fa[1]
+            names = [n for n in ("ours_list", "ours_bytes", "pymerkle") if _num(build.get(n)) is not None]
+            ax1.bar(names, [_num(build[n]) for n in names],
+                    color=["tab:blue" if n != "pymerkle" else "tab:orange" for n in names])
+            ax1.set_yscale("log")
+            ax1.set_ylabel("ms (log)", fontsize=8)
+            ax1.set_title(f"build, {fmt(leaves)} leaves", fontsize=9)
+            pn = [n for n in ("ours", "pymerkle") if _num(proof.get(n)) is not None]
+            ax2.bar(pn, [_num(proof[n]) for n in pn], color=["tab:blue", "tab:orange"][:len(pn)])
+            ax2.set_yscale("log")
+            ax2.set_ylabel("µs per proof (log)", fontsize=8)
+            ax2.set_title("inclusion proof", fontsize=9)
+            bars_vs_targets(ax3, figs, f"speed-up vs target (>= {fmt(target)}x)", log=True)
+
+
+def render_market(sec: Section, data: dict[str, Any], plot: Plotter) -> None:
+    sec.title = "Marketplace and escrow (`market`)"
+    costs = data.get("costs")
+    lps = data.get("lifecycles_per_second")
+    if not isinstance(costs, dict) and not isinstance(lps, dict):
+        raise KeyError("neither costs nor lifecycles_per_second")
+    cu: dict[str, dict[str, float]] = {}
+    if isinstance(costs, dict):
+        for build, c in costs.items():
+            sec.blocks.append(f"**costs, Token program `{_cell(build)}`**: {_cell(str(c.get('token_program', '')))}; "
+                              f"memo: {_cell(str(c.get('memo_program', '')))}")
+            ptx = c.get("per_transaction") or {}
+            sec.blocks.append(table(["transaction", "fee (lamports)", "compute units", "signatures", "bytes"],
+                                    [[n, r.get("fee"), r.get("compute_units"), r.get("signatures"), r.get("bytes")]
+                                     for n, r in ptx.items() if isinstance(r, dict)]))
+            cu[build] = {n: v for n, r in ptx.items() if isinstance(r, dict)
+                         and (v := _num(r.get("compute_units"))) is not None}
+            figs = []
+            for result, r in (c.get("per_job") or {}).items():
+                figs.append(Figure(f"{result}: transactions", r.get("transactions"), MARKET_TX_PER_JOB_TARGET, "<="))
+                figs.append(Figure(f"{result}: fees", r.get("fees"), MARKET_FEES_PER_JOB_TARGET, "<=", "lamports"))
+                figs.append(Figure(f"{result}: compute units", r.get("compute_units")))
+            if figs:
+                sec.add_figures(figs, label=f"per job ({build})")
+    rent = data.get("rent")
+    if isinstance(rent, dict):
+        sec.blocks.append("**rent**")
+        sec.blocks.append(table(["account", "lamports", "note"],
+                                [[k, v, rent.get(k[: -len("_lamports")] + "_note", "") if k.endswith("_lamports")
+                                  else ""] for k, v in rent.items() if not k.endswith("_note")]))
+    lfigs: list[Figure] = []
+    if isinstance(lps, dict):
+        rows = []
+        for name, r in lps.items():
+            if not isinstance(r, dict):
+                continue
+            tgt = _num(r.get("target"))
+            wall = r.get("wall_clock")
+            load, cores = _num(r.get("load_average_1m")), _num(r.get("cores"))
+            fig = Figure(name, wall, tgt, ">=" if tgt is not None else None)
+            busy = fig.met is False and load is not None and cores is not None and load >= cores
+            rows.append([name, wall, r.get("cpu_time", r.get("cpu_time_both_sides")), r.get("batch"),
+                         r.get("pass_lifecycle_median_ms"), load,
+                         f">= {fmt(tgt)}" if tgt is not None else "—",
+                         fig.mark + (f" (load {fmt(load)} on {fmt(cores)} cores: not an idle-machine figure)"
+                                     if busy else "")])
+            lfigs.append(Figure(name, wall, tgt, ">=" if tgt is not None else None, "/s"))
+        sec.blocks.append("**lifecycles per second** (wall clock, mixed PASS/FAIL/TIMEOUT; the load average says "
+                          "how busy the shared cores were)")
+        sec.blocks.append(table(["backend", "wall-clock /s", "CPU-time /s", "batch", "PASS median ms",
+                                 "load avg 1m", "target", ""], rows))
+        sec.figures += lfigs
+    with plot.figure(sec, "costs", ncols=2, figsize=(13, 4)) as fa:
+        if fa:
+            ax1, ax2 = fa[1]
+            if cu:
+                txs = sorted({t for d in cu.values() for t in d})
+                grouped_bars(ax1, txs, {b: [d.get(t, 0.0) for t in txs] for b, d in cu.items()},
+                             "compute units per transaction", ylabel="CU (log)", log=True)
+            if lfigs:
+                bars_vs_targets(ax2, lfigs, "lifecycles per second vs target", log=True)
+
+
+def render_detection(sec: Section, data: dict[str, Any], plot: Plotter) -> None:
+    sec.title = "Detection of lying provers (`detection`)"
+    rows = data["rows"]
+    if not isinstance(rows, list):
+        raise KeyError("rows")
+    trows, figs = [], []
+    for r in rows:
+        if not isinstance(r, dict):
+            continue
+        name = f"{r.get('strategy')} f={r.get('f')} k={r.get('k')}"
+        lo, hi = _num(r.get("ci_low")), _num(r.get("ci_high"))
+        hyp = _num(r.get("hypergeometric"))
+        inside = r.get("inside")
+        if inside is None and None not in (lo, hi, hyp):
+            inside = lo <= hyp <= hi  # type: ignore[operator]
+        trows.append([r.get("strategy"), r.get("kernel"), r.get("n"), r.get("f"), r.get("k"), r.get("trials"),
+                      r.get("rate"), f"[{fmt(lo)}, {fmt(hi)}]", r.get("binomial"), hyp,
+                      "met" if inside else "**missed**" if inside is False else "—"])
+        figs.append(Figure(name, r.get("rate"), _num(r.get("binomial")), ">="))
+    sec.blocks.append("Target per row: the exact (hypergeometric) detection probability lies inside the measured "
+                      "rate's Wilson 95% interval (about 1 row in 20 may miss by chance alone).")
+    sec.blocks.append(table(["strategy", "kernel", "n", "f", "k", "trials", "rate", "95% CI", "1-(1-f)^k",
+                             "hypergeometric", "inside"], trows))
+    inside_n = sum(1 for r in trows if r[-1] == "met")
+    sec.figures.append(Figure("rows with the exact value inside the 95% CI", inside_n,
+                              float(math.floor(0.9 * len(trows))) if trows else None, ">="))
+    sec.blocks.append(f"{inside_n} of {len(trows)} rows inside (target: at least 90%).")
+    grind = data.get("grinding")
+    if isinstance(grind, list) and grind:
+        keys = [k for k in grind[0] if isinstance(grind[0], dict)] if isinstance(grind[0], dict) else []
+        sec.blocks.append("**grinding against root-only challenges**")
+        sec.blocks.append(table(keys, [[g.get(k) for k in keys] for g in grind if isinstance(g, dict)]))
+    with plot.figure(sec, "rates", ncols=1, figsize=(max(6.0, 0.45 * len(figs) + 2), 4)) as fa:
+        if fa and figs:
+            bars_vs_targets(fa[1][0], figs, "measured detection rate vs the design bound 1-(1-f)^k")
+
+
+#: file stem -> renderer for the suites whose layout is known
+RENDERERS: dict[str, Renderer] = {
+    "core": render_core,
+    "kernels": render_kernels,
+    "merkle_ratios": render_merkle,
+    "merkle": render_merkle,
+    "market": render_market,
+    "detection": render_detection,
+}
+
+
+def _flatten(prefix: str, v: Any, out: list[tuple[str, Any]]) -> None:
+    if isinstance(v, dict):
+        for k, x in v.items():
+            _flatten(f"{prefix}.{k}" if prefix else str(k), x, out)
+    elif isinstance(v, list) and len(v) <= 64:
+        for i, x in enumerate(v):
+            _flatten(f"{prefix}[{i}]", x, out)
+    elif isinstance(v, list):
+        out.append((prefix, f"list of {len(v)} items"))
+    else:
+        out.append((prefix, v))
+
+
+def _generic_targets(prefix: str, v: Any, out: list[Figure]) -> None:
+    """Every dict holding a ``ratio`` (or ``value``) and a target: ``target_max`` (<=), ``target_min`` (>=),
+    or ``target``/``target_ratio`` with ``target_op`` (``<=``/``>=``; without it the direction is unknown)."""
+    if isinstance(v, dict):
+        val = v.get("ratio", v.get("value"))
+        op: str | None = None
+        tgt: float | None = None
+        if _num(v.get("target_max")) is not None:
+            op, tgt = "<=", _num(v["target_max"])
+        elif _num(v.get("target_min")) is not None:
+            op, tgt = ">=", _num(v["target_min"])
+        else:
+            tgt = _num(v.get("target", v.get("target_ratio")))
+            raw = v.get("target_op", v.get("op"))
+            op = raw if raw in ("<=", ">=") else None
+        if val is not None and tgt is not None:
+            out.append(Figure(prefix or "value", val, tgt, op))
+        for k, x in v.items():
+            if isinstance(x, dict | list):
+                _generic_targets(f"{prefix}/{k}" if prefix else str(k), x, out)
+    elif isinstance(v, list):
+        for i, x in enumerate(v[:64]):
+            _generic_targets(f"{prefix}[{i}]", x, out)
+
+
+def render_generic(sec: Section, data: dict[str, Any], plot: Plotter, *, plots: bool = True) -> None:
+    body = {k: v for k, v in data.items() if k != "machine"}
+    figs: list[Figure] = []
+    _generic_targets("", body, figs)
+    if figs:
+        sec.add_figures(figs, label="ratio")
+    flat: list[tuple[str, Any]] = []
+    _flatten("", body, flat)
+    if flat:
+        more = len(flat) - MAX_GENERIC_ROWS
+        sec.blocks.append(table(["key", "value"], [[k, v] for k, v in flat[:MAX_GENERIC_ROWS]]))
+        if more > 0:
+            sec.blocks.append(f"... {more} more values in the JSON file")
+    if plots and figs:
+        with plot.figure(sec, "ratios") as fa:
+            if fa:
+                bars_vs_targets(fa[1][0], figs, "ratios vs targets")
+
+
+# -- the report -----------------------------------------------------------------------------------
+
+
+@dataclass
+class Report:
+    path: Path
+    sections: list[Section]
+    skipped: list[tuple[str, str]]
+    plots: list[Path]
+
+    def summary(self) -> dict[str, Any]:
+        return {"report": str(self.path), "plots": [str(p) for p in self.plots],
+                "sections": [{"suite": s.suite, "source": s.source, "met": s.met, "missed": s.missed,
+                              "notes": s.notes} for s in self.sections],
+                "skipped": [{"source": n, "why": w} for n, w in self.skipped],
+                "met": sum(s.met for s in self.sections), "missed": sum(s.missed for s in self.sections)}
+
+
+def load(path: Path) -> tuple[dict[str, Any] | None, str]:
+    """(data, "") or (None, why it was skipped)."""
+    try:
+        size = path.stat().st_size
+        if size > MAX_JSON_BYTES:
+            return None, f"{size:,} bytes, over the {MAX_JSON_BYTES:,}-byte limit"
+        data = json.loads(path.read_bytes())
+    except (OSError, ValueError, RecursionError) as e:  # ValueError covers JSONDecodeError and bad UTF-8
+        return None, f"cannot be read as JSON ({type(e).__name__}: {_cell(str(e))[:120]})"
+    if not isinstance(data, dict):
+        return None, f"top level is a JSON {type(data).__name__}, not an object"
+    return data, ""
+
+
+def build_section(path: Path, data: dict[str, Any], plot: Plotter) -> Section:
+    stem = path.stem
+    sec = Section(suite=stem, source=path.name, machine=describe_machine(data.get("machine")))
+    if "machine" not in data:
+        sec.notes.append("this file has no machine block; the figures cannot be tied to a machine")
+    renderer = RENDERERS.get(stem)
+    if renderer is not None:
+        try:
+            renderer(sec, data, plot)
+            return sec
+        except Exception as e:  # a partial or older file: fall back to the raw figures, with a note
+            sec = Section(suite=stem, source=path.name, machine=sec.machine, notes=sec.notes[:1])
+            sec.notes.append(f"the `{stem}` layout was not recognised ({type(e).__name__}: {_cell(str(e))[:120]}); "
+                             "showing the raw figures (a partial or older run?)")
+    sec.title = sec.title or f"{stem} (generic)"
+    render_generic(sec, data, plot)
+    return sec
+
+
+def generate(out: Path = OUT, *, name: str = REPORT_NAME) -> Report:
+    """Write ``out/REPORT.md`` (and its PNGs) from every ``out/*.json``; returns what was written."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    plot = Plotter(out)
+    stale = set(out.glob(f"{PLOT_PREFIX}*.png"))
+    sections: list[Section] = []
+    skipped: list[tuple[str, str]] = []
+    for path in sorted(out.glob("*.json")):
+        data, why = load(path)
+        if data is None:
+            skipped.append((path.name, why))
+            continue
+        try:
+            sections.append(build_section(path, data, plot))
+        except Exception as e:  # even the generic renderer failed: skip this file, keep the rest
+            skipped.append((path.name, f"could not be rendered ({type(e).__name__}: {_cell(str(e))[:120]})"))
+    for p in stale - set(plot.written):  # plots of suites no longer present
+        with contextlib.suppress(OSError):
+            p.unlink()
+    text = render(sections, skipped, plot)
+    path = out / name
+    atomic_write_text(path, text)
+    return Report(path=path, sections=sections, skipped=skipped, plots=list(plot.written))
+
+
+def render(sections: list[Section], skipped: list[tuple[str, str]], plot: Plotter) -> str:
+    md = ["# pocv benchmark report", "",
+          f"Generated {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} by `python -m bench.report` from "
+          f"{len(sections) + len(skipped)} result file(s). Each section names the machine its figures came from; "
+          "figures from different machines or runs are not comparable.", ""]
+    if sections:
+        md += ["| suite | machine | targets met | missed |", "|---|---|---:|---:|"]
+        md += [f"| [{_cell(s.suite)}](#{_anchor(s.title or s.suite)}) | {s.machine} | {s.met} | {s.missed} |"
+               for s in sections]
+        md.append("")
+    else:
+        md += ["No benchmark results found: run `pocv bench` or `pytest bench --benchmark-only`.", ""]
+    if plot.error:
+        md += [f"> {plot.error}", ""]
+    if skipped:
+        md += ["Skipped files:", ""] + [f"- `{_cell(n)}`: {w}" for n, w in skipped] + [""]
+    for s in sections:
+        md.append(s.markdown())
+    return "\n".join(md).rstrip() + "\n"
+
+
+def _anchor(title: str) -> str:
+    keep = "".join(c for c in title.lower() if c.isalnum() or c in " -_")
+    return keep.replace(" ", "-")
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.report", description=__doc__.split("\n\n")[0] if __doc__ else "")
+    p.add_argument("--out", type=Path, default=OUT, help=f"directory of the suites' JSON and the report (default {OUT})")
+    p.add_argument("--output", choices=("text", "json"), default="text")
+    args = p.parse_args(argv)
+    try:
+        report = generate(args.out)
+    except OSError as e:
+        sys.stderr.write(f"bench.report: error: {e}\n")
+        return 3
+    if args.output == "json":
+        print(json.dumps(report.summary(), indent=2))
+    else:
+        for n, w in report.skipped:
+            sys.stderr.write(f"skipped {n}: {w}\n")
+        print(report.path)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
