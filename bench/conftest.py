@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-OUT = Path(__file__).parent / "out"
+OUT = Path(os.environ.get("POCV_BENCH_OUT") or Path(__file__).parent / "out")
 
 
 def machine() -> dict[str, Any]:

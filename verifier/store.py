@@ -28,8 +28,8 @@ import json
 import os
 import re
 import tempfile
-from pathlib import Path
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any, BinaryIO, Final
 
 from verifier.encoding import DIGEST_SIZE, MAX_STATE_BYTES, digest_encoded
