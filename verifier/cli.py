@@ -226,8 +226,8 @@ def _cmd_kernels(args: argparse.Namespace) -> int:
     else:
         for k in info:
             params = ", ".join(f"{p}={v['default']}" for p, v in k["params"].items())
-            print(f"{k['name']}@{k['version']:<3} {k['mode']:<9} {','.join(k['devices']):<9} {params}\n"
-                  f"    {k['summary']}")
+            ref = f"{k['name']}@{k['version']}"
+            print(f"{ref:<22} {k['mode']:<9} {','.join(k['devices']):<9} {params}\n    {k['summary']}")
     return EXIT_PASS
 
 
