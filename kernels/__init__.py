@@ -17,6 +17,10 @@ from verifier.errors import SpecError
 _MODULES: Final[dict[str, str]] = {
     "gemm-int8": "kernels.gemm_int8",
     "mlp-sgd": "kernels.mlp_sgd",
+    "gemm-fp32": "kernels.gemm_fp32",
+    "gemm-fp32-exact": "kernels.gemm_fp32_exact",
+    "heat2d": "kernels.heat2d",
+    "transformer-decode": "kernels.transformer_decode",
 }
 
 _REGISTRY: dict[tuple[str, int], type[Kernel]] = {}

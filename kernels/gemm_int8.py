@@ -90,6 +90,21 @@ class GemmInt8(Kernel):
         acc.bitwise_and_(0xFF)
         return {"x": acc.to(torch.uint8).view(torch.int8)}
 
+    def honest_variants(self) -> dict[str, Any]:
+        """Implementations that must agree bit for bit (used by ``pocv calibrate`` and the tests)."""
+
+        def threads(n: int) -> Any:
+            def fn(state: State, i: int, spec: JobSpec) -> dict[str, Tensor]:
+                old = torch.get_num_threads()
+                torch.set_num_threads(n)
+                try:
+                    return self.step(state, i, spec)
+                finally:
+                    torch.set_num_threads(old)
+            return fn
+
+        return {"int_mm-2threads": threads(2), "int_mm-1thread": threads(1), "numpy-int64": self.reference_step}
+
     def reference_step(self, state: State, i: int, spec: JobSpec) -> dict[str, Tensor]:
         """The definition: numpy with int64 accumulation, no BLAS."""
         x = as_numpy(state["x"]).astype(np.int64)

@@ -360,12 +360,32 @@ def _ext_market(sub: Any, commands: dict[str, Callable[[argparse.Namespace], int
 
 
 def _ext_calibrate(sub: Any, commands: dict[str, Callable[[argparse.Namespace], int]]) -> None:
-    try:
-        from kernels.calibrate import add_calibrate_parser, run_calibrate  # type: ignore[attr-defined,unused-ignore]
-    except ImportError:
-        return
-    add_calibrate_parser(sub)
-    commands["calibrate"] = run_calibrate
+    p = sub.add_parser("calibrate", help="measure honest deviation of a kernel and the bound it needs",
+                       description="Run the honest implementations of KERNEL (thread counts, op orders, a float64 "
+                                   "reference) against each other over random steps, report the percentiles of "
+                                   "the deviation in units of the kernel's bound, and check that precision "
+                                   "downgrades (TF32, fp16, bf16) are caught. Exits 1 on a false FAIL or a missed "
+                                   "downgrade.")
+    p.add_argument("kernel", metavar="KERNEL")
+    p.add_argument("--trials", type=int, default=20, help="random states to compare at (default 20)")
+    p.add_argument("--max-walk", type=int, default=8, help="random steps walked before each trial (default 8)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--margin", type=float, default=4.0, help="suggested tau = margin x the largest honest ratio")
+    p.add_argument("--param", action="append", default=[], metavar="NAME=INT", help="kernel parameter (repeatable)")
+    p.add_argument("--output", choices=("json", "text"), default="text")
+    commands["calibrate"] = _cmd_calibrate
+
+
+def _cmd_calibrate(args: argparse.Namespace) -> int:
+    from kernels.calibrate import calibrate_main
+
+    argv = [args.kernel, "--trials", str(args.trials), "--max-walk", str(args.max_walk), "--seed", str(args.seed),
+            "--margin", str(args.margin)]
+    for p in args.param:
+        argv += ["--param", p]
+    if args.output == "json":
+        argv.append("--json")
+    return calibrate_main(argv)
 
 
 def _ext_dispute(sub: Any, commands: dict[str, Callable[[argparse.Namespace], int]]) -> None:

@@ -1,0 +1,138 @@
+"""Shared machinery of tolerance-mode kernels: the per-element bound and its calibration hooks.
+
+A tolerance kernel accepts a claimed float tensor ``c`` against the verifier's recomputed ``e``
+when, for every element (DESIGN.md section 3)::
+
+    |c - e| <= tau * u * scale + floor          u = 2^-24 (float32 unit roundoff)
+
+``scale`` is kernel-specific (the magnitudes the computation of that element involved, derived
+from the recomputed state only, never from the claimed one: a cheater must not be able to widen
+its own bound). ``tau`` and ``floor`` are class constants and part of the kernel version.
+Integer tensors (cursors, tokens) are compared exactly. A claimed NaN or infinity is refused.
+
+Kernels also expose their honest alternative implementations (other thread counts, op orders,
+a float64 reference) and their precision downgrades (bf16, fp16, TF32 emulated), which
+:mod:`kernels.calibrate` and the tests use to measure the bound.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from abc import abstractmethod
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any, ClassVar, Final
+
+import numpy as np
+import torch
+
+from kernels._util import as_numpy
+from kernels.base import Comparison, Kernel
+from verifier.encoding import State, Tensor, dtype_name
+
+if TYPE_CHECKING:
+    from verifier.jobs import JobSpec
+
+U32: Final = 2.0**-24  # unit roundoff of float32 (round to nearest)
+
+StepFn = Callable[[State, int, "JobSpec"], dict[str, Tensor]]
+_FLOAT_DTYPES: Final = frozenset({"float16", "bfloat16", "float32", "float64"})
+
+
+@contextlib.contextmanager
+def torch_threads(n: int | None) -> Iterator[None]:
+    """Run the block with ``n`` torch intra-op threads (None: leave as is); restore afterwards."""
+    if n is None:
+        yield
+        return
+    old = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
+def round_tf32(x: torch.Tensor) -> torch.Tensor:
+    """Round float32 to TF32 (10 explicit mantissa bits, nearest-even), as tensor cores read it."""
+    bits = x.contiguous().view(torch.int32)
+    lsb = (bits >> 13) & 1
+    out = (bits + 0x0FFF + lsb) & ~0x1FFF
+    return out.view(torch.float32)
+
+
+class ToleranceKernel(Kernel):
+    """A kernel compared within ``tau * u * scale + floor`` per float element."""
+
+    mode = "tolerance"
+    #: calibrated multiple of u (see the kernel's docstring for the measurement)
+    tau: ClassVar[float]
+    #: absolute slack, for elements whose scale is (near) zero
+    floor: ClassVar[float]
+
+    @abstractmethod
+    def scales(self, expected: State, spec: JobSpec) -> dict[str, np.ndarray[Any, Any]]:
+        """name -> float64 array of per-element scales, for every float tensor of the state."""
+
+    def honest_variants(self) -> dict[str, StepFn]:
+        """Alternative honest implementations (name -> step function) for calibration."""
+        return {}
+
+    def downgrade_variants(self) -> dict[str, StepFn]:
+        """Precision downgrades (bf16, fp16, TF32 emulated) that the bound must catch."""
+        return {}
+
+    def ratios(self, expected: State, claimed: State, spec: JobSpec) -> dict[str, np.ndarray[Any, Any]]:
+        """Per float element ``|c - e| / (u * scale)``: the tau that element needs (floor aside)."""
+        out: dict[str, np.ndarray[Any, Any]] = {}
+        for name, scale in self.scales(expected, spec).items():
+            e = as_numpy(expected[name]).astype(np.float64)
+            c = as_numpy(claimed[name]).astype(np.float64)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                r = np.abs(c - e) / (U32 * scale)
+            out[name] = np.where(c == e, 0.0, r)
+        return out
+
+    def compare(self, expected: State, claimed: State, spec: JobSpec) -> Comparison:
+        if set(expected) != set(claimed):
+            return Comparison(False, f"tensor names: expected {sorted(expected)}, got {sorted(claimed)}")
+        worst = 0.0
+        floats: list[str] = []
+        for name in sorted(expected):
+            e_t, c_t = expected[name], claimed[name]
+            de, dc = dtype_name(e_t), dtype_name(c_t)
+            if de != dc or tuple(e_t.shape) != tuple(c_t.shape):
+                return Comparison(False, f"tensor {name!r}: expected {de}{tuple(e_t.shape)}, "
+                                         f"got {dc}{tuple(c_t.shape)}")
+            if de in _FLOAT_DTYPES:
+                floats.append(name)
+                continue
+            if not np.array_equal(as_numpy(e_t), as_numpy(c_t)):
+                return Comparison(False, f"integer tensor {name!r} differs from the recomputed one")
+        scales = self.scales(expected, spec)
+        for name in floats:
+            e = as_numpy(expected[name]).astype(np.float64)
+            c = as_numpy(claimed[name]).astype(np.float64)
+            if not np.isfinite(c).all():
+                return Comparison(False, f"tensor {name!r} holds NaN or infinity")
+            if not np.isfinite(e).all():
+                return Comparison(False, f"recomputed tensor {name!r} is not finite (diverged job)")
+            if name not in scales:
+                if not np.array_equal(e, c):
+                    return Comparison(False, f"tensor {name!r} differs (no tolerance declared for it)")
+                continue
+            bound = self.tau * U32 * scales[name] + self.floor
+            ratio = np.abs(c - e) / bound
+            k = int(np.argmax(ratio)) if ratio.size else 0
+            r = float(ratio.reshape(-1)[k]) if ratio.size else 0.0
+            worst = max(worst, r)
+            if r > 1.0:
+                idx = [int(j) for j in np.unravel_index(k, e.shape)] if e.ndim else []
+                diff = abs(c.reshape(-1)[k] - e.reshape(-1)[k])
+                return Comparison(
+                    False,
+                    f"tensor {name!r}{idx}: |claimed - recomputed| = "
+                    f"{diff:.3e} exceeds the bound {bound.reshape(-1)[k]:.3e} "
+                    f"(tau={self.tau:g}, {int((ratio > 1.0).sum())} elements outside)",
+                    worst_ratio=r,
+                )
+        return Comparison(True, worst_ratio=worst)

@@ -1,0 +1,285 @@
+"""Measure honest deviation of a kernel across implementations and thread counts.
+
+For a tolerance kernel, each trial derives ``s_0`` from a fresh seed, walks a random number of
+steps (so momenta, caches and activations are mid-run, not fresh), then computes the next step
+with every honest variant the kernel declares (``honest_variants``: thread counts, op orders,
+the float64 reference) and, for every ordered pair (expected, claimed), the per-element ratio
+``|c - e| / (u * scale)`` -- the tau that element needs. It reports percentiles of those ratios,
+the largest per pair, how many honest comparisons the shipped bound would FAIL (must be 0), the
+smallest per-step maximum of every precision downgrade (must exceed the shipped tau) and a
+suggested tau (``margin`` x the largest honest ratio, rounded up to a power of two).
+
+For an exact kernel it counts the honest variants whose state digest differs from the first
+one (must be 0).
+
+Command line (the lead wires it to ``pocv calibrate``)::
+
+    python -m kernels.calibrate KERNEL [--trials N] [--max-walk K] [--seed S]
+                                       [--param name=value ...] [--margin M] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import sys
+from collections.abc import Sequence
+from typing import Any, Final
+
+import numpy as np
+import torch
+
+from kernels._tolerance import ToleranceKernel
+from verifier.encoding import state_digest
+from verifier.errors import SpecError
+from verifier.jobs import JobSpec
+
+MAX_TRIALS: Final = 100_000
+PERCENTILES: Final = (50.0, 90.0, 99.0, 99.9, 99.99)
+# log-spaced histogram of nonzero ratios: 2^-20 .. 2^40, 16 bins per octave (about 4.4% wide)
+_BINS_PER_OCTAVE: Final = 16
+_LO_EXP: Final = -20
+_HI_EXP: Final = 40
+_NBINS: Final = (_HI_EXP - _LO_EXP) * _BINS_PER_OCTAVE
+
+
+class _Histogram:
+    """Counts of ratios (exact zeros apart) in log bins; percentiles read as a bin's upper edge."""
+
+    def __init__(self) -> None:
+        self.zeros = 0
+        self.counts = np.zeros(_NBINS + 2, dtype=np.int64)
+        self.max = 0.0
+
+    def add(self, r: np.ndarray[Any, Any]) -> None:
+        r = r.reshape(-1)
+        nz = r[r > 0]
+        self.zeros += r.size - nz.size
+        if nz.size:
+            self.max = max(self.max, float(nz.max()))
+            idx = np.floor((np.log2(nz) - _LO_EXP) * _BINS_PER_OCTAVE).astype(np.int64) + 1
+            self.counts += np.bincount(np.clip(idx, 0, _NBINS + 1), minlength=_NBINS + 2)
+
+    @property
+    def total(self) -> int:
+        return self.zeros + int(self.counts.sum())
+
+    def percentile(self, q: float) -> float:
+        rank = math.ceil(q / 100.0 * self.total)
+        if rank <= self.zeros:
+            return 0.0
+        cum = self.zeros + np.cumsum(self.counts)
+        b = int(np.searchsorted(cum, rank))
+        edge = 2.0 ** (_LO_EXP + b / _BINS_PER_OCTAVE)
+        return float(min(edge, self.max))
+
+
+def _same_integers(a: Any, b: Any) -> bool:
+    from kernels._util import as_numpy
+
+    for name in a:
+        x = as_numpy(a[name])
+        if x.dtype.kind in "iub" and not np.array_equal(x, as_numpy(b[name])):
+            return False
+    return True
+
+
+def _spec(kernel_name: str, seed: int, params: dict[str, int] | None) -> JobSpec:
+    return JobSpec(kernel=kernel_name, steps=1 << 20, seed=seed, params=dict(params or {}))
+
+
+def calibrate(
+    kernel_name: str,
+    *,
+    trials: int = 20,
+    max_walk: int = 8,
+    seed: int = 0,
+    params: dict[str, int] | None = None,
+    margin: float = 4.0,
+) -> dict[str, Any]:
+    """Measure honest deviation of ``kernel_name`` (see the module docstring); a JSON-able dict."""
+    if not 1 <= trials <= MAX_TRIALS:
+        raise ValueError(f"trials must be in 1..{MAX_TRIALS}, got {trials}")
+    kernel = _spec(kernel_name, seed, params).get_kernel()
+    rng = np.random.default_rng(seed)
+    honest_fn = getattr(kernel, "honest_variants", None)
+    honest: dict[str, Any] = dict(honest_fn()) if callable(honest_fn) else {}
+    if len(honest) < 2:
+        raise SpecError(f"kernel {kernel_name} declares fewer than two honest implementations to compare")
+    downgrades = kernel.downgrade_variants() if isinstance(kernel, ToleranceKernel) else {}
+    names = list(honest)
+    report: dict[str, Any] = {
+        "kernel": f"{kernel.name}@{kernel.version}",
+        "mode": kernel.mode,
+        "params": dict(_spec(kernel_name, seed, params).params),
+        "trials": trials,
+        "variants": names,
+        "environment": {
+            "torch": torch.__version__,
+            "numpy": np.__version__,
+            "threads": torch.get_num_threads(),
+            "machine": platform.machine(),
+            "processor": platform.processor() or platform.machine(),
+        },
+    }
+    if kernel.mode == "exact":
+        mismatches: dict[str, int] = dict.fromkeys(names[1:], 0)
+        for trial in range(trials):
+            spec = _spec(kernel_name, seed + trial, params)
+            state = kernel.init_state(spec)
+            walk = int(rng.integers(0, max_walk + 1))
+            for i in range(1, walk + 1):
+                state = kernel.step(state, i, spec)
+            digests = {n: state_digest(f(state, walk + 1, spec)) for n, f in honest.items()}
+            for n in names[1:]:
+                mismatches[n] += digests[n] != digests[names[0]]
+        report["digest_mismatches"] = mismatches
+        report["checks"] = trials * (len(names) - 1)
+        return report
+
+    assert isinstance(kernel, ToleranceKernel)
+    hist = _Histogram()
+    by_pair: dict[str, float] = {}
+    false_fails = 0
+    checks = 0
+    worst_down: dict[str, float] = {n: math.inf for n in downgrades}
+    caught: dict[str, int] = dict.fromkeys(downgrades, 0)
+    freivalds = getattr(kernel, "freivalds_ratio", None)
+    tau_f = float(getattr(kernel, "tau_freivalds", 1.0))
+    fr_honest: dict[str, float] = dict.fromkeys(names, 0.0)
+    fr_down: dict[str, float] = {n: math.inf for n in downgrades}
+    fr_false = 0
+    by_verify = bool(getattr(kernel, "calibrate_with_verify_step", False))
+    discrete = 0
+    for trial in range(trials):
+        spec = _spec(kernel_name, seed + trial, params)
+        state = kernel.init_state(spec)
+        walk = int(rng.integers(0, max_walk + 1))
+        for i in range(1, walk + 1):
+            state = kernel.step(state, i, spec)
+        i = walk + 1
+        outs = {n: f(state, i, spec) for n, f in honest.items()}
+        for a in names:
+            for b in names:
+                if a == b:
+                    continue
+                if by_verify and not _same_integers(outs[a], outs[b]):
+                    discrete += 1  # a tie broken differently: verify_step handles it, ratios cannot
+                    continue
+                ratios = kernel.ratios(outs[a], outs[b], spec)
+                m = 0.0
+                for r in ratios.values():
+                    hist.add(r)
+                    if r.size:
+                        m = max(m, float(r.max()))
+                key = f"{a} vs {b}"
+                by_pair[key] = max(by_pair.get(key, 0.0), m)
+                if not by_verify:
+                    checks += 1
+                    false_fails += not kernel.compare(outs[a], outs[b], spec).ok
+        if by_verify:  # the verifier's own recompute, teacher-forced with the claimed choices
+            for n in names:
+                checks += 1
+                false_fails += not kernel.verify_step(state, outs[n], i, spec).ok
+        if callable(freivalds):
+            for n in names:
+                fr = float(freivalds(state, outs[n], spec)) * tau_f  # the tau_F this check needed
+                fr_honest[n] = max(fr_honest[n], fr)
+                fr_false += fr > tau_f
+        for n, f in downgrades.items():
+            down = f(state, i, spec)
+            if callable(freivalds):
+                fr_down[n] = min(fr_down[n], float(freivalds(state, down, spec)) * tau_f)
+            m = max((float(r.max()) for r in kernel.ratios(outs[names[0]], down, spec).values() if r.size),
+                    default=0.0)
+            worst_down[n] = min(worst_down[n], m)
+            if by_verify:
+                caught[n] += not kernel.verify_step(state, down, i, spec).ok
+            else:
+                caught[n] += not kernel.compare(outs[names[0]], down, spec).ok
+    top = hist.max
+    if callable(freivalds):
+        report["freivalds"] = {
+            "tau_freivalds": tau_f,
+            "honest_needed_max_by_variant": fr_honest,
+            "false_fails": fr_false,
+            "checks": trials * len(names),
+            "downgrade_min_needed": fr_down,
+        }
+    report.update({
+        "elements": hist.total,
+        "honest_ratio": {f"p{q:g}": hist.percentile(q) for q in PERCENTILES} | {"max": top},
+        "honest_max_by_pair": dict(sorted(by_pair.items(), key=lambda kv: -kv[1])),
+        "checks": checks,
+        "checked_by": "verify_step" if by_verify else "compare of every ordered pair",
+        "pairs_with_discrete_differences": discrete,
+        "false_fails": false_fails,
+        "tau": kernel.tau,
+        "floor": kernel.floor,
+        "suggested_tau": 2.0 ** math.ceil(math.log2(max(top * margin, 1.0))),
+        "downgrades": {
+            n: {"min_needed_tau": worst_down[n], "caught": caught[n], "of": trials} for n in downgrades
+        },
+    })
+    return report
+
+
+def _format(report: dict[str, Any]) -> str:
+    lines = [f"{report['kernel']} ({report['mode']}) params {report['params']}, {report['trials']} trials"]
+    if report["mode"] == "exact":
+        lines.append(f"digest mismatches vs {report['variants'][0]}: {report['digest_mismatches']}")
+        return "\n".join(lines)
+    hr = report["honest_ratio"]
+    lines.append(f"honest needed tau over {report['elements']:,} element ratios: "
+                 + "  ".join(f"{k} {v:.3g}" for k, v in hr.items()))
+    for k, v in list(report["honest_max_by_pair"].items())[:6]:
+        lines.append(f"  max {v:8.3g}  {k}")
+    if report.get("pairs_with_discrete_differences"):
+        lines.append(f"  {report['pairs_with_discrete_differences']} pairs chose different tokens "
+                     f"(ties within rounding; left to verify_step)")
+    lines.append(f"shipped tau {report['tau']:g} floor {report['floor']:g}: "
+                 f"{report['false_fails']} false FAIL in {report['checks']} honest checks "
+                 f"({report['checked_by']}); suggested tau {report['suggested_tau']:g}")
+    for n, d in report["downgrades"].items():
+        lines.append(f"  downgrade {n}: smallest per-step max needed tau {d['min_needed_tau']:.3g}, "
+                     f"caught {d['caught']}/{d['of']}")
+    fr = report.get("freivalds")
+    if fr:
+        worst = max(fr["honest_needed_max_by_variant"].values())
+        lines.append(f"Freivalds: shipped tau_F {fr['tau_freivalds']:g}; honest needed at most {worst:.3g} "
+                     f"({fr['false_fails']} false FAIL in {fr['checks']}); downgrades need at least "
+                     + ", ".join(f"{k} {v:.3g}" for k, v in fr["downgrade_min_needed"].items()))
+    return "\n".join(lines)
+
+
+def calibrate_main(argv: Sequence[str] | None = None) -> int:
+    """``pocv calibrate`` / ``python -m kernels.calibrate``: print the report; exit 1 on a false FAIL."""
+    ap = argparse.ArgumentParser(prog="pocv calibrate", description=__doc__.split("\n\n")[0])
+    ap.add_argument("kernel")
+    ap.add_argument("--trials", type=int, default=20)
+    ap.add_argument("--max-walk", type=int, default=8)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--margin", type=float, default=4.0)
+    ap.add_argument("--param", action="append", default=[], metavar="NAME=INT")
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args(argv)
+    params: dict[str, int] = {}
+    for p in args.param:
+        key, _, value = p.partition("=")
+        try:
+            params[key] = int(value)
+        except ValueError:
+            ap.error(f"--param expects NAME=INT, got {p!r}")
+    report = calibrate(args.kernel, trials=args.trials, max_walk=args.max_walk, seed=args.seed,
+                       params=params, margin=args.margin)
+    print(json.dumps(report, indent=2) if args.json else _format(report))
+    bad = report.get("false_fails", 0) or sum(report.get("digest_mismatches", {}).values())
+    bad = bad or any(d["caught"] < d["of"] for d in report.get("downgrades", {}).values())
+    bad = bad or report.get("freivalds", {}).get("false_fails", 0)
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(calibrate_main())
