@@ -69,6 +69,16 @@ def test_resume_survives_torn_leaves_and_a_corrupt_checkpoint(tmp_path, referenc
     assert Prover(trace_dir=tmp_path / "t", key=KEY, checkpoint_every=8).run(SMALL).root == reference_root
 
 
+def test_resume_removes_temporaries_of_killed_writes(tmp_path, reference_root) -> None:
+    with pytest.raises(Crash):
+        CrashingProver(trace_dir=tmp_path / "t", key=KEY, checkpoint_every=8, crash_at=20).run(SMALL)
+    stale = [tmp_path / "t" / "checkpoints" / ".000000000016.state.x1.tmp", tmp_path / "t" / ".commitment.json.x2.tmp"]
+    for p in stale:
+        p.write_bytes(b"half a file")
+    assert Prover(trace_dir=tmp_path / "t", key=KEY, checkpoint_every=8).run(SMALL).root == reference_root
+    assert not any(p.exists() for p in stale)
+
+
 def test_run_refuses_a_trace_of_another_job(tmp_path) -> None:
     Prover(trace_dir=tmp_path / "t", key=KEY, checkpoint_every=8).run(SMALL)
     other = JobSpec(kernel="gemm-int8", steps=SMALL.steps, seed=SMALL.seed + 1, params={"n": 32})

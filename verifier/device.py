@@ -64,9 +64,23 @@ def _settings() -> dict[str, Any]:
     }
 
 
+def _set_deterministic(mode: bool, warn_only: bool) -> None:
+    """``torch.use_deterministic_algorithms`` without its 2-4 s import of torch._inductor.
+
+    The public function sets ``torch._inductor.config.deterministic`` (importing inductor and
+    dynamo to do so) and then the ATen flag. Kernels here never compile with inductor, so when it
+    is not loaded only the ATen flag is set; when it is loaded, the public function runs.
+    """
+    if "torch._inductor.config" in sys.modules:
+        torch.use_deterministic_algorithms(mode, warn_only=warn_only)
+    elif (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()) != (
+            mode, warn_only):
+        torch._C._set_deterministic_algorithms(mode, warn_only=warn_only)
+
+
 def _apply(s: dict[str, Any]) -> None:
     matmul = torch.backends.cuda.matmul
-    torch.use_deterministic_algorithms(s["deterministic_algorithms"], warn_only=s["deterministic_warn_only"])
+    _set_deterministic(s["deterministic_algorithms"], s["deterministic_warn_only"])
     matmul.allow_tf32 = s["matmul_allow_tf32"]
     torch.backends.cudnn.allow_tf32 = s["cudnn_allow_tf32"]
     matmul.allow_fp16_reduced_precision_reduction = s["matmul_allow_fp16_reduced_precision_reduction"]

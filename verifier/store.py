@@ -112,6 +112,19 @@ def read_file(path: str | os.PathLike[str], *, limit: int, what: str) -> bytes:
         raise InputError(f"cannot read {what} {str(p)!r}: {e.strerror}") from e
 
 
+def _remove_stale_temporaries(root: Path) -> None:
+    """Temporary files of writes a killed prover never finished (only this store writes here)."""
+    for d in (root, root / "checkpoints"):
+        try:
+            names = os.listdir(d)
+        except OSError:
+            continue
+        for name in names:
+            if name.startswith(".") and name.endswith(".tmp"):
+                with contextlib.suppress(OSError):
+                    os.unlink(d / name)
+
+
 class TraceStore:
     """Leaf hashes and checkpoints of one job on disk. Not safe for two writers at once."""
 
@@ -149,6 +162,7 @@ class TraceStore:
                     raise ValueError(f"format {str(meta.get('format'))[:20]}, expected {TRACE_FORMAT}")
             except (OSError, ValueError, KeyError, TypeError, RecursionError, EvidenceError) as e:
                 raise StorageError(f"trace {str(root)!r} has an unreadable trace.json: {e}") from e
+            _remove_stale_temporaries(root)
             if spec is not None and spec.job_id != existing.job_id:
                 raise InputError(
                     f"trace {str(root)!r} holds job {existing.job_id.hex()[:16]}..., not "
