@@ -1,11 +1,17 @@
 """``gemm-int8``: an exact chain of int8 matrix products with integer requantization.
 
-State: ``{"x": int8[n, n]}``. A fixed weight matrix ``W`` (int8[n, n]) and ``s_0`` come from
-BLAKE3's XOF keyed by the seed and ``n``, so anyone re-derives them. Step ``i``::
+State: ``{"x": int8[n, n]}``. ``s_0`` and ``L`` fixed weight matrices ``W_0 .. W_{L-1}``
+(int8[n, n]; ``L`` = the ``layers`` parameter) come from BLAKE3's XOF keyed by the seed, ``n``
+and ``L``, so anyone re-derives them. Step ``i`` is a forward pass through the L layers; layer
+``l`` computes::
 
-    acc  = x.int32 @ W.int32                      (exact int32 accumulation, K = n)
-    y    = ((acc + 2^(shift-1)) >> shift) + (i mod 251)      shift = 6 + floor(log2 n) // 2
-    x'   = y mod 256, as two's-complement int8
+    acc  = x.int32 @ W_l.int32                    (exact int32 accumulation, K = n)
+    y    = ((acc + 2^(shift-1)) >> shift) + ((i * L + l) mod 251)   shift = 6 + floor(log2 n) // 2
+    x    = y mod 256, as two's-complement int8
+
+Only the output of the last layer is the next state, so the work per step (L n^3 multiply-adds)
+grows with L while the committed state (n^2 bytes) does not: at the defaults (n = 2048, L = 4)
+hashing the 4 MiB state costs under 1% of the step.
 
 Integer arithmetic has one answer in any order, so every backend (torch ``_int_mm`` on CPU or
 CUDA, the int64 numpy reference) gives the same bits at any thread count. ``int8 @ int8`` in
@@ -28,6 +34,7 @@ from verifier.encoding import State, Tensor
 from verifier.jobs import JobSpec
 
 _CONTEXT = "pocv 2026-11 gemm-int8 v1 init"
+MAX_LAYERS = 64
 MAX_N = 4096  # far below the int32 overflow bound of K = 131,072
 
 
@@ -41,11 +48,11 @@ class GemmInt8(Kernel):
     version: ClassVar[int] = 1
     mode = "exact"
     summary: ClassVar[str] = "x <- requant(x @ W): int8 x int8 -> int32 products, exact on any device"
-    int_params: ClassVar[dict[str, tuple[int, int, int]]] = {"n": (2048, 16, MAX_N)}
+    int_params: ClassVar[dict[str, tuple[int, int, int]]] = {"n": (2048, 16, MAX_N), "layers": (4, 1, MAX_LAYERS)}
     devices: ClassVar[tuple[str, ...]] = ("cpu", "cuda")
 
     def __init__(self) -> None:
-        self._weights: dict[tuple[int, int, str], torch.Tensor] = {}
+        self._weights: dict[tuple[int, int, int, str], list[torch.Tensor]] = {}
 
     def check_params(self, params: dict[str, Any]) -> dict[str, Any]:
         out = super().check_params(params)
@@ -55,18 +62,19 @@ class GemmInt8(Kernel):
             raise SpecError(f"gemm-int8 parameter 'n' must be a multiple of 8, got {out['n']}")
         return out
 
-    def _init_bytes(self, spec: JobSpec) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]:
-        n = int(spec.params["n"])
-        raw = np.frombuffer(seeded_bytes(_CONTEXT, spec.seed, n, length=2 * n * n), dtype=np.int8)
-        return raw[: n * n].reshape(n, n), raw[n * n :].reshape(n, n)
+    def _init_bytes(self, spec: JobSpec) -> tuple[np.ndarray[Any, Any], list[np.ndarray[Any, Any]]]:
+        n, layers = int(spec.params["n"]), int(spec.params["layers"])
+        raw = np.frombuffer(seeded_bytes(_CONTEXT, spec.seed, n, layers, length=(1 + layers) * n * n),
+                            dtype=np.int8).reshape(1 + layers, n, n)
+        return raw[0], [raw[1 + layer] for layer in range(layers)]
 
-    def weights(self, spec: JobSpec, device: str = "cpu") -> torch.Tensor:
-        key = (spec.seed, int(spec.params["n"]), device)
+    def weights(self, spec: JobSpec, device: str = "cpu") -> list[torch.Tensor]:
+        key = (spec.seed, int(spec.params["n"]), int(spec.params["layers"]), device)
         w = self._weights.get(key)
         if w is None:
             if len(self._weights) >= 8:
                 self._weights.clear()
-            w = torch.from_numpy(self._init_bytes(spec)[1].copy()).to(device)
+            w = [torch.from_numpy(m.copy()).to(device) for m in self._init_bytes(spec)[1]]
             self._weights[key] = w
         return w
 
@@ -81,14 +89,17 @@ class GemmInt8(Kernel):
     def step(self, state: State, i: int, spec: JobSpec, device: str = "cpu") -> dict[str, Tensor]:
         self.check_device(device)
         x = as_torch(state["x"], device)
-        acc = torch._int_mm(x, self.weights(spec, device))
         s = _shift(x.shape[0])
-        # ((acc + 2^(s-1)) >> s) + (i mod 251) == (acc + 2^(s-1) + (i mod 251) * 2^s) >> s exactly
-        # (arithmetic shift is floor division); in place, to spare passes over the int32 buffer.
-        acc.add_((1 << (s - 1)) + ((i % 251) << s))
-        acc.bitwise_right_shift_(s)
-        acc.bitwise_and_(0xFF)
-        return {"x": acc.to(torch.uint8).view(torch.int8)}
+        weights = self.weights(spec, device)
+        for layer, w in enumerate(weights):
+            acc = torch._int_mm(x, w)
+            # ((acc + 2^(s-1)) >> s) + c == (acc + 2^(s-1) + c * 2^s) >> s exactly (arithmetic shift
+            # is floor division); in place, to spare passes over the int32 buffer.
+            acc.add_((1 << (s - 1)) + (((i * len(weights) + layer) % 251) << s))
+            acc.bitwise_right_shift_(s)
+            acc.bitwise_and_(0xFF)
+            x = acc.to(torch.uint8).view(torch.int8)
+        return {"x": x}
 
     def honest_variants(self) -> dict[str, Any]:
         """Implementations that must agree bit for bit (used by ``pocv calibrate`` and the tests)."""
@@ -108,8 +119,10 @@ class GemmInt8(Kernel):
     def reference_step(self, state: State, i: int, spec: JobSpec) -> dict[str, Tensor]:
         """The definition: numpy with int64 accumulation, no BLAS."""
         x = as_numpy(state["x"]).astype(np.int64)
-        w = self._init_bytes(spec)[1].astype(np.int64)
-        acc = x @ w
         s = _shift(x.shape[0])
-        y = ((acc + (1 << (s - 1))) >> s) + (i % 251)
-        return {"x": (y & 0xFF).astype(np.uint8).view(np.int8)}
+        weights = self._init_bytes(spec)[1]
+        for layer, w in enumerate(weights):
+            acc = x @ w.astype(np.int64)
+            y = ((acc + (1 << (s - 1))) >> s) + ((i * len(weights) + layer) % 251)
+            x = (y & 0xFF).astype(np.uint8).view(np.int8).astype(np.int64)
+        return {"x": x.astype(np.int8)}

@@ -502,7 +502,7 @@ class DisputeOutcome:
         raw_rounds = _get(d, "rounds", list, "dispute-outcome")
         if len(raw_rounds) > MAX_DISPUTE_ROUNDS:
             raise LimitExceeded(f"a dispute has at most {MAX_DISPUTE_ROUNDS} rounds, got {len(raw_rounds)}")
-        if steps < 3 and raw_rounds:
+        if steps < 2 and raw_rounds:
             raise MalformedError(f"a job of {steps} steps has no bisection rounds")
         liars = _get(d, "liars", list, "dispute-outcome")
         if len(liars) > 2:
@@ -532,7 +532,7 @@ Answer = Opening | Response | bytes | None
 class Dispute:
     """The referee's state machine for one dispute (pure: records in, records out).
 
-    Usage: ``d = Dispute.open(a, b)``; while ``d.outcome is None``: ``q = d.query()``, hand
+    Usage: ``d = Dispute.open(a, b)``; while not ``d.done``: ``q = d.query()``, hand
     ``q`` to both parties, ``d.submit(answer_a, answer_b)``; then ``d.finish(key)`` gives the
     signed outcome and the FAIL verdicts. ``to_json``/``from_json`` keep the session in a file
     between rounds (the rounds are replayed on load, so an edited session cannot skip one).
@@ -660,6 +660,9 @@ class Dispute:
         if bad_init:
             self._lose(bad_init, i, case="bad-init")
             return
+        if digest_encoded(opened["A"].states[i]) == digest_encoded(opened["B"].states[i]):
+            raise MalformedError(f"both parties' verified s_{i} are equal, so step {i} is not where they part: "
+                                 "the dispute session was altered")
         prev_a, prev_b = (digest_encoded(opened[p].states[i - 1]) for p in PARTIES)
         if prev_a != prev_b:  # pragma: no cover - Q(i-1) held, or i-1 = 0 and both s_0 are the spec's
             raise MismatchError(f"parties disagree on s_{i - 1} although the search says they agree")
@@ -730,9 +733,12 @@ class Dispute:
             verify_multiproof(c.root, c.tree_size, digests, ans.proof)
         except ProofError as e:
             raise _Lost("BAD_PROOF", f"party {party}'s step bundle: {e}") from e
-        for rnd in self.rounds:  # a leaf opened twice must not change (it cannot, short of a collision)
+        for r, rnd in enumerate(self.rounds):
+            # A leaf opened twice cannot change short of a collision: both openings verified
+            # against the same root. A contradiction means the recorded session was altered.
             if rnd.leaf in digests and digests[rnd.leaf] != (rnd.value_a if party == "A" else rnd.value_b):
-                raise _Lost("BAD_PROOF", f"party {party} opened leaf {rnd.leaf} with another value than before")
+                raise MalformedError(f"dispute session round {r} records another value for party {party}'s "
+                                     f"leaf {rnd.leaf} than its verified step bundle: the session was altered")
         return ans
 
     def _lose(self, failed: Mapping[Party, tuple[str, str]], index: int, *, case: str | None = None) -> None:
@@ -781,7 +787,7 @@ class Dispute:
         raw = _get(d, "rounds", list, "dispute-session")
         if len(raw) > MAX_DISPUTE_ROUNDS:
             raise LimitExceeded(f"a dispute has at most {MAX_DISPUTE_ROUNDS} rounds, got {len(raw)}")
-        if a.tree_size < 4 and raw:
+        if a.steps < 2 and raw:
             raise MalformedError(f"a job of {a.steps} steps has no bisection rounds")
         device = _get(d, "device", str, "dispute-session")
         if device not in ("cpu", "cuda") and not re.fullmatch(r"cuda:\d{1,3}", device):

@@ -14,9 +14,9 @@ from verifier.errors import SpecError
 from verifier.jobs import JobSpec
 
 
-@pytest.mark.parametrize("n", [16, 24, 64, 136])
-def test_fast_path_equals_reference(n: int) -> None:
-    spec = JobSpec(kernel="gemm-int8", steps=300, seed=n, params={"n": n})
+@pytest.mark.parametrize(("n", "layers"), [(16, 1), (24, 3), (64, 4), (136, 2)])
+def test_fast_path_equals_reference(n: int, layers: int) -> None:
+    spec = JobSpec(kernel="gemm-int8", steps=300, seed=n, params={"n": n, "layers": layers})
     k = spec.get_kernel()
     x = k.init_state(spec)
     for i in [1, 2, 3, 250, 251, 252, 300]:  # i mod 251 wraps
@@ -41,7 +41,7 @@ def test_products_are_formed_in_int32_not_int8() -> None:
     spec = JobSpec(kernel="gemm-int8", steps=1, seed=3, params={"n": 32})
     k = spec.get_kernel()
     x = k.init_state(spec)["x"]
-    w = k.weights(spec)
+    w = k.weights(spec)[0]
     wrapped = (x.numpy() @ w.numpy()).astype(np.int8)  # numpy int8 matmul wraps
     exact = x.numpy().astype(np.int64) @ w.numpy().astype(np.int64)
     assert not np.array_equal(wrapped.astype(np.int64), exact)
@@ -57,6 +57,13 @@ def test_thread_count_does_not_change_the_bits() -> None:
     outs = {subprocess.run([sys.executable, "-c", code, str(t)], capture_output=True, text=True,
                            check=True).stdout for t in (1, 2)}
     assert len(outs) == 1
+
+
+def test_layers_change_the_step() -> None:
+    one = JobSpec(kernel="gemm-int8", steps=1, seed=1, params={"n": 32, "layers": 1})
+    two = JobSpec(kernel="gemm-int8", steps=1, seed=1, params={"n": 32, "layers": 2})
+    k = one.get_kernel()
+    assert state_digest(k.step(k.init_state(one), 1, one)) != state_digest(k.step(k.init_state(two), 1, two))
 
 
 def test_init_depends_on_seed_and_size() -> None:
