@@ -231,7 +231,10 @@ class Plotter:
         try:
             yield fig, list(axes[0])
             fig.suptitle(f"{section.suite} — {section.machine[:110]}", fontsize=7)
-            fig.tight_layout()
+            try:
+                fig.tight_layout()
+            except ValueError as e:  # matplotlib cannot lay out degenerate axes: keep the plot as drawn
+                section.notes.append(f"plot {what}: layout skipped ({e})")
             name = f"{PLOT_PREFIX}{_slug(section.suite)}-{_slug(what)}.png"
             path = self.out / name
             fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=self.out)

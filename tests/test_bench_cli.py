@@ -49,7 +49,7 @@ def test_report_only(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None
     assert out.out.strip() == str(report)
     text = report.read_text()
     assert "Test CPU, 2 cores" in text
-    assert "| 1.02 | <= 1.05 | met |" in text
+    assert "| 1.02 | <= 1.05 | met |" in text, text
     assert "| 0.09 | 0.066 | <= 0.08 | **missed** |" in text
     assert "`broken.json`: cannot be read as JSON" in text
     assert "the `kernels` layout was not recognised" in text  # partial: shown generically, with a note
