@@ -35,7 +35,7 @@ class _Parser(argparse.ArgumentParser):
         raise SystemExit(EXIT_USAGE)
 
 
-def _emit(text: str, path: str | None) -> None:
+def emit(text: str, path: str | None) -> None:
     """Write a result to stdout, or atomically to ``path``."""
     if path:
         from verifier.store import atomic_write
@@ -100,10 +100,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
                     checkpoint_every=args.checkpoint_every, progress=progress)
     commitment = prover.run(spec, device=args.device)
     if args.output == "json":
-        _emit(commitment.to_json(), args.out)
+        emit(commitment.to_json(), args.out)
     else:
         if args.out:
-            _emit(commitment.to_json(), args.out)
+            emit(commitment.to_json(), args.out)
         print(f"committed job {commitment.job_id.hex()} ({spec.kernel_ref}, {spec.steps} steps)\n"
               f"root {commitment.root.hex()}\ntrace {args.trace}")
     return EXIT_PASS
@@ -141,10 +141,10 @@ def _cmd_challenge(args: argparse.Namespace) -> int:
     ch = verifier.challenge(commitment, beacon=beacon, confidence=args.confidence,
                             cheat_fraction=args.cheat_fraction, k=args.count, beacon_source=source)
     if args.output == "json":
-        _emit(ch.to_json(), args.out)
+        emit(ch.to_json(), args.out)
     else:
         if args.out:
-            _emit(ch.to_json(), args.out)
+            emit(ch.to_json(), args.out)
         print(f"challenge {ch.k} of {ch.steps} steps; detection >= {ch.detection:.6f} "
               f"for f = {ch.cheat_fraction}; beacon {ch.beacon.hex()}")
     sys.stderr.write(note)
@@ -183,10 +183,10 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     verifier = Verifier(key=_key(args.keypair, "verifier"), device=args.device)
     verdict = verifier.check(commitment, challenge, Path(args.response))  # streamed, limits checked
     if args.output == "json":
-        _emit(verdict.to_json(), args.out)
+        emit(verdict.to_json(), args.out)
     else:
         if args.out:
-            _emit(verdict.to_json(), args.out)
+            emit(verdict.to_json(), args.out)
         print(_verdict_text(verdict))
     sys.stderr.write(note)
     return EXIT_PASS if verdict.passed else EXIT_FAIL

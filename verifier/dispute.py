@@ -76,7 +76,7 @@ from verifier.errors import (
 )
 from verifier.jobs import MAX_STEPS
 from verifier.merkle import DIGEST_SIZE, MerkleTree, verify_inclusion, verify_multiproof
-from verifier.records import MAX_DETAIL_BYTES, Commitment, Outcome, Verdict
+from verifier.records import MAX_DETAIL_BYTES, Commitment, Outcome, Verdict, load_record_json
 
 if TYPE_CHECKING:
     from verifier.prover import Prover
@@ -133,18 +133,7 @@ _HEX128_RE: Final = re.compile(r"[0-9a-f]{128}")
 
 
 def _load(text: str | bytes, what: str) -> dict[str, Any]:
-    if not isinstance(text, str | bytes):
-        raise MalformedError(f"{what}: expected JSON text, got {type(text).__name__}")
-    if len(text) > MAX_DISPUTE_RECORD_BYTES:
-        raise LimitExceeded(f"{what} is at most {MAX_DISPUTE_RECORD_BYTES} bytes, got {len(text)}")
-    try:
-        d = json.loads(text)
-    except (ValueError, RecursionError) as e:
-        raise MalformedError(f"{what} is not valid JSON: {e}") from e
-    if not isinstance(d, dict):
-        raise MalformedError(f"{what}: expected a JSON object, got {type(d).__name__}")
-    if d.get("type") != what:
-        raise MalformedError(f"expected a {what} record, got type {str(d.get('type'))[:40]!r}")
+    d = load_record_json(text, what, limit=MAX_DISPUTE_RECORD_BYTES)
     if d.get("version") != 1:
         raise MalformedError(f"{what} version: expected 1, got {str(d.get('version'))[:40]!r}")
     return d

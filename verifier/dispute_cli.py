@@ -32,19 +32,10 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from verifier.cli import emit
 from verifier.errors import EXIT_FAIL, EXIT_PASS, InputError
 
 __all__ = ["add_dispute_parser", "run_dispute"]
-
-
-def _emit(text: str, path: str | None) -> None:
-    from verifier.store import atomic_write
-
-    if path:
-        atomic_write(Path(path), (text + "\n").encode())
-    else:
-        sys.stdout.write(text + "\n")
-        sys.stdout.flush()
 
 
 def _read(path: str, *, limit: int, what: str) -> bytes:
@@ -75,9 +66,9 @@ def _write_result(outcome: Any, verdicts: Any, args: argparse.Namespace) -> None
             party = "A" if v.root == outcome.root_a else "B"
             atomic_write(Path(args.verdicts) / f"verdict-{party}.json", (v.to_json() + "\n").encode())
     if args.out:
-        _emit(outcome.to_json(), args.out)
+        emit(outcome.to_json(), args.out)
     if args.output == "json":
-        _emit(outcome.to_json(), None)
+        emit(outcome.to_json(), None)
     else:
         who = " and ".join(outcome.liars) or "neither party"
         print(f"resolved after {len(outcome.rounds)} bisection rounds: first divergent step {outcome.step}; "
@@ -197,7 +188,7 @@ def _cmd_equivocation(args: argparse.Namespace) -> int:
 
         for name, v in zip(("first", "second"), ev.verdicts(_key(args.keypair))):
             atomic_write(Path(args.verdicts) / f"verdict-{name}.json", (v.to_json() + "\n").encode())
-    _emit(ev.to_json(), args.out)
+    emit(ev.to_json(), args.out)
     return EXIT_PASS
 
 

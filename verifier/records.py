@@ -91,9 +91,12 @@ def meta_hash(meta: Mapping[str, Any]) -> bytes:
     return bytes(blake3(text, derive_key_context=META_CONTEXT).digest())
 
 
-def _load_json(text: str | bytes, what: str) -> dict[str, Any]:
-    if len(text) > MAX_RECORD_BYTES:
-        raise LimitExceeded(f"{what} is at most {MAX_RECORD_BYTES} bytes, got {len(text)}")
+def load_record_json(text: str | bytes, what: str, *, limit: int = MAX_RECORD_BYTES) -> dict[str, Any]:
+    """Parse a JSON record of ``type`` ``what``: size-limited, an object, of the right type."""
+    if not isinstance(text, str | bytes):
+        raise MalformedError(f"{what}: expected JSON text, got {type(text).__name__}")
+    if len(text) > limit:
+        raise LimitExceeded(f"{what} is at most {limit} bytes, got {len(text)}")
     try:
         d = json.loads(text)
     except (ValueError, RecursionError) as e:
@@ -101,7 +104,7 @@ def _load_json(text: str | bytes, what: str) -> dict[str, Any]:
     if not isinstance(d, dict):
         raise MalformedError(f"{what}: expected a JSON object, got {type(d).__name__}")
     if d.get("type") != what:
-        raise MalformedError(f"expected a {what} record, got type {d.get('type')!r}")
+        raise MalformedError(f"expected a {what} record, got type {str(d.get('type'))[:40]!r}")
     return d
 
 
@@ -282,7 +285,7 @@ class Commitment:
     @classmethod
     def from_json(cls, text: str | bytes) -> Commitment:
         """Parse and check: the job id must match the spec and the signature must verify."""
-        d = _load_json(text, "commitment")
+        d = load_record_json(text, "commitment")
         _known_fields(d, "commitment", {"job_id"})
         spec = JobSpec.from_dict(_field(d, "spec", dict, "commitment"))
         job_id = _hex32(_field(d, "job_id", str, "commitment"), "commitment.job_id")
@@ -417,7 +420,7 @@ class Challenge:
     @classmethod
     def from_json(cls, text: str | bytes) -> Challenge:
         """Parse and verify the issuer's signature."""
-        d = _load_json(text, "challenge")
+        d = load_record_json(text, "challenge")
         _known_fields(d, "challenge", {"detection"})
         indices = _field(d, "indices", list, "challenge")
         if len(indices) > MAX_CHALLENGES:
@@ -590,7 +593,7 @@ class Verdict:
     @classmethod
     def from_json(cls, text: str | bytes) -> Verdict:
         """Parse and verify the signature (and that ``result`` agrees with the outcomes)."""
-        d = _load_json(text, "verdict")
+        d = load_record_json(text, "verdict")
         _known_fields(d, "verdict", {"result", "detection", "checked", "failed"})
         raw = _field(d, "outcomes", list, "verdict")
         if len(raw) > MAX_CHALLENGES:
