@@ -32,7 +32,7 @@ from verifier.encoding import DIGEST_SIZE, decode_state, digest_encoded
 from verifier.merkle import MerkleTree
 from verifier.records import Commitment, Verdict, save_keypair
 
-SPEC = JobSpec(kernel="gemm-int8", steps=300, seed=3, params={"n": 128})  # ~3 s of steps on 2 cores
+SPEC = JobSpec(kernel="gemm-int8", steps=300, seed=3, params={"n": 512, "layers": 6})  # ~2-3 s of steps on 2 cores
 EVERY = 8
 #: how long a killed process may take to die, and the longest a resumed run may take
 PROCESS_TIMEOUT_S = 300
