@@ -60,3 +60,22 @@ def strict_fp32() -> Iterator[None]:
         (cm.allow_tf32, torch.backends.cudnn.allow_tf32, cm.allow_fp16_reduced_precision_reduction,
          cm.allow_bf16_reduced_precision_reduction) = saved[:4]
         torch.set_float32_matmul_precision(saved[4])
+
+
+def numba_thread_variants(step: Any, reference: Any) -> dict[str, Any]:
+    """Honest implementations of a numba kernel that must agree bit for bit: its step at all
+    threads and at one thread, and its numpy reference (used by ``pocv calibrate`` and tests)."""
+    import numba
+
+    def threads(n: int) -> Any:
+        def fn(state: Any, i: int, spec: Any) -> Any:
+            old = numba.get_num_threads()
+            cfg: Any = numba.config
+            numba.set_num_threads(min(n, int(cfg.NUMBA_NUM_THREADS)))
+            try:
+                return step(state, i, spec)
+            finally:
+                numba.set_num_threads(old)
+        return fn
+
+    return {"numba-all-threads": threads(1 << 30), "numba-1thread": threads(1), "reference-numpy": reference}

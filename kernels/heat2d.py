@@ -26,7 +26,7 @@ import torch
 from numba import njit, prange
 
 from kernels import register
-from kernels._util import as_numpy, as_torch, seeded_bytes
+from kernels._util import as_numpy, as_torch, numba_thread_variants, seeded_bytes
 from kernels.base import Kernel, Schema
 from verifier.encoding import State, Tensor
 from verifier.jobs import JobSpec
@@ -137,18 +137,4 @@ class Heat2d(Kernel):
 
     def honest_variants(self) -> dict[str, Any]:
         """Implementations that must agree bit for bit (used by calibrate and the tests)."""
-        import numba
-
-        def threads(n: int) -> Any:
-            def fn(state: State, i: int, spec: JobSpec) -> dict[str, Tensor]:
-                old = numba.get_num_threads()
-                cfg: Any = numba.config
-                numba.set_num_threads(min(n, int(cfg.NUMBA_NUM_THREADS)))
-                try:
-                    return self.step(state, i, spec)
-                finally:
-                    numba.set_num_threads(old)
-            return fn
-
-        return {"numba-all-threads": threads(1 << 30), "numba-1thread": threads(1),
-                "reference-numpy": self.reference_step}
+        return numba_thread_variants(self.step, self.reference_step)
