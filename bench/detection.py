@@ -1,8 +1,8 @@
 """The detection experiment: how often does a spot check catch each kind of cheater?
 
 ``python -m bench.detection`` (about 6 minutes on 2 cores; ``--trials 100 --short`` for a
-quick look) writes ``bench/out/detection.md``
-(a table), ``bench/out/detection.png`` (a plot) and ``bench/out/detection.json``.
+quick look) writes ``bench/results/detection.md``
+(a table), ``bench/results/detection.png`` (a plot) and ``bench/results/detection.json``.
 
 For each sampling-based strategy of the lying-prover simulator (tests/soundness/simulator.py)
 and several (f, k): the liar commits ONCE to a trace in which a fixed set F of round(f n) steps
@@ -39,7 +39,7 @@ from typing import Any
 from blake3 import blake3
 from solders.keypair import Keypair
 
-OUT = Path(os.environ.get("POCV_BENCH_OUT") or Path(__file__).parent / "out")  # as bench.conftest
+OUT = Path(os.environ.get("POCV_BENCH_OUT") or Path(__file__).parent / "results")  # as bench.conftest
 
 #: (strategy, kernel) pairs of the experiment; n steps of a tiny job keep 1,000 trials cheap
 SPECS: dict[str, dict[str, Any]] = {

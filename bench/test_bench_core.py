@@ -3,6 +3,8 @@
 (a) commitment overhead: time(Prover.run: steps + hashing + trace + signature) / time(bare steps)
 (c) verifier cost / prover cost at n = 1000 steps, p = 0.999, f = 0.1 (k = 66; floor 0.066)
 
+A quick run (POCV_BENCH_QUICK=1) takes fewer steps and repeats, and smaller states for (c).
+
     pytest bench/test_bench_core.py --benchmark-only -s
 """
 
@@ -17,13 +19,17 @@ from pathlib import Path
 import pytest
 from solders.keypair import Keypair
 
-from bench.conftest import write_result
+from bench.conftest import quick, write_result
 from verifier import JobSpec, Prover, Verifier
 from verifier.device import deterministic
 
 pytestmark = pytest.mark.bench
 
-OVERHEAD_STEPS = {"gemm-int8": 48, "mlp-sgd": 128}
+OVERHEAD_STEPS = quick({"gemm-int8": 16, "mlp-sgd": 48}, {"gemm-int8": 48, "mlp-sgd": 128})
+OVERHEAD_REPEATS = quick(3, 6)
+#: verifier / prover at n = 1000: the kernels' defaults in the full run, smaller states in a quick one
+VOP_PARAMS: dict[str, dict[str, int]] = quick({"gemm-int8": {"n": 1024, "layers": 2}, "mlp-sgd": {"batch": 1024}},
+                                              {"gemm-int8": {}, "mlp-sgd": {}})
 def _previous() -> dict[str, dict]:
     """Results already on file, so running one test updates its entry and keeps the others."""
     import json
@@ -66,7 +72,7 @@ def test_commitment_overhead(benchmark, kernel: str) -> None:
     key = Keypair()
     _bare(JobSpec(kernel=kernel, steps=5, seed=1))  # warm up
     bare, proved = [], []
-    for _ in range(6):  # interleaved, so drift hits both sides alike
+    for _ in range(OVERHEAD_REPEATS):  # interleaved, so drift hits both sides alike
         bare.append(_bare(spec))
         proved.append(_proved(spec, key))
     ratio = min(proved) / min(bare)
@@ -82,7 +88,7 @@ def test_commitment_overhead(benchmark, kernel: str) -> None:
 
 @pytest.mark.parametrize("kernel", ["gemm-int8", "mlp-sgd"])
 def test_verifier_over_prover(benchmark, kernel: str) -> None:
-    spec = JobSpec(kernel=kernel, steps=1000, seed=3)
+    spec = JobSpec(kernel=kernel, steps=1000, seed=3, params=VOP_PARAMS[kernel])
     wk, vk = Keypair(), Keypair()
     d = Path(tempfile.mkdtemp(prefix="pocv-bench-"))
     try:

@@ -5,7 +5,7 @@
 The groups ``merkle-build-100k`` and ``merkle-proofs-1000`` are pytest-benchmark's own tables.
 ``test_ratios`` times both libraries side by side in one test (interleaved, best of several
 rounds, so load on the shared cores hits both alike), prints the ratios, and writes them with
-the multiproof sizes to bench/out/merkle_ratios.json. Targets (DESIGN.md section 4): build and
+the multiproof sizes to bench/results/merkle_ratios.json. Targets (DESIGN.md section 4): build and
 inclusion-proof generation each >= 20x faster than pymerkle.
 """
 
@@ -21,8 +21,8 @@ import pytest
 from blake3 import blake3
 from pymerkle import InmemoryTree
 
-from bench.conftest import write_result
-from verifier.merkle import MerkleTree, inclusion_proof_size, multiproof_size, verify_multiproof
+from bench.conftest import quick, write_result
+from verifier.merkle import MerkleTree, inclusion_proof_size, multiproof_size, verify_inclusion, verify_multiproof
 
 pytestmark = pytest.mark.bench
 
@@ -75,6 +75,18 @@ def test_proofs_pymerkle(benchmark: Any) -> None:
     benchmark.pedantic(proofs_pymerkle, args=(build_pymerkle(),), rounds=5, iterations=1, warmup_rounds=1)
 
 
+def verify_ours(tree: MerkleTree, proofs: list[tuple[int, list[bytes]]]) -> None:
+    for i, proof in proofs:
+        verify_inclusion(tree.root, N, i, VALUES[i], proof)
+
+
+def verify_pymerkle(root: bytes, proofs: list[tuple[bytes, Any]]) -> None:
+    from pymerkle import verify_inclusion as py_verify
+
+    for base, proof in proofs:
+        py_verify(base, root, proof)
+
+
 def _best(fn: Callable[[], object], rounds: int) -> float:
     best = float("inf")
     for _ in range(rounds):
@@ -104,9 +116,9 @@ def _multiproof_sizes(tree: MerkleTree, rng: random.Random, k: int) -> dict[str,
 @pytest.mark.benchmark(group="merkle-ratios")
 def test_ratios(benchmark: Any) -> None:
     ours_list, ours_bytes, theirs = [], [], []
-    for _ in range(3):  # interleaved, so drift hits both sides alike
+    for _ in range(quick(2, 3)):  # interleaved, so drift hits both sides alike
         gc.collect()
-        for _ in range(5):
+        for _ in range(quick(3, 5)):
             ours_list.append(_best(lambda: MerkleTree(VALUES), 1))
             ours_bytes.append(_best(lambda: MerkleTree(DATA), 1))
         theirs.append(_best(build_pymerkle, 1))
@@ -115,11 +127,20 @@ def test_ratios(benchmark: Any) -> None:
     assert their_tree.get_size() == ours_tree.size == N
     proofs_pymerkle(their_tree)  # warm pymerkle's subroot cache, as ours is warm
     p_ours, p_theirs = [], []
-    for _ in range(3):
+    for _ in range(quick(2, 3)):
         p_ours.append(_best(lambda: proofs_ours(ours_tree), 10) / len(PROOF_INDICES))
         p_theirs.append(_best(lambda: proofs_pymerkle(their_tree), 2) / len(PROOF_INDICES))
+    # verification: each library checks its own proofs of the same 1,000 leaves
+    ours_proofs = [(i, ours_tree.inclusion_proof(i)) for i in PROOF_INDICES]
+    their_root = their_tree.get_state()
+    their_proofs = [(their_tree.get_leaf(i + 1), their_tree.prove_inclusion(i + 1)) for i in PROOF_INDICES]
+    v_ours, v_theirs = [], []
+    for _ in range(quick(2, 3)):
+        v_ours.append(_best(lambda: verify_ours(ours_tree, ours_proofs), 5) / len(PROOF_INDICES))
+        v_theirs.append(_best(lambda: verify_pymerkle(their_root, their_proofs), 2) / len(PROOF_INDICES))
     build_ours, build_theirs = min(ours_list), min(theirs)
     proof_ours, proof_theirs = min(p_ours), min(p_theirs)
+    verify_ours_s, verify_theirs_s = min(v_ours), min(v_theirs)
     rng = random.Random(11)
     result = {
         "leaves": N,
@@ -132,6 +153,8 @@ def test_ratios(benchmark: Any) -> None:
         "build_ratio_bytes_input": build_theirs / min(ours_bytes),
         "proof_us": {"ours": proof_ours * 1e6, "pymerkle": proof_theirs * 1e6},
         "proof_ratio": proof_theirs / proof_ours,
+        "verify_us": {"ours": verify_ours_s * 1e6, "pymerkle": verify_theirs_s * 1e6},
+        "verify_ratio": verify_theirs_s / verify_ours_s,
         "target_ratio": TARGET,
         "multiproofs": [_multiproof_sizes(ours_tree, rng, k) for k in (64, 66, 256)],
     }
@@ -147,6 +170,10 @@ def test_ratios(benchmark: Any) -> None:
     print(
         f"inclusion proof: ours {proof_ours * 1e6:.2f} us, pymerkle {proof_theirs * 1e6:.1f} us; "
         f"ratio {result['proof_ratio']:.1f}x (target >= {TARGET:.0f}x)"
+    )
+    print(
+        f"verify an inclusion proof: ours {verify_ours_s * 1e6:.2f} us, pymerkle {verify_theirs_s * 1e6:.1f} us; "
+        f"ratio {result['verify_ratio']:.1f}x"
     )
     for m in result["multiproofs"]:
         print(
