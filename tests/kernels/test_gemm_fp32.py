@@ -143,3 +143,24 @@ def test_cuda_step_within_bound_and_freivalds() -> None:
     cpu = k.step(s, 4, sp)
     assert k.compare(cpu, gpu, sp).ok
     assert k.verify_step(s, {"x": gpu.cpu()}, 4, sp).ok
+
+
+@pytest.mark.parametrize("n", [3, 64, 257])
+def test_fused_freivalds_equals_the_two_pass_sums(n: int) -> None:
+    """The 4-vector fused pass gives the same max difference as _rows_dot and _softsign_rows_dot,
+    and a NaN or infinity anywhere gives inf (never dropped by the max)."""
+    from kernels.gemm_fp32 import _freivalds4_maxdiff, _rows_dot, _softsign_rows_dot
+
+    rng = np.random.default_rng(n)
+    c = rng.standard_normal((n, n)).astype(np.float32)
+    x = rng.standard_normal((n, n)).astype(np.float32)
+    r = (rng.integers(0, 2, (4, n)) * 2 - 1).astype(np.float64)
+    v = rng.standard_normal((4, n))
+    two_pass = float(np.abs(_rows_dot(c, r) - _softsign_rows_dot(x, v)).max())
+    assert _freivalds4_maxdiff(c, x, r, v) == pytest.approx(two_pass, rel=1e-12, abs=1e-12)
+    for bad in (np.nan, np.inf, -np.inf):
+        for m in (c, x):
+            saved = m[n // 2, n - 1]
+            m[n // 2, n - 1] = bad
+            assert _freivalds4_maxdiff(c, x, r, v) == np.inf
+            m[n // 2, n - 1] = saved
