@@ -45,6 +45,20 @@ MAX_JSON_BYTES = 32 * 1024 * 1024
 #: rows shown by the generic renderer before it says "... N more"
 MAX_GENERIC_ROWS = 200
 
+#: result files the full bench writes, and why one may be missing; the report lists those absent
+EXPECTED: dict[str, str] = {
+    "core": "`pocv bench --suite core`",
+    "hashing": "`pocv bench --suite hashing`",
+    "scaling": "`pocv bench --suite scaling`",
+    "merkle_ratios": "`pocv bench --suite merkle` (needs pymerkle: the bench extra)",
+    "kernels": "`pocv bench --suite kernels`",
+    "market": "`pocv bench --suite market`",
+    "detection": "`pocv bench --suite detection`",
+    "gpu": "needs a CUDA GPU; skipped on machines without one",
+    "toploc": "needs `toploc` (the bench extra: `pip install -e '.[bench]'`)",
+    "ezkl": "needs `ezkl` (the bench extra: `pip install -e '.[bench]'`)",
+}
+
 #: targets of the core suite (bench/test_bench_core.py; DESIGN.md sections 4-5)
 CORE_TARGETS: dict[str, tuple[str, float, str]] = {
     "overhead": ("<=", 1.05, "run+commit time / bare steps"),
@@ -930,7 +944,9 @@ def generate(out: Path = OUT, *, report: Path | None = None) -> Report:
     for p in stale - set(plot.written):  # plots of suites no longer present
         with contextlib.suppress(OSError):
             p.unlink()
-    text = render(sections, skipped, plot)
+    present = {p.stem for p in out.glob("*.json")}
+    missing = [(name, why) for name, why in EXPECTED.items() if name not in present]
+    text = render(sections, skipped, plot, missing=missing)
     atomic_write_text(path, text)
     return Report(path=path, sections=sections, skipped=skipped, plots=list(plot.written))
 
@@ -970,7 +986,8 @@ def _header(sections: list[Section]) -> list[str]:
     return ["| | |", "|---|---|", *[f"| {a} | {_cell(b)} |" for a, b in rows], ""]
 
 
-def render(sections: list[Section], skipped: list[tuple[str, str]], plot: Plotter) -> str:
+def render(sections: list[Section], skipped: list[tuple[str, str]], plot: Plotter, *,
+           missing: list[tuple[str, str]] | None = None) -> str:
     md = ["# pocv benchmark report", "",
           f"Generated {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} by `pocv bench` (`python -m bench.report`) "
           f"from {len(sections) + len(skipped)} result file(s); every figure below is read from those files, none is "
@@ -988,6 +1005,8 @@ def render(sections: list[Section], skipped: list[tuple[str, str]], plot: Plotte
         md += [f"> {plot.error}", ""]
     if skipped:
         md += ["Skipped files:", ""] + [f"- `{_cell(n)}`: {w}" for n, w in skipped] + [""]
+    if missing and sections:
+        md += ["Not measured in this run (no results file):", ""] + [f"- `{n}`: {w}" for n, w in missing] + [""]
     for s in sections:
         md.append(s.markdown())
     return "\n".join(md).rstrip() + "\n"

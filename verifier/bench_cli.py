@@ -40,6 +40,7 @@ SUITES: Final[dict[str, tuple[str, tuple[str, ...]]]] = {
     "kernels": ("test_bench_kernels.py", ("--benchmark-only",)),
     "market": ("test_bench_market.py", ("-m", "bench")),
     "detection": ("test_bench_detection.py", ("--benchmark-only",)),
+    "gpu": ("test_bench_gpu.py", ("--benchmark-only",)),
     "toploc": ("test_bench_toploc.py", ("--benchmark-only",)),
     "ezkl": ("test_bench_ezkl.py", ("--benchmark-only",)),
 }
