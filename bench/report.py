@@ -733,8 +733,10 @@ def render_scaling(sec: Section, data: dict[str, Any], plot: Plotter) -> None:
         big = [v for v in ratios if v.get("steps") == max(r.get("steps") for r in ratios)]
         sec.reading.append(
             f"The verifier recomputes k of n steps, so its cost tracks the floor k/n: measured ratio / floor spans "
-            f"{fmt(min(over), 3)}-{fmt(max(over), 3)} (below 1 where the prover pays more per step than a "
-            f"recompute: its trace writes and hashing). At n = {fmt(big[0].get('steps'))} a p = "
+            f"{fmt(min(over), 3)}-{fmt(max(over), 3)}"
+            + (" (below 1 where the prover pays more per step than a recompute: its trace writes and hashing)"
+               if min(over) < 1 else " (above 1: reading the bundle, the multiproof and the compare)")
+            + f". At n = {fmt(big[0].get('steps'))} a p = "
             f"{fmt(big[-1].get('p'))} check costs {fmt(100 * (_num(big[-1].get('ratio')) or 0), 3)}% of the run; "
             "the absolute verifier cost depends on k (on p and f), not on n, so longer jobs are cheaper to verify "
             "per step. The response is dominated by the opened states (bytes per state x up to 2k+1): "

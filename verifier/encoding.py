@@ -44,9 +44,10 @@ MAX_TENSORS: Final = 256  # named tensors in one state
 MAX_NDIM: Final = 8  # dimensions of one tensor
 MAX_NAME_BYTES: Final = 64  # UTF-8 bytes of one name
 MAX_STATE_BYTES: Final = 1 << 32  # 4 GiB: one encoded state
-#: Hash with all cores only from this piece size up: below it, measured on 2 cores, threading
-#: cost more than it gave (mlp-sgd's 1.6 MB state of 256 KiB tensors: 0.28 ms on one thread,
-#: 0.51 ms with blake3.AUTO; a 4 MiB tensor: 0.65 vs 0.75 ms).
+#: Hash with all cores only from this piece size up. On an idle 2-core host blake3.AUTO wins from
+#: 256 KiB (bench/REPORT.md, hashing), but the prover hashes right after a torch step, while torch's
+#: OpenMP threads still spin: measured there, a 4 MiB state took 1.00 ms on one thread and 1.21 ms
+#: with blake3.AUTO from 1 MiB pieces (gemm-fp32: 0.86 vs 1.00 ms), so threads start at 16 MiB.
 _THREADED_HASH_BYTES: Final = 16 << 20
 
 _NAME_RE: Final = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
