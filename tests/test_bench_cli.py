@@ -186,3 +186,21 @@ def test_quick_and_strict(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsy
     err = capsys.readouterr().err
     assert "1 target(s) missed (--strict)" in err
     assert "**quick run**" not in (fake / "REPORT.md").read_text()
+
+
+def test_every_bench_suite_collects() -> None:
+    """The benchmark suites are not run by the test command, but they must import and collect
+    (a peer whose library is missing skips at collection, with its reason)."""
+    import subprocess
+    import sys
+
+    real = bench_dir()
+    assert real is not None
+    done = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider",
+                           "-m", "bench or not bench", str(real)], cwd=real.parent, capture_output=True, text=True,
+                          timeout=300, check=False)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    import verifier.bench_cli as bc
+
+    for suite, (name, _) in bc.SUITES.items():
+        assert (real / name).is_file(), f"suite {suite}: {name} missing"
