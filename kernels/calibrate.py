@@ -1,9 +1,10 @@
-"""Measure honest deviation of a kernel across implementations and thread counts.
+"""Measure honest deviation of a kernel across implementations, thread counts and devices.
 
 For a tolerance kernel, each trial derives ``s_0`` from a fresh seed, walks a random number of
 steps (so momenta, caches and activations are mid-run, not fresh), then computes the next step
 with every honest variant the kernel declares (``honest_variants``: thread counts, op orders,
-the float64 reference) and, for every ordered pair (expected, claimed), the per-element ratio
+the float64 reference, and the kernel's step on every CUDA device this machine has) and, for
+every ordered pair (expected, claimed), the per-element ratio
 ``|c - e| / (u * scale)`` -- the tau that element needs. It reports percentiles of those ratios,
 the largest per pair, how many honest comparisons the shipped bound would FAIL (must be 0), the
 smallest per-step maximum of every precision downgrade (must exceed the shipped tau) and a
@@ -76,6 +77,27 @@ class _Histogram:
         return float(min(edge, self.max))
 
 
+def available_devices(kernel: Any) -> list[str]:
+    """The accelerators this machine has that ``kernel`` can run on (``cuda:N``), in order."""
+    if "cuda" not in getattr(kernel, "devices", ()) or not torch.cuda.is_available():
+        return []
+    return [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+
+
+def device_variants(kernel: Any, devices: Sequence[str]) -> dict[str, Any]:
+    """One honest variant per device: the kernel's own step on that device, its state brought back
+    to the host, so a GPU's result is compared with every CPU implementation like any other."""
+
+    def on(device: str) -> Any:
+        def fn(state: Any, i: int, spec: JobSpec) -> dict[str, Any]:
+            out = kernel.step(state, i, spec, device)
+            return {n: t.cpu() if isinstance(t, torch.Tensor) else t for n, t in out.items()}
+
+        return fn
+
+    return {f"device {d}": on(d) for d in devices}
+
+
 def _same_integers(a: Any, b: Any) -> bool:
     from kernels._util import as_numpy
 
@@ -106,6 +128,8 @@ def calibrate(
     rng = np.random.default_rng(seed)
     honest_fn = getattr(kernel, "honest_variants", None)
     honest: dict[str, Any] = dict(honest_fn()) if callable(honest_fn) else {}
+    devices = available_devices(kernel)
+    honest.update(device_variants(kernel, devices))
     if len(honest) < 2:
         raise SpecError(f"kernel {kernel_name} declares fewer than two honest implementations to compare")
     downgrades = kernel.downgrade_variants() if isinstance(kernel, ToleranceKernel) else {}
@@ -116,6 +140,7 @@ def calibrate(
         "params": dict(_spec(kernel_name, seed, params).params),
         "trials": trials,
         "variants": names,
+        "devices": ["cpu", *devices],
         "environment": {
             "torch": torch.__version__,
             "numpy": np.__version__,

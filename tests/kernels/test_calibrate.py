@@ -85,3 +85,35 @@ def test_calibrate_main_bad_arguments(argv: list[str], match: str, capsys: pytes
 def test_calibrate_rejects_bad_trials() -> None:
     with pytest.raises(ValueError, match="trials"):
         calibrate("mlp-sgd", trials=0)
+
+
+def test_device_variant_is_the_kernels_own_step_brought_to_the_host() -> None:
+    """A device variant runs kernel.step on that device and returns host tensors; on the CPU it is
+    bit for bit the plain step (on a GPU machine, see the gpu test below)."""
+    import torch
+
+    from kernels.calibrate import available_devices, device_variants
+    from verifier.encoding import state_digest
+    from verifier.jobs import JobSpec
+
+    spec = JobSpec(kernel="gemm-int8", steps=4, seed=3, params={"n": 64, "layers": 1})
+    k = spec.get_kernel()
+    s = k.init_state(spec)
+    variants = device_variants(k, ["cpu"])
+    assert list(variants) == ["device cpu"]
+    out = variants["device cpu"](s, 1, spec)
+    assert state_digest(out) == state_digest(k.step(s, 1, spec))
+    assert all(t.device.type == "cpu" for t in out.values() if isinstance(t, torch.Tensor))
+    assert available_devices(k) == ([f"cuda:{i}" for i in range(torch.cuda.device_count())]
+                                    if torch.cuda.is_available() else [])
+
+
+@pytest.mark.gpu
+def test_calibrate_includes_the_gpu_and_finds_no_false_fail() -> None:
+    """On a CUDA machine the GPU is one more honest implementation: 0 false FAILs, exact kernels equal."""
+    r = calibrate("mlp-sgd", trials=3, params=SMALL_MLP, max_walk=2, seed=7)
+    assert "device cuda:0" in r["variants"] and "cuda:0" in r["devices"]
+    assert r["false_fails"] == 0
+    e = calibrate("gemm-fp32-exact", trials=2, params={"n": 64}, max_walk=2, seed=7)
+    assert "device cuda:0" in e["variants"]
+    assert all(v == 0 for v in e["digest_mismatches"].values()), e
