@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import tempfile
 import time
 from collections.abc import Iterable, Sequence
@@ -39,7 +38,7 @@ from typing import Any
 from blake3 import blake3
 from solders.keypair import Keypair
 
-OUT = Path(os.environ.get("POCV_BENCH_OUT") or Path(__file__).parent / "results")  # as bench.conftest
+from bench.conftest import OUT
 
 #: (strategy, kernel) pairs of the experiment; n steps of a tiny job keep 1,000 trials cheap
 SPECS: dict[str, dict[str, Any]] = {

@@ -27,12 +27,14 @@ import json
 import math
 import os
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from verifier.errors import StorageError
+from verifier.store import atomic_write, atomic_writer
 
 OUT = Path(__file__).parent / "results"
 REPORT_NAME = "REPORT.md"
@@ -269,17 +271,8 @@ class Plotter:
                 section.notes.append(f"plot {what}: layout skipped ({e})")
             name = f"{PLOT_PREFIX}{_slug(section.suite)}-{_slug(what)}.png"
             path = self.out / name
-            fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=self.out)
-            try:
-                with os.fdopen(fd, "wb") as fh:
-                    fig.savefig(fh, format="png", dpi=100)
-                    fh.flush()
-                    os.fsync(fh.fileno())
-                os.replace(tmp, path)
-            except BaseException:
-                with contextlib.suppress(OSError):
-                    os.unlink(tmp)
-                raise
+            with atomic_writer(path) as fh:
+                fig.savefig(fh, format="png", dpi=100)
             self.written.append(path)
             section.plots.append(name)
         finally:
@@ -1025,17 +1018,7 @@ def _anchor(title: str) -> str:
 
 
 def atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    atomic_write(path, text.encode("utf-8"))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -1047,7 +1030,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     try:
         report = generate(args.out, report=default_report(args.out))
-    except OSError as e:
+    except (OSError, StorageError) as e:
         sys.stderr.write(f"bench.report: error: {e}\n")
         return 3
     if args.output == "json":

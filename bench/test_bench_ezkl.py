@@ -10,7 +10,6 @@ to <out>/ezkl.json and rendered by bench/peer_ezkl.py (see its docstring for wha
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -24,10 +23,9 @@ pytest.importorskip("ezkl", reason="EZKL peer skipped: ezkl is not installed or 
 pytest.importorskip("onnx", reason="EZKL peer skipped: onnx (needed to export the torch model for ezkl) is not "
                                    "installed or does not import here (pip install -e '.[bench]')", exc_type=ImportError)
 
-from bench.conftest import write_result  # noqa: E402
+from bench.conftest import QUICK, write_result  # noqa: E402
 from bench.peer_ezkl import FULL_CONFIGS, QUICK_CONFIGS, Config, measure  # noqa: E402
 
-QUICK = os.environ.get("POCV_BENCH_QUICK") == "1"
 CONFIGS = QUICK_CONFIGS if QUICK else FULL_CONFIGS
 RESULTS: dict[str, Any] = {}
 

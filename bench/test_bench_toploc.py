@@ -13,7 +13,6 @@ Skipped, with the reason, where TOPLOC is not installed (`pip install -e '.[benc
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -29,11 +28,11 @@ toploc = pytest.importorskip(
            "--no-build-isolation --no-binary toploc --no-deps --force-reinstall toploc==0.1.6)")
 
 from bench import peer_toploc as peer  # noqa: E402
-from bench.conftest import write_result  # noqa: E402
+from bench.conftest import QUICK, write_result  # noqa: E402
 
 pytestmark = pytest.mark.bench
 
-QUICK = os.environ.get("POCV_BENCH_QUICK") == "1"
+
 CFG = peer.config(QUICK)
 RESULTS: dict[str, Any] = {"config": peer.describe(CFG, QUICK)}
 

@@ -109,6 +109,14 @@ class Kernel(ABC):
                 return f"tensor {name!r}: expected {want.get(name)}, got {got.get(name)}"
         return "schema differs"  # pragma: no cover
 
+    def check_schemas(self, prev: State, claimed: State, spec: JobSpec) -> str | None:
+        """None if both states of a step match the schema, else which one and why not."""
+        for what, st in (("claimed", claimed), ("previous", prev)):
+            why = self.check_schema(st, spec)
+            if why is not None:
+                return f"{what} state: {why}"
+        return None
+
     def describe(self) -> dict[str, Any]:
         return {
             "name": self.name,

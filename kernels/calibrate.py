@@ -77,6 +77,15 @@ class _Histogram:
         return float(min(edge, self.max))
 
 
+def _walked(kernel: Any, spec: JobSpec, rng: np.random.Generator, max_walk: int) -> tuple[JobSpec, Any, int]:
+    """(spec, s_w, w + 1): s_0 of ``spec`` walked a random w in 0..max_walk steps, and the step to compare."""
+    state = kernel.init_state(spec)
+    walk = int(rng.integers(0, max_walk + 1))
+    for i in range(1, walk + 1):
+        state = kernel.step(state, i, spec)
+    return spec, state, walk + 1
+
+
 def available_devices(kernel: Any) -> list[str]:
     """The accelerators this machine has that ``kernel`` can run on (``cuda:N``), in order."""
     if "cuda" not in getattr(kernel, "devices", ()) or not torch.cuda.is_available():
@@ -152,12 +161,8 @@ def calibrate(
     if kernel.mode == "exact":
         mismatches: dict[str, int] = dict.fromkeys(names[1:], 0)
         for trial in range(trials):
-            spec = _spec(kernel_name, seed + trial, params)
-            state = kernel.init_state(spec)
-            walk = int(rng.integers(0, max_walk + 1))
-            for i in range(1, walk + 1):
-                state = kernel.step(state, i, spec)
-            digests = {n: state_digest(f(state, walk + 1, spec)) for n, f in honest.items()}
+            spec, state, i = _walked(kernel, _spec(kernel_name, seed + trial, params), rng, max_walk)
+            digests = {n: state_digest(f(state, i, spec)) for n, f in honest.items()}
             for n in names[1:]:
                 mismatches[n] += digests[n] != digests[names[0]]
         report["digest_mismatches"] = mismatches
@@ -179,12 +184,7 @@ def calibrate(
     by_verify = bool(getattr(kernel, "calibrate_with_verify_step", False))
     discrete = 0
     for trial in range(trials):
-        spec = _spec(kernel_name, seed + trial, params)
-        state = kernel.init_state(spec)
-        walk = int(rng.integers(0, max_walk + 1))
-        for i in range(1, walk + 1):
-            state = kernel.step(state, i, spec)
-        i = walk + 1
+        spec, state, i = _walked(kernel, _spec(kernel_name, seed + trial, params), rng, max_walk)
         outs = {n: f(state, i, spec) for n, f in honest.items()}
         for a in names:
             for b in names:

@@ -62,7 +62,7 @@ from numba import njit, prange
 
 from kernels import register
 from kernels._tolerance import U32, StepFn, ToleranceKernel, round_tf32, torch_threads
-from kernels._util import as_numpy, as_torch, seeded_bytes, strict_fp32
+from kernels._util import as_numpy, as_torch, strict_fp32
 from kernels.base import Comparison, Schema
 from verifier.encoding import State, Tensor, dtype_name
 from verifier.jobs import JobSpec
@@ -187,14 +187,9 @@ class GemmFp32(ToleranceKernel):
     # -- data -----------------------------------------------------------------------------------
 
     def _init_arrays(self, spec: JobSpec) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]:
-        from kernels.gemm_fp32_exact import weight_exponent
+        from kernels.gemm_fp32_exact import chain_init
 
-        n = int(spec.params["n"])
-        raw = np.frombuffer(seeded_bytes(_CONTEXT, spec.seed, n, length=4 * n * n), "<u2")
-        grid = raw.astype(np.float32) - np.float32(32768)
-        x0 = grid[: n * n].reshape(n, n) * np.float32(2.0**-15)
-        w = grid[n * n :].reshape(n, n) * np.float32(2.0 ** -(15 + weight_exponent(n)))
-        return x0, w
+        return chain_init(_CONTEXT, spec)
 
     def _cached(self, spec: JobSpec, what: str) -> Any:
         key = (spec.seed, int(spec.params["n"]), what)
@@ -288,10 +283,9 @@ class GemmFp32(ToleranceKernel):
         self, prev: State, claimed: State, i: int, spec: JobSpec, device: str = "cpu"
     ) -> Comparison:
         """Freivalds' check in O(n^2) (see the module docstring); never recomputes the product."""
-        for what, st in (("claimed", claimed), ("previous", prev)):
-            why = self.check_schema(st, spec)
-            if why is not None:
-                return Comparison(False, f"{what} state: {why}")
+        why = self.check_schemas(prev, claimed, spec)
+        if why is not None:
+            return Comparison(False, why)
         if dtype_name(claimed["x"]) != "float32":  # pragma: no cover - schema checked it
             return Comparison(False, "claimed state is not float32")
         ratio = self.freivalds_ratio(prev, claimed, spec)

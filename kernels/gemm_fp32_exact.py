@@ -125,6 +125,17 @@ def weight_exponent(n: int) -> int:
     return max(0, round(math.log2(n) / 2 - math.log2(2 * math.sqrt(3))))
 
 
+def chain_init(context: str, spec: JobSpec) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]:
+    """(x_0, W), float32 n x n, from the job's seed under ``context``: 16-bit grid values, x_0 in
+    (-1, 1) and W scaled by 2^-weight_exponent(n). Shared by gemm-fp32 and gemm-fp32-exact."""
+    n = int(spec.params["n"])
+    raw = np.frombuffer(seeded_bytes(context, spec.seed, n, length=4 * n * n), "<u2")
+    grid = raw.astype(np.float32) - np.float32(32768)
+    x0 = grid[: n * n].reshape(n, n) * np.float32(2.0**-15)
+    w = grid[n * n :].reshape(n, n) * np.float32(2.0 ** -(15 + weight_exponent(n)))
+    return x0, w
+
+
 @register
 class GemmFp32Exact(Kernel):
     name: ClassVar[str] = "gemm-fp32-exact"
@@ -138,12 +149,7 @@ class GemmFp32Exact(Kernel):
         self._weights: dict[tuple[int, int, str], Any] = {}
 
     def _init_arrays(self, spec: JobSpec) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]:
-        n = int(spec.params["n"])
-        raw = np.frombuffer(seeded_bytes(_CONTEXT, spec.seed, n, length=4 * n * n), "<u2")
-        grid = raw.astype(np.float32) - np.float32(32768)
-        x0 = grid[: n * n].reshape(n, n) * np.float32(2.0**-15)
-        w = grid[n * n :].reshape(n, n) * np.float32(2.0 ** -(15 + weight_exponent(n)))
-        return x0, w
+        return chain_init(_CONTEXT, spec)
 
     def weights(self, spec: JobSpec, device: str = "cpu") -> Any:
         """W as a numpy array (CPU) or a torch CUDA tensor, cached per (seed, n, device)."""

@@ -295,10 +295,9 @@ class TransformerDecode(ToleranceKernel):
     def verify_step(
         self, prev: State, claimed: State, i: int, spec: JobSpec, device: str = "cpu"
     ) -> Comparison:
-        for what, st in (("claimed", claimed), ("previous", prev)):
-            why = self.check_schema(st, spec)
-            if why is not None:
-                return Comparison(False, f"{what} state: {why}")
+        why = self.check_schemas(prev, claimed, spec)
+        if why is not None:
+            return Comparison(False, why)
         ctx = int(spec.params["context"])
         new = self.new_positions(prev, spec)
         want_pos = new[-1] + 1

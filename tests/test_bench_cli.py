@@ -80,9 +80,8 @@ def test_missing_bench_dir(monkeypatch: pytest.MonkeyPatch, capsys: pytest.Captu
     assert err.count("\n") == 1 and "bench/ not found" in err
 
 
-def test_failing_suite_exits_3(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                               capsys: pytest.CaptureFixture[str]) -> None:
-    """A stand-in bench/ whose merkle suite fails: the report is still written, the exit is 3."""
+def _stand_in_bench(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, suite: str, source: str) -> Path:
+    """A bench/ of the real report.py, an empty conftest and one suite file, in place of the real one."""
     import shutil
 
     import verifier.bench_cli as bc
@@ -93,9 +92,16 @@ def test_failing_suite_exits_3(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
     fake.mkdir()
     shutil.copy(real / "report.py", fake / "report.py")
     (fake / "conftest.py").write_text("")
-    (fake / "test_bench_merkle.py").write_text(
-        "def test_fails(benchmark):\n    benchmark(int)\n    assert False\n")
+    (fake / suite).write_text(source)
     monkeypatch.setattr(bc, "bench_dir", lambda: fake)
+    return fake
+
+
+def test_failing_suite_exits_3(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                               capsys: pytest.CaptureFixture[str]) -> None:
+    """A stand-in bench/ whose merkle suite fails: the report is still written, the exit is 3."""
+    fake = _stand_in_bench(tmp_path, monkeypatch, "test_bench_merkle.py",
+                           "def test_fails(benchmark):\n    benchmark(int)\n    assert False\n")
     assert main(["bench", "--suite", "merkle", "--output", "json"]) == 3
     out = capsys.readouterr()
     summary = json.loads(out.out)  # pytest's own output went to stderr
@@ -160,17 +166,7 @@ def test_peer_section_renders_itself(tmp_path: Path) -> None:
 
 def test_quick_and_strict(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     """--quick reaches the suites as POCV_BENCH_QUICK=1; --strict exits 1 on a missed target."""
-    import shutil
-
-    import verifier.bench_cli as bc
-
-    real = bench_dir()
-    assert real is not None
-    fake = tmp_path / "bench"
-    fake.mkdir()
-    shutil.copy(real / "report.py", fake / "report.py")
-    (fake / "conftest.py").write_text("")
-    (fake / "test_bench_core.py").write_text(
+    fake = _stand_in_bench(tmp_path, monkeypatch, "test_bench_core.py",
         "import json, os, pathlib\n"
         "def test_writes(benchmark):\n"
         "    benchmark(int)\n"
@@ -178,7 +174,6 @@ def test_quick_and_strict(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsy
         "    out.mkdir(parents=True, exist_ok=True)\n"
         "    quick = os.environ['POCV_BENCH_QUICK'] == '1'\n"
         "    (out / 'other.json').write_text(json.dumps({'machine': {'quick': quick}, 'y': {'ratio': 3, 'target_min': 5}}))\n")
-    monkeypatch.setattr(bc, "bench_dir", lambda: fake)
     assert main(["bench", "--suite", "core", "--quick"]) == 0  # a missed target alone is not an error
     text = (fake / "REPORT.md").read_text()
     assert "**quick run**" in text and "| y | 3 | >= 5 | **missed** |" in text
