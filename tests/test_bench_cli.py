@@ -199,3 +199,16 @@ def test_every_bench_suite_collects() -> None:
 
     for suite, (name, _) in bc.SUITES.items():
         assert (real / name).is_file(), f"suite {suite}: {name} missing"
+
+
+def test_a_suite_skipped_as_a_whole_is_not_a_failure(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    """A peer whose library is missing skips at import (pytest exit 5): status skipped, exit 0."""
+    _stand_in_bench(tmp_path, monkeypatch, "test_bench_toploc.py",
+                    "import pytest\npytest.importorskip('no_such_peer_library', reason='peer not installed')\n")
+    assert main(["bench", "--suite", "toploc", "--output", "json"]) == 0
+    out = capsys.readouterr()
+    summary = json.loads(out.out)
+    assert [(r["suite"], r["status"], r["returncode"]) for r in summary["suites"]] == [("toploc", "skipped", 5)]
+    assert summary["ok"] is True
+    assert "skipped, no test ran" in out.err and "peer not installed" in out.err

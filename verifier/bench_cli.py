@@ -54,7 +54,7 @@ QUICK_ENV: Final = "POCV_BENCH_QUICK"
 class SuiteRun:
     suite: str
     file: str
-    status: str  # passed | failed | missing
+    status: str  # passed | skipped (nothing ran: pytest exit 5) | failed | missing
     returncode: int | None
     seconds: float
 
@@ -111,12 +111,13 @@ def _run_suite(root: Path, bench: Path, suite: str, out: Path, *, explicit: bool
         sys.stderr.write(f"pocv bench: suite {suite}: cannot start pytest: {e}\n")
         rc = -1
     dt = round(time.perf_counter() - t0, 2)
-    if rc == 5:  # pytest: nothing collected or everything deselected
-        sys.stderr.write(f"pocv bench: suite {suite}: no test selected by {' '.join(selection)} (pytest exit 5); "
-                         "bench tests carry `pytestmark = pytest.mark.bench`\n")
+    if rc == 5:  # pytest: nothing ran -- a module skipped as a whole (a peer not installed), or nothing selected
+        sys.stderr.write(f"pocv bench: suite {suite}: skipped, no test ran (pytest exit 5): see the skip reason "
+                         f"above; a suite that did not skip must carry `pytestmark = pytest.mark.bench`\n")
     elif rc != 0:
         sys.stderr.write(f"pocv bench: suite {suite} failed (pytest exit {rc})\n")
-    return SuiteRun(suite, str(test), "passed" if rc == 0 else "failed", rc, dt)
+    status = "passed" if rc == 0 else "skipped" if rc == 5 else "failed"
+    return SuiteRun(suite, str(test), status, rc, dt)
 
 
 def _run_to_stderr(cmd: list[str], cwd: Path, env: dict[str, str]) -> int:
@@ -175,7 +176,7 @@ def run_bench(args: argparse.Namespace) -> int:
     except Exception as e:  # the report is ours, but bench/report.py is outside the package: one line, no traceback
         sys.stderr.write(f"pocv bench: error: cannot write the report in {out}: {type(e).__name__}: {e}\n")
         return EXIT_BAD_INPUT
-    failed = [r for r in runs if r.status != "passed"]
+    failed = [r for r in runs if r.status in ("failed", "missing")]
     summary: dict[str, Any] = report.summary()
     if args.output == "json":
         print(json.dumps({"suites": [asdict(r) for r in runs], **summary, "ok": not failed}, indent=2))
