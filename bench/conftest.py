@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from verifier.store import atomic_write
+from pocv.store import atomic_write
 
 OUT = Path(os.environ.get("POCV_BENCH_OUT") or Path(__file__).parent / "results")
 QUICK_ENV = "POCV_BENCH_QUICK"
@@ -69,7 +69,7 @@ def machine() -> dict[str, Any]:
     """The block every result carries: host, GPU fingerprint (if any), commit, versions, mode, time."""
     import torch
 
-    from verifier.device import fingerprint
+    from pocv.device import fingerprint
 
     fp = fingerprint()
     host = fp.get("host", fp)

@@ -7,7 +7,7 @@ quick look) writes ``bench/results/detection.md``
 For each sampling-based strategy of the lying-prover simulator (tests/soundness/simulator.py)
 and several (f, k): the liar commits ONCE to a trace in which a fixed set F of round(f n) steps
 is faked; then every trial draws a fresh beacon, derives k challenged steps, lets the liar
-answer and checks the answer with the real :class:`~verifier.check.Verifier`. Detected = FAIL.
+answer and checks the answer with the real :class:`~pocv.check.Verifier`. Detected = FAIL.
 Because the k steps are distinct (sampling without replacement), the exact detection
 probability is hypergeometric::
 
@@ -39,6 +39,7 @@ from blake3 import blake3
 from solders.keypair import Keypair
 
 from bench.conftest import OUT
+from pocv.kernels import resolve_spec
 
 #: (strategy, kernel) pairs of the experiment; n steps of a tiny job keep 1,000 trials cheap
 SPECS: dict[str, dict[str, Any]] = {
@@ -104,10 +105,10 @@ def run_configs(strategy: str, f: float, ks: Sequence[int], trials: int, *, work
                 z: float = 1.959964) -> list[Row]:
     """Commit ONCE with a fixed faked set, then for each k, ``trials`` fresh beacons ->
     challenge -> respond -> check (one row per k)."""
+    from pocv import JobSpec, Verifier
     from tests.soundness.simulator import SAMPLED, make_liar
-    from verifier import JobSpec, Verifier
 
-    spec = JobSpec(**SPECS[STRATEGIES[strategy]])
+    spec = resolve_spec(JobSpec(**SPECS[STRATEGIES[strategy]]))
     liar = make_liar(SAMPLED[strategy](f).with_seed(seed), trace_dir=workdir / f"{strategy}-{f}-{seed}",
                      key=Keypair.from_seed(bytes([11]) * 32))
     commitment = liar.run(spec)
@@ -164,12 +165,12 @@ class GrindRow:
 def grind(f: float, k: int, rolls: int, *, workdir: Path, seed: int = 0, confirm: int = 5) -> GrindRow:
     """Measure the per-roll success of re-rolling against root-only challenges, and confirm with
     real runs and checks that a ground commitment passes the root-only variant."""
+    from pocv import JobSpec, Verifier
+    from pocv.challenge import derive_indices
+    from pocv.merkle import MerkleTree
     from tests.soundness.simulator import fabricate, fabricated_leaves, make_liar, pick_steps, root_only_beacon
-    from verifier import JobSpec, Verifier
-    from verifier.challenge import derive_indices
-    from verifier.merkle import MerkleTree
 
-    spec = JobSpec(**SPECS["gemm-int8"])
+    spec = resolve_spec(JobSpec(**SPECS["gemm-int8"]))
     n = spec.steps
     faked = pick_steps(n, f, seed)
     t0 = time.perf_counter()

@@ -45,6 +45,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from bench.report import Figure, Plotter, Section, fmt, grouped_bars, table
+from pocv.kernels import kernel_for, resolve_spec
 
 ROOT: Final = Path(__file__).resolve().parent.parent
 KERNEL_NAME: Final = "bench-mlp-infer"
@@ -105,7 +106,7 @@ def model_arrays(cfg: Config, seed: int = SEED) -> tuple[list[tuple[Any, Any]], 
     """
     import numpy as np
 
-    from kernels._util import seeded_bytes
+    from pocv.kernels._util import seeded_bytes
 
     w, depth, b = cfg.width, cfg.depth, cfg.batch
     e = max(0, ((w - 1).bit_length() + 1) // 2 - 1)
@@ -158,8 +159,8 @@ def kernel_class() -> Any:
 
     import torch
 
-    from kernels.base import Kernel
-    from verifier.errors import StateError
+    from pocv.errors import StateError
+    from pocv.kernels.base import Kernel
 
     class MlpInfer(Kernel):
         name: ClassVar[str] = KERNEL_NAME
@@ -201,7 +202,7 @@ def kernel_class() -> Any:
 
 def register_kernel() -> None:
     """Make ``bench-mlp-infer`` known to the kernel registry of this process only."""
-    import kernels
+    from pocv import kernels
 
     cls = kernel_class()
     kernels._MODULES.setdefault(KERNEL_NAME, __name__)
@@ -210,11 +211,11 @@ def register_kernel() -> None:
 
 
 def job_spec(cfg: Config) -> Any:
-    from verifier import JobSpec
+    from pocv import JobSpec
 
     register_kernel()
-    return JobSpec(kernel=KERNEL_NAME, steps=cfg.depth, seed=SEED,
-                   params={"width": cfg.width, "batch": cfg.batch})
+    return resolve_spec(JobSpec(kernel=KERNEL_NAME, steps=cfg.depth, seed=SEED,
+                   params={"width": cfg.width, "batch": cfg.batch}))
 
 
 # -- child processes (time and peak memory of one stage) ------------------------------------------
@@ -328,7 +329,7 @@ def _keys(a: dict[str, Any]) -> tuple[Any, Any]:
 
 def _task_pocv_worker(a: dict[str, Any]) -> dict[str, Any]:
     """The worker's side, challenge included (issuing it is the verifier's, and costs microseconds)."""
-    from verifier import Prover, Verifier
+    from pocv import Prover, Verifier
 
     d = Path(a["dir"])
     spec = job_spec(Config(a["width"], a["depth"], a["batch"]))
@@ -346,8 +347,8 @@ def _task_pocv_worker(a: dict[str, Any]) -> dict[str, Any]:
 
 
 def _task_pocv_verifier(a: dict[str, Any]) -> dict[str, Any]:
-    from verifier import Verifier
-    from verifier.records import Challenge, Commitment
+    from pocv import Verifier
+    from pocv.records import Challenge, Commitment
 
     d = Path(a["dir"])
     job_spec(Config(a["width"], a["depth"], a["batch"]))  # registers the kernel in this process
@@ -466,14 +467,14 @@ def worker_in_memory(spec: Any, key: Any, issue: Any) -> tuple[Any, Any, bytes, 
     job of a few steps): steps, canonical encodings, BLAKE3 digests, Merkle root, signed commitment; then,
     for the challenge ``issue(commitment)`` returns, the opened states and one multiproof.
     Returns (commitment, challenge, response bytes, commit seconds, respond seconds)."""
-    from verifier.bundle import Response
-    from verifier.device import deterministic, environment, fingerprint
-    from verifier.encoding import digest_encoded, encode_state
-    from verifier.merkle import MerkleTree
-    from verifier.records import Commitment
+    from pocv.bundle import Response
+    from pocv.device import deterministic, environment, fingerprint
+    from pocv.encoding import digest_encoded, encode_state
+    from pocv.merkle import MerkleTree
+    from pocv.records import Commitment
 
     t0 = time.perf_counter()
-    kernel = spec.get_kernel()
+    kernel = kernel_for(spec)
     with deterministic():
         state = kernel.init_state(spec)
         encoded = [encode_state(state)]
@@ -500,9 +501,9 @@ def measure_pocv(cfg: Config, d: Path, reps: int, y_float: Any) -> dict[str, Any
     from blake3 import blake3
     from solders.keypair import Keypair
 
-    from verifier import Prover, Verifier
-    from verifier.bundle import Response
-    from verifier.encoding import decode_state
+    from pocv import Prover, Verifier
+    from pocv.bundle import Response
+    from pocv.encoding import decode_state
 
     d.mkdir(parents=True, exist_ok=True)
     spec = job_spec(cfg)

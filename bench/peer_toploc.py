@@ -49,6 +49,7 @@ from typing import Any
 import torch
 
 from bench.report import Figure, Plotter, Section, fmt, grouped_bars, table
+from pocv.kernels import kernel_for, resolve_spec
 
 KERNEL = "transformer-decode"
 #: TOPLOC's parameters as its authors use them (README: "258 bytes per 32 new tokens"; top-128)
@@ -104,9 +105,9 @@ def config(quick: bool) -> Config:
 
 
 def _spec(cfg: Config, seed: int) -> Any:
-    from verifier import JobSpec
+    from pocv import JobSpec
 
-    return JobSpec(kernel=KERNEL, steps=cfg.steps, seed=seed, params=dict(cfg.params))
+    return resolve_spec(JobSpec(kernel=KERNEL, steps=cfg.steps, seed=seed, params=dict(cfg.params)))
 
 
 def _best(fn: Callable[[], object], repeats: int) -> float:
@@ -123,9 +124,9 @@ def _best(fn: Callable[[], object], repeats: int) -> float:
 
 def _cheat_kernel_and_mm(cheat: str) -> tuple[Any, MatMul, torch.dtype]:
     """The kernel object, matmul and compute dtype a worker running ``cheat`` uses."""
-    from kernels import get_kernel
-    from kernels._tolerance import round_tf32
-    from kernels.transformer_decode import TransformerDecode
+    from pocv.kernels import get_kernel
+    from pocv.kernels._tolerance import round_tf32
+    from pocv.kernels.transformer_decode import TransformerDecode
 
     honest = get_kernel(KERNEL)
     if cheat == "honest":
@@ -196,7 +197,7 @@ def run_job(spec: Any, cheat: str, key: Any | None = None) -> Job:
     the activations TOPLOC would commit to."""
     from solders.keypair import Keypair
 
-    from verifier import Prover
+    from pocv import Prover
 
     kernel, mm, dtype = _cheat_kernel_and_mm(cheat)
     record: list[tuple[dict[str, Any], torch.Tensor]] = []
@@ -218,7 +219,7 @@ def run_job(spec: Any, cheat: str, key: Any | None = None) -> Job:
         recording[0] = False  # respond() recomputes from checkpoints: not part of the run
         if len(record) != spec.steps:
             raise RuntimeError(f"recorded {len(record)} steps of {spec.steps}")
-        s0 = spec.get_kernel().init_state(spec)
+        s0 = kernel_for(spec).init_state(spec)
         states = [s0] + [s for s, _ in record]
         hidden = torch.cat([h for _, h in record], 1)
         ctx, chunk = int(spec.params["context"]), int(spec.params["chunk"])
@@ -290,9 +291,9 @@ def prefill_hidden(spec: Any, tokens: torch.Tensor) -> torch.Tensor:
     int64[B, T], all positions at once. Same model as transformer-decode's ``_decode`` (the kernel's
     weights, ``_rmsnorm``, heads of ``HEAD_DIM``, ALiBi slopes 2^-(h+1), a window of ``context``
     positions), computed as one prefill."""
-    from kernels.transformer_decode import HEAD_DIM, _rmsnorm
+    from pocv.kernels.transformer_decode import HEAD_DIM, _rmsnorm
 
-    kernel = spec.get_kernel()
+    kernel = kernel_for(spec)
     w = kernel.weights(spec)
     b, t = tokens.shape
     d = int(spec.params["width"])
@@ -321,7 +322,7 @@ def prefill_hidden(spec: Any, tokens: torch.Tensor) -> torch.Tensor:
 def forced_decode_hidden(spec: Any, tokens: torch.Tensor) -> torch.Tensor:
     """The same activations recomputed with the honest kernel's own ``_decode``, teacher-forced
     with the worker's tokens int64[B, T + 1], step by step from s_0 (pocv's verifier's path)."""
-    kernel = spec.get_kernel()
+    kernel = kernel_for(spec)
     chunk = int(spec.params["chunk"])
     state: Any = kernel.init_state(spec)
     out = []
@@ -343,7 +344,7 @@ def toploc_validate(spec: Any, job: Job, proofs: list[list[bytes]]) -> dict[str,
 
 def pocv_challenge(job: Job, k: int, verifier_key: Any, beacon: bytes | None = None) -> tuple[Any, Any, bytes]:
     """(verifier, challenge, response bytes) for k steps drawn from ``beacon`` (default: a fresh one)."""
-    from verifier import Verifier
+    from pocv import Verifier
 
     verifier = Verifier(key=verifier_key)
     challenge = verifier.challenge(job.commitment, beacon=beacon or secrets.token_bytes(32), k=k, cheat_fraction=0.1)
@@ -357,7 +358,7 @@ def pocv_challenge(job: Job, k: int, verifier_key: Any, beacon: bytes | None = N
 def measure_bytes(cfg: Config, job: Job) -> dict[str, Any]:
     from solders.keypair import Keypair
 
-    from verifier.encoding import encode_state
+    from pocv.encoding import encode_state
 
     proofs = toploc_proofs(job.hidden)
     b, t = job.hidden.shape[:2]
@@ -397,10 +398,10 @@ def measure_time(cfg: Config, job: Job) -> dict[str, Any]:
     """Per-token costs, each pair measured interleaved in this run (best of ``cfg.repeats``)."""
     from solders.keypair import Keypair
 
-    from verifier.encoding import state_digest
+    from pocv.encoding import state_digest
 
     spec = job.spec
-    kernel = spec.get_kernel()
+    kernel = kernel_for(spec)
     b, t = job.hidden.shape[:2]
     chunk = int(spec.params["chunk"])
     proofs = toploc_proofs(job.hidden)
@@ -464,7 +465,7 @@ def measure_time(cfg: Config, job: Job) -> dict[str, Any]:
 
 
 def _bare_decode(spec: Any) -> None:
-    kernel = spec.get_kernel()
+    kernel = kernel_for(spec)
     s: Any = kernel.init_state(spec)
     for i in range(1, spec.steps + 1):
         s = kernel.step(s, i, spec)
@@ -488,7 +489,7 @@ def measure_detection(cfg: Config, progress: Callable[[str], None] | None = None
     worker, vkey = Keypair(), Keypair()
     for trial in range(cfg.trials):
         spec = _spec(cfg, cfg.seed + 100 + trial)
-        kernel = spec.get_kernel()
+        kernel = kernel_for(spec)
         honest_tokens: torch.Tensor | None = None
         for cheat in CHEATS:
             job = run_job(spec, cheat, worker)
@@ -544,7 +545,7 @@ def measure_detection(cfg: Config, progress: Callable[[str], None] | None = None
 def describe(cfg: Config, quick: bool) -> dict[str, Any]:
     import toploc
 
-    from kernels import get_kernel
+    from pocv.kernels import get_kernel
 
     kernel = get_kernel(KERNEL)
     return {"quick": quick, "kernel": f"{KERNEL}@{kernel.version}", "params": dict(cfg.params), "steps": cfg.steps,

@@ -33,8 +33,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from verifier.errors import StorageError
-from verifier.store import atomic_write, atomic_writer
+from pocv.errors import StorageError
+from pocv.store import atomic_write, atomic_writer
 
 OUT = Path(__file__).parent / "results"
 REPORT_NAME = "REPORT.md"

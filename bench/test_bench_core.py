@@ -20,8 +20,9 @@ import pytest
 from solders.keypair import Keypair
 
 from bench.conftest import quick, write_result
-from verifier import JobSpec, Prover, Verifier
-from verifier.device import deterministic
+from pocv import JobSpec, Prover, Verifier
+from pocv.device import deterministic
+from pocv.kernels import kernel_for, resolve_spec
 
 pytestmark = pytest.mark.bench
 
@@ -47,7 +48,7 @@ RESULTS: dict[str, dict] = _previous()
 
 
 def _bare(spec: JobSpec) -> float:
-    k = spec.get_kernel()
+    k = kernel_for(spec)
     with deterministic():
         t0 = time.perf_counter()
         s = k.init_state(spec)
@@ -68,9 +69,9 @@ def _proved(spec: JobSpec, key: Keypair) -> float:
 
 @pytest.mark.parametrize("kernel", sorted(OVERHEAD_STEPS))
 def test_commitment_overhead(benchmark, kernel: str) -> None:
-    spec = JobSpec(kernel=kernel, steps=OVERHEAD_STEPS[kernel], seed=1)
+    spec = resolve_spec(JobSpec(kernel=kernel, steps=OVERHEAD_STEPS[kernel], seed=1))
     key = Keypair()
-    _bare(JobSpec(kernel=kernel, steps=5, seed=1))  # warm up
+    _bare(resolve_spec(JobSpec(kernel=kernel, steps=5, seed=1)))  # warm up
     bare, proved = [], []
     for _ in range(OVERHEAD_REPEATS):  # interleaved, so drift hits both sides alike
         bare.append(_bare(spec))
@@ -88,7 +89,7 @@ def test_commitment_overhead(benchmark, kernel: str) -> None:
 
 @pytest.mark.parametrize("kernel", ["gemm-int8", "mlp-sgd"])
 def test_verifier_over_prover(benchmark, kernel: str) -> None:
-    spec = JobSpec(kernel=kernel, steps=1000, seed=3, params=VOP_PARAMS[kernel])
+    spec = resolve_spec(JobSpec(kernel=kernel, steps=1000, seed=3, params=VOP_PARAMS[kernel]))
     wk, vk = Keypair(), Keypair()
     d = Path(tempfile.mkdtemp(prefix="pocv-bench-"))
     try:

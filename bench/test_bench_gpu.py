@@ -19,9 +19,9 @@ import pytest
 import torch
 
 from bench.conftest import quick, write_result
-from kernels import get_kernel, kernel_names
-from verifier.encoding import state_digest
-from verifier.jobs import JobSpec
+from pocv.encoding import state_digest
+from pocv.jobs import JobSpec
+from pocv.kernels import get_kernel, kernel_for, kernel_names, resolve_spec
 
 pytestmark = [pytest.mark.bench, pytest.mark.skipif(not torch.cuda.is_available(),
                                                     reason="no CUDA GPU on this machine: GPU figures need one")]
@@ -61,8 +61,8 @@ def test_device_to_host(benchmark: Any, size: int) -> None:
 
 @pytest.mark.parametrize("kernel", [k for k in kernel_names() if "cuda" in get_kernel(k).devices])
 def test_step_on_device(benchmark: Any, kernel: str) -> None:
-    spec = JobSpec(kernel=kernel, steps=1000, seed=1)
-    k = spec.get_kernel()
+    spec = resolve_spec(JobSpec(kernel=kernel, steps=1000, seed=1))
+    k = kernel_for(spec)
     s = k.init_state(spec, "cuda")
     for i in range(1, 3):
         s = k.step(s, i, spec, "cuda")

@@ -26,7 +26,7 @@ import torch
 from blake3 import blake3
 
 from bench.conftest import quick, write_result
-from verifier.encoding import state_digest
+from pocv.encoding import state_digest
 
 pytestmark = pytest.mark.bench
 

@@ -22,9 +22,9 @@ import pytest
 import torch
 
 from bench.conftest import quick, write_result
-from kernels import kernel_names
-from verifier.encoding import state_digest
-from verifier.jobs import JobSpec
+from pocv.encoding import state_digest
+from pocv.jobs import JobSpec
+from pocv.kernels import kernel_for, kernel_names, resolve_spec
 
 pytestmark = pytest.mark.bench
 
@@ -59,8 +59,8 @@ def _interleaved(a: Callable[[], object], b: Callable[[], object], repeats: int 
 
 @pytest.mark.parametrize("kernel", kernel_names())
 def test_step_time(benchmark, kernel: str) -> None:
-    spec = JobSpec(kernel=kernel, steps=1000, seed=1)
-    k = spec.get_kernel()
+    spec = resolve_spec(JobSpec(kernel=kernel, steps=1000, seed=1))
+    k = kernel_for(spec)
     s = k.init_state(spec)
     for i in range(1, 3):
         s = k.step(s, i, spec)
@@ -81,7 +81,7 @@ def test_step_time(benchmark, kernel: str) -> None:
 def test_cost_of_exactness_512(benchmark, threads: int) -> None:
     import numba
 
-    from kernels.gemm_fp32_exact import gemm_f32_ordered
+    from pocv.kernels.gemm_fp32_exact import gemm_f32_ordered
 
     n = 512
     rng = np.random.default_rng(0)
@@ -117,8 +117,8 @@ def test_freivalds_vs_recompute_1024(benchmark, threads: int) -> None:
     just decoded) and after a 128 MiB read evicted them ("cold"), the same treatment on both sides."""
     import numba
 
-    spec = JobSpec(kernel="gemm-fp32", steps=10, seed=2, params={"n": 1024})
-    k = spec.get_kernel()
+    spec = resolve_spec(JobSpec(kernel="gemm-fp32", steps=10, seed=2, params={"n": 1024}))
+    k = kernel_for(spec)
     s = k.init_state(spec)
     claimed = k.step(s, 1, spec)
     assert k.verify_step(s, claimed, 1, spec).ok

@@ -20,13 +20,13 @@ import pytest
 from solders.keypair import Keypair
 
 from bench.conftest import quick, write_result
-from verifier.market import programs as P
-from verifier.market.backend import Backend, LiteSVMBackend
-from verifier.market.escrow import Escrow, JobTerms, create_nonce, find_commit
-from verifier.market.loopback import LoopbackServer
-from verifier.market.rpc import RpcBackend
-from verifier.market.tokens import create_mint, fund
-from verifier.records import Outcome, Verdict
+from pocv.market import programs as P
+from pocv.market.backend import Backend, LiteSVMBackend
+from pocv.market.escrow import Escrow, JobTerms, create_nonce, find_commit
+from pocv.market.loopback import LoopbackServer
+from pocv.market.rpc import RpcBackend
+from pocv.market.tokens import create_mint, fund
+from pocv.records import Outcome, Verdict
 
 pytestmark = pytest.mark.bench
 

@@ -1,4 +1,4 @@
-"""verifier.merkle against pymerkle 7.0 on the same 100,000 32-byte leaf values.
+"""pocv.merkle against pymerkle 7.0 on the same 100,000 32-byte leaf values.
 
     pytest bench/test_bench_merkle.py --benchmark-only -s
 
@@ -22,7 +22,7 @@ from blake3 import blake3
 from pymerkle import InmemoryTree
 
 from bench.conftest import quick, write_result
-from verifier.merkle import MerkleTree, inclusion_proof_size, multiproof_size, verify_inclusion, verify_multiproof
+from pocv.merkle import MerkleTree, inclusion_proof_size, multiproof_size, verify_inclusion, verify_multiproof
 
 pytestmark = pytest.mark.bench
 

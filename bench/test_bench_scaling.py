@@ -28,10 +28,11 @@ import pytest
 from solders.keypair import Keypair
 
 from bench.conftest import quick, write_result
-from verifier import JobSpec, Prover, Verifier
-from verifier.bundle import Response
-from verifier.challenge import sample_size
-from verifier.merkle import multiproof_size
+from pocv import JobSpec, Prover, Verifier
+from pocv.bundle import Response
+from pocv.challenge import sample_size
+from pocv.kernels import resolve_spec
+from pocv.merkle import multiproof_size
 
 pytestmark = pytest.mark.bench
 
@@ -46,7 +47,7 @@ RESULTS: dict[str, Any] = {}
 
 @pytest.mark.parametrize("steps", STEPS)
 def test_verifier_over_prover(benchmark: Any, steps: int) -> None:
-    spec = JobSpec(kernel=KERNEL, steps=steps, seed=5, params=PARAMS)
+    spec = resolve_spec(JobSpec(kernel=KERNEL, steps=steps, seed=5, params=PARAMS))
     d = Path(tempfile.mkdtemp(prefix="pocv-bench-"))
     try:
         prover = Prover(trace_dir=d / "t", key=Keypair())

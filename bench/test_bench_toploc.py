@@ -45,7 +45,7 @@ def _save(key: str, value: Any, started: float) -> None:
 
 @pytest.fixture(scope="module", autouse=True)
 def _threads() -> Iterator[None]:
-    from kernels._tolerance import torch_threads
+    from pocv.kernels._tolerance import torch_threads
 
     with torch_threads(peer.THREADS):
         yield

@@ -1,26 +1,33 @@
-"""Job kernels and their registry.
+"""Job kernels and their registry (docs/architecture.md, "Kernels").
 
-Kernels live in their own modules and are imported on first use, so naming one kernel does not
-compile another's numba code. ``get_kernel(name, version)`` returns an instance; ``version=None``
-gives the current (highest) version.
+Built-in kernels live in their own modules and are imported on first use, so naming one kernel
+does not compile another's numba code, and importing this package loads no torch or numba.
+``get_kernel(name, version)`` returns an instance (``version=None``: the current, highest
+version); :func:`resolve_spec` is the explicit step that fixes a job spec's kernel version and
+fills in the kernel's parameter defaults; :func:`register` makes a kernel class known in this
+process (a notebook's or a test's own kernel).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
-from kernels.base import Comparison, Kernel, Mode
-from verifier.errors import SpecError
+from pocv.errors import SpecError
+from pocv.jobs import JobSpec
 
-#: kernel name -> module that defines (and registers) it
+if TYPE_CHECKING:  # typing only: pocv.kernels.base imports torch through pocv.encoding
+    from pocv.kernels.base import Kernel
+
+#: built-in kernel name -> module that defines (and registers) it
 _MODULES: Final[dict[str, str]] = {
-    "gemm-int8": "kernels.gemm_int8",
-    "mlp-sgd": "kernels.mlp_sgd",
-    "gemm-fp32": "kernels.gemm_fp32",
-    "gemm-fp32-exact": "kernels.gemm_fp32_exact",
-    "heat2d": "kernels.heat2d",
-    "transformer-decode": "kernels.transformer_decode",
+    "gemm-int8": "pocv.kernels.gemm_int8",
+    "mlp-sgd": "pocv.kernels.mlp_sgd",
+    "gemm-fp32": "pocv.kernels.gemm_fp32",
+    "gemm-fp32-exact": "pocv.kernels.gemm_fp32_exact",
+    "heat2d": "pocv.kernels.heat2d",
+    "transformer-decode": "pocv.kernels.transformer_decode",
 }
 
 _REGISTRY: dict[tuple[str, int], type[Kernel]] = {}
@@ -31,20 +38,23 @@ def register(cls: type[Kernel]) -> type[Kernel]:
     """Class decorator: make ``cls`` available as ``cls.name`` at ``cls.version``."""
     key = (cls.name, cls.version)
     if key in _REGISTRY and _REGISTRY[key] is not cls:
-        raise RuntimeError(f"kernel {cls.name}@{cls.version} registered twice")
+        raise SpecError(f"kernel {cls.name}@{cls.version} is registered twice: by {_REGISTRY[key].__module__} "
+                        f"and by {cls.__module__}")
     _REGISTRY[key] = cls
     return cls
 
 
 def kernel_names() -> list[str]:
-    return sorted(_MODULES)
+    """Built-in kernels and those registered in this process."""
+    return sorted(set(_MODULES) | {n for (n, _) in _REGISTRY})
 
 
 def get_kernel(name: str, version: int | None = None) -> Kernel:
-    if name not in _MODULES:
-        raise SpecError(f"unknown kernel {name!r}; expected one of {kernel_names()}")
-    importlib.import_module(_MODULES[name])
+    if name in _MODULES:
+        importlib.import_module(_MODULES[name])
     versions = sorted(v for (n, v) in _REGISTRY if n == name)
+    if not versions:
+        raise SpecError(f"unknown kernel {name!r}; expected one of {kernel_names()}")
     if version is None:
         version = versions[-1]
     key = (name, version)
@@ -55,4 +65,19 @@ def get_kernel(name: str, version: int | None = None) -> Kernel:
     return _INSTANCES[key]
 
 
-__all__ = ["Comparison", "Kernel", "Mode", "get_kernel", "kernel_names", "register"]
+def kernel_for(spec: JobSpec) -> Kernel:
+    """The kernel a resolved spec names (its exact version)."""
+    if not spec.resolved:
+        raise SpecError(f"the job spec for {spec.kernel!r} is not resolved (version 0); call resolve_spec first")
+    return get_kernel(spec.kernel, spec.version)
+
+
+def resolve_spec(spec: JobSpec) -> JobSpec:
+    """``spec`` with its kernel version fixed (the current one if it names none) and the
+    kernel's parameter defaults filled in and checked. A resolved spec resolves to itself."""
+    kern = get_kernel(spec.kernel, spec.version or None)
+    params = kern.check_params(dict(spec.params))
+    return dataclasses.replace(spec, version=kern.version, params=params)
+
+
+__all__ = ["get_kernel", "kernel_for", "kernel_names", "register", "resolve_spec"]

@@ -12,7 +12,7 @@ Integer tensors (cursors, tokens) are compared exactly. A claimed NaN or infinit
 
 Kernels also expose their honest alternative implementations (other thread counts, op orders,
 a float64 reference) and their precision downgrades (bf16, fp16, TF32 emulated), which
-:mod:`kernels.calibrate` and the tests use to measure the bound.
+:mod:`pocv.kernels.calibrate` and the tests use to measure the bound.
 """
 
 from __future__ import annotations
@@ -25,12 +25,12 @@ from typing import TYPE_CHECKING, Any, ClassVar, Final
 import numpy as np
 import torch
 
-from kernels._util import as_numpy
-from kernels.base import Comparison, Kernel
-from verifier.encoding import State, Tensor, dtype_name
+from pocv.encoding import State, Tensor, dtype_name
+from pocv.kernels._util import as_numpy
+from pocv.kernels.base import Comparison, Kernel
 
 if TYPE_CHECKING:
-    from verifier.jobs import JobSpec
+    from pocv.jobs import JobSpec
 
 U32: Final = 2.0**-24  # unit roundoff of float32 (round to nearest)
 

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from blake3 import blake3
 
-from verifier.encoding import Tensor
+from pocv.encoding import Tensor
 
 
 def seeded_bytes(context: str, *fields: int, length: int) -> bytes:

@@ -1,7 +1,7 @@
 """The kernel interface.
 
 A kernel is a named, versioned, deterministic step function with a declared comparison
-mode (DESIGN.md section 3):
+mode (docs/architecture.md, "Kernels"):
 
 * ``init_state(spec, device)`` derives ``s_0`` from the spec alone (seeded), so the verifier
   re-derives it and the worker cannot choose it;
@@ -10,7 +10,12 @@ mode (DESIGN.md section 3):
 * ``mode`` is ``"exact"`` (states compared by digest) or ``"tolerance"`` (``compare`` applies
   a calibrated bound that is part of the kernel version);
 * ``schema(spec)`` gives the name -> (dtype, shape) every state has, so a claimed state of the
-  wrong dtype or shape is refused before anything is recomputed.
+  wrong dtype or shape is refused before anything is recomputed;
+* :meth:`Kernel.judge` is the one rule that judges a claimed step. The spot check
+  (``pocv.check``), the dispute referee (``pocv.dispute``) and calibration
+  (``pocv.kernels.calibrate``) all call it, so a worker the spot check accepts is never named
+  the liar by the referee. Kernels change how a step is judged by overriding
+  :meth:`Kernel.verify_step` (a cheaper sound check, a tie rule), never by bypassing ``judge``.
 
 The CPU path is the reference that defines the result; other backends are tested against it.
 """
@@ -20,13 +25,11 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, final
 
-from verifier.encoding import State, Tensor, state_digest, state_schema
-from verifier.errors import SpecError
-
-if TYPE_CHECKING:
-    from verifier.jobs import JobSpec, ParamValue
+from pocv.encoding import State, Tensor, state_digest, state_schema
+from pocv.errors import EvidenceError, SpecError
+from pocv.jobs import JobSpec, ParamValue
 
 Mode = Literal["exact", "tolerance"]
 Schema = dict[str, tuple[str, tuple[int, ...]]]
@@ -40,6 +43,8 @@ class Comparison:
     detail: str = ""
     #: for tolerance kernels: the largest observed ratio deviation / allowed (<= 1 passes)
     worst_ratio: float = 0.0
+    #: the claimed or previous state is not a state of this job (names, dtypes, shapes, values)
+    bad_state: bool = False
 
 
 class Kernel(ABC):
@@ -97,6 +102,23 @@ class Kernel(ABC):
         sound check (Freivalds for matrix products) override this.
         """
         return self.compare(self.step(prev, i, spec, device), claimed, spec)
+
+    @final
+    def judge(self, prev: State, claimed: State, i: int, spec: JobSpec, device: str = "cpu") -> Comparison:
+        """The one rule: is ``claimed`` a correct ``s_i`` given ``prev`` = ``s_{i-1}``?
+
+        Both states are checked against :meth:`schema` first (a state of the wrong names,
+        dtypes or shapes is ``bad_state``), then :meth:`verify_step` decides; evidence that
+        cannot be judged (an :class:`EvidenceError` while judging) is ``bad_state`` too.
+        """
+        for which, st in ((i - 1, prev), (i, claimed)):
+            why = self.check_schema(st, spec)
+            if why is not None:
+                return Comparison(False, f"state {which}: {why}", bad_state=True)
+        try:
+            return self.verify_step(prev, claimed, i, spec, device)
+        except EvidenceError as e:
+            return Comparison(False, str(e), bad_state=True)
 
     def check_schema(self, state: State, spec: JobSpec) -> str | None:
         """None if ``state`` has exactly the expected names, dtypes and shapes, else why not."""

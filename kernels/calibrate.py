@@ -15,7 +15,7 @@ one (must be 0).
 
 Command line (the lead wires it to ``pocv calibrate``)::
 
-    python -m kernels.calibrate KERNEL [--trials N] [--max-walk K] [--seed S]
+    python -m pocv.kernels.calibrate KERNEL [--trials N] [--max-walk K] [--seed S]
                                        [--param name=value ...] [--margin M] [--json]
 """
 
@@ -32,10 +32,11 @@ from typing import Any, Final
 import numpy as np
 import torch
 
-from kernels._tolerance import ToleranceKernel
-from verifier.encoding import state_digest
-from verifier.errors import SpecError
-from verifier.jobs import JobSpec
+from pocv.encoding import state_digest
+from pocv.errors import SpecError
+from pocv.jobs import JobSpec
+from pocv.kernels import resolve_spec
+from pocv.kernels._tolerance import ToleranceKernel
 
 MAX_TRIALS: Final = 100_000
 PERCENTILES: Final = (50.0, 90.0, 99.0, 99.9, 99.99)
@@ -108,7 +109,7 @@ def device_variants(kernel: Any, devices: Sequence[str]) -> dict[str, Any]:
 
 
 def _same_integers(a: Any, b: Any) -> bool:
-    from kernels._util import as_numpy
+    from pocv.kernels._util import as_numpy
 
     for name in a:
         x = as_numpy(a[name])
@@ -118,7 +119,7 @@ def _same_integers(a: Any, b: Any) -> bool:
 
 
 def _spec(kernel_name: str, seed: int, params: dict[str, int] | None) -> JobSpec:
-    return JobSpec(kernel=kernel_name, steps=1 << 20, seed=seed, params=dict(params or {}))
+    return resolve_spec(JobSpec(kernel=kernel_name, steps=1 << 20, seed=seed, params=dict(params or {})))
 
 
 def calibrate(
@@ -201,13 +202,9 @@ def calibrate(
                         m = max(m, float(r.max()))
                 key = f"{a} vs {b}"
                 by_pair[key] = max(by_pair.get(key, 0.0), m)
-                if not by_verify:
-                    checks += 1
-                    false_fails += not kernel.compare(outs[a], outs[b], spec).ok
-        if by_verify:  # the verifier's own recompute, teacher-forced with the claimed choices
-            for n in names:
-                checks += 1
-                false_fails += not kernel.verify_step(state, outs[n], i, spec).ok
+        for n in names:  # judged by the rule the verifier and the referee use (Kernel.judge)
+            checks += 1
+            false_fails += not kernel.judge(state, outs[n], i, spec).ok
         if callable(freivalds):
             for n in names:
                 fr = float(freivalds(state, outs[n], spec)) * tau_f  # the tau_F this check needed
@@ -220,10 +217,7 @@ def calibrate(
             m = max((float(r.max()) for r in kernel.ratios(outs[names[0]], down, spec).values() if r.size),
                     default=0.0)
             worst_down[n] = min(worst_down[n], m)
-            if by_verify:
-                caught[n] += not kernel.verify_step(state, down, i, spec).ok
-            else:
-                caught[n] += not kernel.compare(outs[names[0]], down, spec).ok
+            caught[n] += not kernel.judge(state, down, i, spec).ok
     top = hist.max
     if callable(freivalds):
         report["freivalds"] = {
@@ -238,7 +232,7 @@ def calibrate(
         "honest_ratio": {f"p{q:g}": hist.percentile(q) for q in PERCENTILES} | {"max": top},
         "honest_max_by_pair": dict(sorted(by_pair.items(), key=lambda kv: -kv[1])),
         "checks": checks,
-        "checked_by": "verify_step" if by_verify else "compare of every ordered pair",
+        "checked_by": "Kernel.judge (the rule of the spot check and the dispute referee)",
         "pairs_with_discrete_differences": discrete,
         "false_fails": false_fails,
         "tau": kernel.tau,
@@ -280,7 +274,7 @@ def _format(report: dict[str, Any]) -> str:
 
 
 def calibrate_main(argv: Sequence[str] | None = None) -> int:
-    """``pocv calibrate`` / ``python -m kernels.calibrate``: print the report; exit 1 on a false FAIL."""
+    """``pocv calibrate`` / ``python -m pocv.kernels.calibrate``: print the report; exit 1 on a false FAIL."""
     ap = argparse.ArgumentParser(prog="pocv calibrate", description=__doc__.split("\n\n")[0])
     ap.add_argument("kernel")
     ap.add_argument("--trials", type=int, default=20)

@@ -6,7 +6,7 @@ State: ``{"x": float32[n, n]}``; ``s_0`` and the fixed weights ``W`` are seeded 
     a = x / (1 + |x|)          (softsign, float32, elementwise: IEEE add and divide)
     x' = a @ W                 (float32 matmul in any order: MKL, OpenBLAS, cuBLAS without TF32)
 
-Bound (per element, see :mod:`kernels._tolerance`)::
+Bound (per element, see :mod:`pocv.kernels._tolerance`)::
 
     |x'_ij - e_ij| <= tau * u * s_j + floor,     s_j = sum_k |W_kj|
 
@@ -30,7 +30,7 @@ A single element off by less than ``tau_F u ||s||_2`` (about sqrt(n) times the e
 bound) passes Freivalds where a recompute would catch it; :meth:`verify_step_recompute` is the
 full check.
 
-Calibration: ``python -m kernels.calibrate gemm-fp32 --trials 40 --param n=512`` (and ``n=64``,
+Calibration: ``python -m pocv.kernels.calibrate gemm-fp32 --trials 40 --param n=512`` (and ``n=64``,
 ``n=2048 --trials 5``; the default n is 1024, between the measured sizes).
 Honest variants: torch/MKL at 2 and 1 threads, einsum, transposed product, numpy/OpenBLAS, the
 numba fixed-order product, a float64 reference; every ordered pair compared elementwise, every
@@ -60,12 +60,12 @@ import numpy as np
 import torch
 from numba import njit, prange
 
-from kernels import register
-from kernels._tolerance import U32, StepFn, ToleranceKernel, round_tf32, torch_threads
-from kernels._util import as_numpy, as_torch, strict_fp32
-from kernels.base import Comparison, Schema
-from verifier.encoding import State, Tensor, dtype_name
-from verifier.jobs import JobSpec
+from pocv.encoding import State, Tensor, dtype_name
+from pocv.jobs import JobSpec
+from pocv.kernels import register
+from pocv.kernels._tolerance import U32, StepFn, ToleranceKernel, round_tf32, torch_threads
+from pocv.kernels._util import as_numpy, as_torch, strict_fp32
+from pocv.kernels.base import Comparison, Schema
 
 _CONTEXT: Final = "pocv 2026-11 gemm-fp32 v1 init"
 MAX_N: Final = 4096
@@ -187,7 +187,7 @@ class GemmFp32(ToleranceKernel):
     # -- data -----------------------------------------------------------------------------------
 
     def _init_arrays(self, spec: JobSpec) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]:
-        from kernels.gemm_fp32_exact import chain_init
+        from pocv.kernels.gemm_fp32_exact import chain_init
 
         return chain_init(_CONTEXT, spec)
 
@@ -305,7 +305,7 @@ class GemmFp32(ToleranceKernel):
     # -- calibration hooks ----------------------------------------------------------------------
 
     def honest_variants(self) -> dict[str, StepFn]:
-        from kernels.gemm_fp32_exact import gemm_f32_ordered
+        from pocv.kernels.gemm_fp32_exact import gemm_f32_ordered
 
         def torch_mm(threads: int | None, mm: Any = None) -> StepFn:
             def fn(state: State, i: int, spec: JobSpec) -> dict[str, Tensor]:

@@ -18,7 +18,7 @@ Implementations:
   rank-1 update per k (``c = c + a[:, k] * w[k]``), which is this order by construction;
 * the CPU step -- numba ``parallel=True, fastmath=False``: blocks of 4 rows x 512 columns, k
   unrolled by 4 inside the (vectorized) column loop; the per-element order is unchanged;
-* the CUDA step -- :func:`kernels._cuda.gemm_softsign_kernel`, 16 x 16 shared-memory tiles.
+* the CUDA step -- :func:`pocv.kernels._cuda.gemm_softsign_kernel`, 16 x 16 shared-memory tiles.
 
 The weights' scale (uniform(-1, 1) * 2^-e, e ~ log2(sqrt(n)) - 1.8) makes the chain neither
 explode (softsign bounds its input to (-1, 1)) nor die out (the linearization at 0 has gain > 1).
@@ -33,11 +33,11 @@ import numpy as np
 import torch
 from numba import njit, prange
 
-from kernels import register
-from kernels._util import as_numpy, as_torch, numba_thread_variants, seeded_bytes
-from kernels.base import Kernel, Schema
-from verifier.encoding import State, Tensor
-from verifier.jobs import JobSpec
+from pocv.encoding import State, Tensor
+from pocv.jobs import JobSpec
+from pocv.kernels import register
+from pocv.kernels._util import as_numpy, as_torch, numba_thread_variants, seeded_bytes
+from pocv.kernels.base import Kernel, Schema
 
 _CONTEXT: Final = "pocv 2026-11 gemm-fp32-exact v1 init"
 MAX_N: Final = 4096  # 2 * 4096^3 flops = 137 Gflop a step: minutes on a CPU verifier
@@ -180,7 +180,7 @@ class GemmFp32Exact(Kernel):
         return {"x": torch.from_numpy(out)}
 
     def _step_cuda(self, x: Tensor, spec: JobSpec, device: str) -> torch.Tensor:
-        from kernels import _cuda
+        from pocv.kernels import _cuda
 
         xt = as_torch(x, device).contiguous()
         if xt.device.type != "cuda":  # pragma: no cover - as_torch moved it

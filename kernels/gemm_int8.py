@@ -27,11 +27,11 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from kernels import register
-from kernels._util import as_numpy, as_torch, seeded_bytes
-from kernels.base import Kernel, Schema
-from verifier.encoding import State, Tensor
-from verifier.jobs import JobSpec
+from pocv.encoding import State, Tensor
+from pocv.jobs import JobSpec
+from pocv.kernels import register
+from pocv.kernels._util import as_numpy, as_torch, seeded_bytes
+from pocv.kernels.base import Kernel, Schema
 
 _CONTEXT = "pocv 2026-11 gemm-int8 v1 init"
 MAX_LAYERS = 64
@@ -57,7 +57,7 @@ class GemmInt8(Kernel):
     def check_params(self, params: dict[str, Any]) -> dict[str, Any]:
         out = super().check_params(params)
         if out["n"] % 8:
-            from verifier.errors import SpecError
+            from pocv.errors import SpecError
 
             raise SpecError(f"gemm-int8 parameter 'n' must be a multiple of 8, got {out['n']}")
         return out

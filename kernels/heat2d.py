@@ -25,11 +25,11 @@ import numpy as np
 import torch
 from numba import njit, prange
 
-from kernels import register
-from kernels._util import as_numpy, as_torch, numba_thread_variants, seeded_bytes
-from kernels.base import Kernel, Schema
-from verifier.encoding import State, Tensor
-from verifier.jobs import JobSpec
+from pocv.encoding import State, Tensor
+from pocv.jobs import JobSpec
+from pocv.kernels import register
+from pocv.kernels._util import as_numpy, as_torch, numba_thread_variants, seeded_bytes
+from pocv.kernels.base import Kernel, Schema
 
 _INIT_CONTEXT: Final = "pocv 2026-11 heat2d v1 init"
 _PULSE_CONTEXT: Final = "pocv 2026-11 heat2d v1 pulse"
@@ -117,7 +117,7 @@ class Heat2d(Kernel):
         return {"u": torch.from_numpy(out)}
 
     def _step_cuda(self, u: Tensor, i: int, spec: JobSpec, device: str) -> torch.Tensor:
-        from kernels import _cuda
+        from pocv.kernels import _cuda
 
         a = as_torch(u, device).contiguous().clone()
         b = torch.empty_like(a)

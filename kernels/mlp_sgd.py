@@ -31,7 +31,7 @@ float64, rounded to float32 once at the end) is the definition; :meth:`MlpSgd.st
 float32 on CPU or CUDA) is the fast path, and every honest implementation must lie within the
 bound of the reference and of each other. The verifier compares against its own recomputation.
 
-Bound (per float element, see :mod:`kernels._tolerance`)::
+Bound (per float element, see :mod:`pocv.kernels._tolerance`)::
 
     momentum v:  |d| <= tau * u * (|v_e| + rms(v_e)) + floor
     parameter p: |d| <= tau * u * (|p_e| + lr * (|v_e| + rms(v_e))) + floor
@@ -42,7 +42,7 @@ error. The error of a summed gradient ``g_ij = sum_b h_bi dz_bj`` scales with
 state; the tensor's RMS stands in for it, which makes the momentum bound tensor-wise (so a
 cheater may nudge each element by < tau * u * rms: the known limit of tolerance mode).
 
-Calibration (``python -m kernels.calibrate mlp-sgd --trials 40 --param batch=1024`` reproduces the
+Calibration (``python -m pocv.kernels.calibrate mlp-sgd --trials 40 --param batch=1024`` reproduces the
 first row, ``pocv calibrate mlp-sgd --trials 10`` the second, at the default batch of 4096 chosen
 so that hashing the 1.6 MB state costs about 1% of a step;
 add ``--param depth=8`` etc. for the others). Each trial walks a random 0..8 steps, then
@@ -75,13 +75,13 @@ from typing import Any, ClassVar, Final
 import numpy as np
 import torch
 
-from kernels import register
-from kernels._tolerance import StepFn, ToleranceKernel, round_tf32, torch_threads
-from kernels._util import as_numpy, as_torch, seeded_bytes
-from kernels.base import Schema
-from verifier.encoding import State, Tensor
-from verifier.errors import StateError
-from verifier.jobs import JobSpec
+from pocv.encoding import State, Tensor
+from pocv.errors import StateError
+from pocv.jobs import JobSpec
+from pocv.kernels import register
+from pocv.kernels._tolerance import StepFn, ToleranceKernel, round_tf32, torch_threads
+from pocv.kernels._util import as_numpy, as_torch, seeded_bytes
+from pocv.kernels.base import Schema
 
 _DATA_CONTEXT: Final = "pocv 2026-11 mlp-sgd v1 data"
 _INIT_CONTEXT: Final = "pocv 2026-11 mlp-sgd v1 init"
@@ -262,7 +262,7 @@ class MlpSgd(ToleranceKernel):
     def step(self, state: State, i: int, spec: JobSpec, device: str = "cpu") -> dict[str, Tensor]:
         self.check_device(device)
         if device.startswith("cuda"):
-            from kernels._util import strict_fp32
+            from pocv.kernels._util import strict_fp32
 
             with strict_fp32():
                 return self._run(state, i, spec, device)

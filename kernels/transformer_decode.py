@@ -29,7 +29,7 @@ logits within ``|d| <= tau * u * (|e| + rms(e)) + floor``, rms taken over each t
 normalization mix every element of such a vector. ``compare`` (no previous state) requires equal tokens.
 
 :meth:`TransformerDecode.reference_step` (float64, rounded to float32 once) defines the result.
-Calibration: ``python -m kernels.calibrate transformer-decode --trials 40`` (add e.g. ``--param
+Calibration: ``python -m pocv.kernels.calibrate transformer-decode --trials 40`` (add e.g. ``--param
 depth=8 --param context=32 --param chunk=8 --trials 6`` for the other rows). Honest variants: torch at 2 and 1
 threads, einsum products, split-k products (two half sums) at 1 thread, the float64 reference;
 ratios over every ordered pair, false FAILs counted by :meth:`verify_step` of each variant's
@@ -56,13 +56,13 @@ from typing import Any, ClassVar, Final
 import numpy as np
 import torch
 
-from kernels import register
-from kernels._tolerance import U32, StepFn, ToleranceKernel, round_tf32, torch_threads
-from kernels._util import as_numpy, as_torch, seeded_bytes, strict_fp32
-from kernels.base import Comparison, Schema
-from verifier.encoding import State, Tensor
-from verifier.errors import StateError
-from verifier.jobs import JobSpec
+from pocv.encoding import State, Tensor
+from pocv.errors import StateError
+from pocv.jobs import JobSpec
+from pocv.kernels import register
+from pocv.kernels._tolerance import U32, StepFn, ToleranceKernel, round_tf32, torch_threads
+from pocv.kernels._util import as_numpy, as_torch, seeded_bytes, strict_fp32
+from pocv.kernels.base import Comparison, Schema
 
 _WEIGHT_CONTEXT: Final = "pocv 2026-11 transformer-decode v1 weights"
 _PROMPT_CONTEXT: Final = "pocv 2026-11 transformer-decode v1 prompt"
@@ -150,7 +150,7 @@ class TransformerDecode(ToleranceKernel):
         self._weights: dict[tuple[int, int, int], _Weights] = {}
 
     def check_params(self, params: dict[str, Any]) -> dict[str, Any]:
-        from verifier.errors import SpecError
+        from pocv.errors import SpecError
 
         out = super().check_params(params)
         if out["width"] % HEAD_DIM:

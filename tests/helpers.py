@@ -11,10 +11,11 @@ from typing import Any
 
 import torch
 
-from verifier.jobs import JobSpec
-from verifier.prover import Prover
+from pocv.jobs import JobSpec
+from pocv.kernels import resolve_spec
+from pocv.prover import Prover
 
-SMALL = JobSpec(kernel="gemm-int8", steps=40, seed=11, params={"n": 32})
+SMALL = resolve_spec(JobSpec(kernel="gemm-int8", steps=40, seed=11, params={"n": 32}))
 
 
 class StepCheater(Prover):

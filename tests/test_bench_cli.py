@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from verifier.bench_cli import bench_dir
-from verifier.cli import main
+from pocv.bench_cli import bench_dir
+from pocv.cli import main
 
 
 def _have_matplotlib() -> bool:
@@ -72,7 +72,7 @@ def test_report_only_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
 
 
 def test_missing_bench_dir(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
-    import verifier.bench_cli as bc
+    import pocv.bench_cli as bc
 
     monkeypatch.setattr(bc, "bench_dir", lambda: None)
     assert main(["bench", "--report-only"]) == 3
@@ -84,7 +84,7 @@ def _stand_in_bench(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, suite: str,
     """A bench/ of the real report.py, an empty conftest and one suite file, in place of the real one."""
     import shutil
 
-    import verifier.bench_cli as bc
+    import pocv.bench_cli as bc
 
     real = bench_dir()
     assert real is not None
@@ -152,7 +152,7 @@ def test_peer_section_renders_itself(tmp_path: Path) -> None:
     peers = sorted(p.stem.removeprefix("peer_") for p in real.glob("peer_*.py"))
     if not peers:
         pytest.skip("no peer suite in bench/")
-    import verifier.bench_cli as bc
+    import pocv.bench_cli as bc
 
     module = bc._load_report_module(real)
     (tmp_path / f"{peers[0]}.json").write_text(json.dumps({"machine": MACHINE}))  # an empty run: layout not found
@@ -195,7 +195,7 @@ def test_every_bench_suite_collects() -> None:
                            "-m", "bench or not bench", str(real)], cwd=real.parent, capture_output=True, text=True,
                           timeout=300, check=False)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    import verifier.bench_cli as bc
+    import pocv.bench_cli as bc
 
     for suite, (name, _) in bc.SUITES.items():
         assert (real / name).is_file(), f"suite {suite}: {name} missing"

@@ -9,8 +9,8 @@ from blake3 import blake3
 from hypothesis import given
 from hypothesis import strategies as st
 
-from verifier.challenge import derive_indices, detection_probability, sample_size
-from verifier.errors import InputError
+from pocv.challenge import derive_indices, detection_probability, sample_size
+from pocv.errors import InputError
 
 B32 = st.binary(min_size=32, max_size=32)
 

@@ -7,11 +7,12 @@ import dataclasses
 import pytest
 from solders.keypair import Keypair
 
+from pocv import Prover, VerificationFailed, Verifier
+from pocv.bundle import Response
+from pocv.errors import MismatchError, SignatureError
+from pocv.kernels import kernel_for
+from pocv.records import Commitment
 from tests.helpers import SMALL, StepCheater, flip_one, replay, widen_dtype
-from verifier import Prover, VerificationFailed, Verifier
-from verifier.bundle import Response
-from verifier.errors import MismatchError, SignatureError
-from verifier.records import Commitment
 
 BEACON = bytes(range(32))
 
@@ -78,8 +79,8 @@ def test_partial_answer_marks_missing_steps(honest, verifier_key) -> None:
     v, ch, resp = _round(prover, c, verifier_key, k=5)
     dropped = ch.indices[2]
     keep = set(Response.opened_leaves([i for i in ch.indices if i != dropped]))
-    from verifier.merkle import MerkleTree
-    from verifier.store import TraceStore
+    from pocv.merkle import MerkleTree
+    from pocv.store import TraceStore
 
     store = TraceStore.open(prover.trace_dir)
     leaves = store.read_leaves()
@@ -148,7 +149,7 @@ def test_unsigned_commitment_is_refused(honest, verifier_key) -> None:
 def test_wrong_initial_state_is_bad_init(tmp_path, verifier_key) -> None:
     class BadStart(Prover):
         def run(self, spec, *, device="cpu"):  # type: ignore[no-untyped-def]
-            k = spec.get_kernel()
+            k = kernel_for(spec)
             orig = k.init_state
             k.init_state = lambda s, d="cpu": flip_one(orig(s, d), 0)  # type: ignore[method-assign]
             try:

@@ -13,15 +13,15 @@ from pathlib import Path
 import pytest
 from solders.keypair import Keypair
 
+from pocv.bundle import MAGIC, Response
+from pocv.records import Challenge, save_keypair
 from tests.helpers import SMALL
-from verifier.bundle import MAGIC, Response
-from verifier.records import Challenge, save_keypair
 
 BEACON = "ab" * 32
 
 
 def pocv(*args: str | Path, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "verifier", *map(str, args)], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "pocv", *map(str, args)], capture_output=True, text=True,
                           cwd=cwd, timeout=300)
 
 
@@ -32,7 +32,7 @@ class _Result:
 
 def pocv_here(capsys, *args: str | Path) -> _Result:
     """The same CLI in this process (fast; the table of bad inputs has many rows)."""
-    from verifier.cli import main
+    from pocv.cli import main
 
     capsys.readouterr()
     code = main([str(a) for a in args])

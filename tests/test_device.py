@@ -1,4 +1,4 @@
-"""verifier.device: determinism context, environment record, fingerprint, monitor, device names.
+"""pocv.device: determinism context, environment record, fingerprint, monitor, device names.
 
 NVML is replaced by a small simulated library (``FakeNvml``) for the GPU code paths, since CI
 has no NVIDIA driver; the real no-driver path is exercised as it is.
@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 import torch
 
-from verifier import device
-from verifier.device import (
+from pocv import device
+from pocv.device import (
     CUBLAS_WORKSPACE_CONFIG,
     DeviceMonitor,
     deterministic,
@@ -23,8 +23,9 @@ from verifier.device import (
     fingerprint,
     resolve_device,
 )
-from verifier.errors import InputError
-from verifier.records import meta_hash
+from pocv.errors import InputError
+from pocv.kernels import kernel_for, resolve_spec
+from pocv.records import meta_hash
 
 
 class NVMLError(Exception):
@@ -174,11 +175,11 @@ def test_deterministic_rejects_bad_thread_counts(bad: int) -> None:
 
 
 def test_kernel_step_runs_under_deterministic_and_matches() -> None:
-    from verifier.encoding import state_digest
-    from verifier.jobs import JobSpec
+    from pocv.encoding import state_digest
+    from pocv.jobs import JobSpec
 
-    sp = JobSpec(kernel="mlp-sgd", steps=2, seed=1, params={"width": 32, "depth": 2, "batch": 16})
-    k = sp.get_kernel()
+    sp = resolve_spec(JobSpec(kernel="mlp-sgd", steps=2, seed=1, params={"width": 32, "depth": 2, "batch": 16}))
+    k = kernel_for(sp)
     s0 = k.init_state(sp)
     plain = k.step(s0, 1, sp)
     with deterministic(threads=1):

@@ -14,7 +14,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from verifier.encoding import (
+from pocv.encoding import (
     DTYPE_CODES,
     MAGIC,
     MAX_TENSORS,
@@ -23,7 +23,7 @@ from verifier.encoding import (
     encode_state,
     state_digest,
 )
-from verifier.errors import EncodingError, LimitExceeded, MalformedError
+from pocv.errors import EncodingError, LimitExceeded, MalformedError
 
 VECTORS = Path(__file__).parent / "vectors"
 sys.path.insert(0, str(VECTORS))

@@ -8,32 +8,33 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from verifier.errors import LimitExceeded, MalformedError, SpecError
-from verifier.jobs import MAX_SPEC_BYTES, JobSpec
+from pocv.errors import LimitExceeded, MalformedError, SpecError
+from pocv.jobs import MAX_SPEC_BYTES, JobSpec
+from pocv.kernels import resolve_spec
 
 
 def test_defaults_are_filled_so_equal_jobs_have_equal_ids() -> None:
-    a = JobSpec(kernel="gemm-int8", steps=10, seed=1)
-    b = JobSpec(kernel="gemm-int8", steps=10, seed=1, params={"n": a.params["n"]}, version=a.version)
+    a = resolve_spec(JobSpec(kernel="gemm-int8", steps=10, seed=1))
+    b = resolve_spec(JobSpec(kernel="gemm-int8", steps=10, seed=1, params={"n": a.params["n"]}, version=a.version))
     assert a.job_id == b.job_id
     assert a.canonical_json() == b.canonical_json()
     assert b" " not in a.canonical_json()
 
 
 def test_every_field_changes_the_job_id() -> None:
-    base = JobSpec(kernel="gemm-int8", steps=10, seed=1, params={"n": 64})
+    base = resolve_spec(JobSpec(kernel="gemm-int8", steps=10, seed=1, params={"n": 64}))
     others = [
-        JobSpec(kernel="gemm-int8", steps=11, seed=1, params={"n": 64}),
-        JobSpec(kernel="gemm-int8", steps=10, seed=2, params={"n": 64}),
-        JobSpec(kernel="gemm-int8", steps=10, seed=1, params={"n": 72}),
-        JobSpec(kernel="mlp-sgd", steps=10, seed=1),
+        resolve_spec(JobSpec(kernel="gemm-int8", steps=11, seed=1, params={"n": 64})),
+        resolve_spec(JobSpec(kernel="gemm-int8", steps=10, seed=2, params={"n": 64})),
+        resolve_spec(JobSpec(kernel="gemm-int8", steps=10, seed=1, params={"n": 72})),
+        resolve_spec(JobSpec(kernel="mlp-sgd", steps=10, seed=1)),
     ]
     ids = {base.job_id} | {o.job_id for o in others}
     assert len(ids) == 5
 
 
 def test_json_roundtrip() -> None:
-    s = JobSpec(kernel="gemm-int8", steps=10, seed=1, params={"n": 64})
+    s = resolve_spec(JobSpec(kernel="gemm-int8", steps=10, seed=1, params={"n": 64}))
     assert JobSpec.from_json(s.to_json()) == s
     assert JobSpec.from_json(s.to_json()).job_id == s.job_id
 

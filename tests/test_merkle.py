@@ -1,4 +1,4 @@
-"""verifier.merkle against independent definitions, pymerkle, vectors on file and lying proofs.
+"""pocv.merkle against independent definitions, pymerkle, vectors on file and lying proofs.
 
 How the shape is pinned down: ``Naive`` below is RFC 9162 section 2.1 written out recursively
 (MTH, PATH, and the multiproof walk) over any leaf/node hash. With keyed BLAKE3 it is compared
@@ -24,9 +24,9 @@ from blake3 import blake3
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import verifier.merkle as M
-from verifier.errors import LimitExceeded, MalformedError, ProofError
-from verifier.merkle import (
+import pocv.merkle as M
+from pocv.errors import LimitExceeded, MalformedError, ProofError
+from pocv.merkle import (
     DIGEST_SIZE,
     K_LEAF,
     K_NODE,

@@ -7,13 +7,14 @@ import json
 import pytest
 from solders.keypair import Keypair
 
+from pocv import Prover, Verifier
+from pocv.encoding import DIGEST_SIZE
+from pocv.errors import InputError, StorageError
+from pocv.jobs import JobSpec
+from pocv.kernels import resolve_spec
+from pocv.merkle import MerkleTree
+from pocv.store import TraceStore
 from tests.helpers import SMALL
-from verifier import Prover, Verifier
-from verifier.encoding import DIGEST_SIZE
-from verifier.errors import InputError, StorageError
-from verifier.jobs import JobSpec
-from verifier.merkle import MerkleTree
-from verifier.store import TraceStore
 
 KEY = Keypair.from_seed(bytes([8]) * 32)
 
@@ -81,7 +82,7 @@ def test_resume_removes_temporaries_of_killed_writes(tmp_path, reference_root) -
 
 def test_run_refuses_a_trace_of_another_job(tmp_path) -> None:
     Prover(trace_dir=tmp_path / "t", key=KEY, checkpoint_every=8).run(SMALL)
-    other = JobSpec(kernel="gemm-int8", steps=SMALL.steps, seed=SMALL.seed + 1, params={"n": 32})
+    other = resolve_spec(JobSpec(kernel="gemm-int8", steps=SMALL.steps, seed=SMALL.seed + 1, params={"n": 32}))
     with pytest.raises(InputError, match="holds job"):
         Prover(trace_dir=tmp_path / "t", key=KEY).run(other)
     (tmp_path / "junk").mkdir()

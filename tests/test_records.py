@@ -9,9 +9,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 from solders.keypair import Keypair
 
-from verifier.errors import EvidenceError, InputError, MalformedError, MismatchError, SignatureError
-from verifier.jobs import JobSpec
-from verifier.records import (
+from pocv.errors import EvidenceError, InputError, MalformedError, MismatchError, SignatureError
+from pocv.jobs import JobSpec
+from pocv.kernels import resolve_spec
+from pocv.records import (
     Challenge,
     Commitment,
     Outcome,
@@ -21,7 +22,7 @@ from verifier.records import (
     save_keypair,
 )
 
-SPEC = JobSpec(kernel="gemm-int8", steps=10, seed=7, params={"n": 64})
+SPEC = resolve_spec(JobSpec(kernel="gemm-int8", steps=10, seed=7, params={"n": 64}))
 
 
 def _commitment(key: Keypair) -> Commitment:

@@ -1,5 +1,5 @@
 """``python -m verifier`` is ``pocv``."""
 
-from verifier.cli import main
+from pocv.cli import main
 
 raise SystemExit(main())

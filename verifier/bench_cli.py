@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Final
 
-from verifier.errors import EXIT_BAD_INPUT, EXIT_FAIL, EXIT_PASS
+from pocv.errors import EXIT_BAD_INPUT, EXIT_FAIL, EXIT_PASS
 
 #: suite name -> (test file under bench/, pytest selection arguments). ``market`` has tests that time
 #: nothing (costs per transaction), which ``--benchmark-only`` would skip: it runs by its marker.

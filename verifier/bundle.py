@@ -14,9 +14,9 @@ Format 1 (all integers little-endian; no pickle, nothing executable)::
     m times:
       leaf       u64      leaf index, strictly ascending, in 0..steps
       length     u64      byte length of the state, <= MAX_STATE_BYTES
-      state      bytes    canonical state encoding (verifier.encoding)
+      state      bytes    canonical state encoding (pocv.encoding)
     p            u32      number of multiproof hashes, <= MAX_PROOF_HASHES
-    proof        p * 32 bytes, in verifier.merkle's multiproof order
+    proof        p * 32 bytes, in pocv.merkle's multiproof order
     (end of file: trailing bytes are an error)
 
 The opened leaves are ``{0} | {i-1, i for each challenged i}``: ``s_0`` is always opened so
@@ -28,19 +28,15 @@ is allocated, so a bundle claiming 2^40 bytes is refused at once.
 from __future__ import annotations
 
 import io
-import os
 import struct
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from types import MappingProxyType
 from typing import BinaryIO, Final
 
-from verifier.encoding import MAX_STATE_BYTES
-from verifier.errors import InputError, LimitExceeded, MalformedError, MismatchError
-from verifier.merkle import DIGEST_SIZE, MAX_PROOF_HASHES, MAX_TREE_SIZE
-from verifier.records import MAX_CHALLENGES
-from verifier.store import atomic_writer
+from pocv.errors import InputError, LimitExceeded, MalformedError, MismatchError
+from pocv.limits import DIGEST_SIZE, MAX_CHALLENGES, MAX_STATE_BYTES
+from pocv.merkle import MAX_PROOF_HASHES, MAX_TREE_SIZE
 
 MAGIC: Final = b"POCVRSP\x00"
 BUNDLE_VERSION: Final = 1
@@ -99,11 +95,6 @@ class Response:
         self.write_to(buf)
         return buf.getvalue()
 
-    def save(self, path: str | os.PathLike[str]) -> None:
-        """Stream to a temporary file beside ``path``, then rename (no copy of the bundle in memory)."""
-        with atomic_writer(Path(path)) as f:
-            self.write_to(f)
-
     # -- reading ---------------------------------------------------------------------------
 
     @classmethod
@@ -111,20 +102,18 @@ class Response:
         return _parse(io.BytesIO(data), len(data), expect)
 
     @classmethod
-    def load(cls, path: str | os.PathLike[str], *, expect: Expected | None = None) -> Response:
-        """Read a bundle file; with ``expect``, refuse another job's bundle (MismatchError) and
-        any state of another size (LimitExceeded) before reading the states."""
-        p = Path(path)
-        try:
-            with p.open("rb") as f:
-                size = os.fstat(f.fileno()).st_size
-                return _parse(f, size, expect)
-        except FileNotFoundError as e:
-            raise InputError(f"response bundle {str(p)!r} does not exist") from e
-        except IsADirectoryError as e:
-            raise InputError(f"response bundle {str(p)!r} is a directory, expected a file") from e
-        except OSError as e:
-            raise InputError(f"cannot read response bundle {str(p)!r}: {e.strerror}") from e
+    def read_from(cls, f: BinaryIO, size: int | None = None, *, expect: Expected | None = None) -> Response:
+        """Read a bundle from a binary file object, streamed: with ``expect``, another job's
+        bundle is refused (MismatchError) and any state of another size (LimitExceeded) before
+        the states are read. ``size`` defaults to the bytes left in a seekable file."""
+        if size is None:
+            try:
+                here = f.tell()
+                size = f.seek(0, io.SEEK_END) - here
+                f.seek(here)
+            except (OSError, ValueError) as e:
+                raise InputError(f"a bundle read from a stream needs its size: {e}") from e
+        return _parse(f, size, expect)
 
 
 class _Reader:

@@ -19,11 +19,11 @@ from typing import Final
 
 from blake3 import blake3
 
-from verifier.errors import InputError
+from pocv.errors import InputError
+from pocv.limits import MAX_CHALLENGES
 
 CHALLENGE_CONTEXT: Final = "pocv 2026-11 challenge v1"
 BEACON_SIZE: Final = 32
-MAX_CHALLENGES: Final = 65_536  # same as records.MAX_CHALLENGES: bounds verifier work
 _WORDS_PER_BLOCK: Final = 64  # 512 bytes of PRF output per keyed call
 
 

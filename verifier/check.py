@@ -2,7 +2,7 @@
 
 ``Verifier.check`` is the result form (always returns a signed :class:`Verdict` with a reason
 per challenged step); ``Verifier.verify`` is the raising form. The numbered steps follow
-DESIGN.md section 5:
+docs/protocol.md, "Verification":
 
 (1) the commitment's signature verifies and its job id is the id of its spec;
 (2) the challenge belongs to the commitment and its indices are the ones its beacon derives;
@@ -11,8 +11,8 @@ DESIGN.md section 5:
 (5) it opens exactly leaf 0 and i-1, i for each challenged i (fewer: those steps are MISSING);
 (6) the multiproof over the opened states' digests leads to the committed root;
 (7) the opened s_0 is the one the spec derives;
-(8) each challenged step recomputes (exact) or lies within the bound (tolerance) on this
-    verifier's device, after the claimed states are checked against the kernel's schema;
+(8) each challenged step is judged by the kernel's one rule, ``Kernel.judge`` (schema of both
+    states, then recompute and compare, or a cheaper sound check) on this verifier's device;
 (9) the verdict is signed.
 
 A response that fails (3)-(7) is the worker's fault and gives a FAIL verdict; inputs that fail
@@ -21,35 +21,31 @@ A response that fails (3)-(7) is the worker's fault and gives a FAIL verdict; in
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import BinaryIO
 
-from solders.keypair import Keypair
+from pocv.bundle import Expected, Response
+from pocv.challenge import derive_indices, detection_probability, sample_size
+from pocv.device import resolve_device
+from pocv.encoding import decode_state, digest_encoded, encoded_size, state_digest
+from pocv.errors import EvidenceError, InputError, MismatchError, Reason, VerificationFailed
+from pocv.jobs import JobSpec
+from pocv.kernels import kernel_for
+from pocv.kernels.base import Kernel
+from pocv.keys import Signer
+from pocv.limits import DEFAULT_CHEAT_FRACTION, DEFAULT_CONFIDENCE
+from pocv.merkle import verify_multiproof
+from pocv.records import Challenge, Commitment, Outcome, Verdict
 
-from verifier.bundle import Expected, Response
-from verifier.challenge import derive_indices, detection_probability, sample_size
-from verifier.encoding import decode_state, digest_encoded, encoded_size, state_digest
-from verifier.errors import EvidenceError, InputError, MismatchError, VerificationFailed
-from verifier.merkle import verify_multiproof
-from verifier.records import Challenge, Commitment, Outcome, Verdict
-
-if TYPE_CHECKING:
-    from kernels.base import Kernel
-    from verifier.jobs import JobSpec
-
-ResponseInput = Response | bytes | str | os.PathLike[str] | None
-
-DEFAULT_CONFIDENCE = 0.999
-DEFAULT_CHEAT_FRACTION = 0.1
+#: what a worker's answer can be: a parsed bundle, its bytes, a binary file object (read
+#: streamed), or None (refused or timed out: a FAIL). Never a path: opening files is the caller's.
+ResponseInput = Response | bytes | bytearray | memoryview | BinaryIO | None
 
 
 class Verifier:
     """Challenges a commitment and checks the worker's response on ``device``."""
 
-    def __init__(self, *, key: Keypair, device: str = "cpu") -> None:
-        from verifier.device import resolve_device
-
+    def __init__(self, *, key: Signer, device: str = "cpu") -> None:
         self.key = key
         self.device = resolve_device(device)  # InputError now, not a crash mid-check
 
@@ -89,14 +85,14 @@ class Verifier:
     def check(self, commitment: Commitment, challenge: Challenge, response: ResponseInput) -> Verdict:
         """Check ``response`` and return the signed verdict (PASS or FAIL, reasons per step).
 
-        ``response`` may be a :class:`Response`, raw bundle bytes or the path of a bundle file
-        (parsed here; a malformed bundle is a FAIL, a missing file an :class:`InputError`), or
-        None (the worker refused or timed out: a FAIL).
+        ``response`` may be a :class:`Response`, raw bundle bytes or a binary file object open on
+        a bundle (parsed here, streamed; a malformed bundle is a FAIL), or None (the worker
+        refused or timed out: a FAIL). A path is refused with InputError: the caller opens files.
         """
         # (1) the commitment
         commitment.verify_signature()
         spec = commitment.spec
-        kernel = spec.get_kernel()
+        kernel = kernel_for(spec)
         # (2) the challenge: issued by this verifier, for this commitment, with the k it promises
         challenge.verify_signature(expected_verifier=self.public_key)
         if challenge.k < commitment.steps and challenge.detection < challenge.confidence - 1e-9:
@@ -117,11 +113,11 @@ class Verifier:
                                   kernel=spec.kernel_ref, outcomes=outcomes, steps=commitment.steps,
                                   cheat_fraction=challenge.cheat_fraction, key=self.key)
 
-        def all_fail(reason: str, detail: str) -> Verdict:
+        def all_fail(reason: Reason, detail: str) -> Verdict:
             return verdict([Outcome(i, reason, detail) for i in indices])
 
         if response is None:
-            return all_fail("REFUSED", "no response")
+            return all_fail(Reason.REFUSED, "no response")
         # (3) parse
         if not isinstance(response, Response):
             # every state of this job has exactly this many bytes: a bundle claiming more for one is
@@ -129,60 +125,57 @@ class Verifier:
             expect = Expected(job_id=commitment.job_id, root=commitment.root, tree_size=commitment.tree_size,
                               state_bytes=encoded_size(kernel.schema(spec)))
             try:
-                if isinstance(response, (bytes, bytearray, memoryview)):
+                if isinstance(response, bytes | bytearray | memoryview):
                     response = Response.from_bytes(bytes(response), expect=expect)
+                elif hasattr(response, "read"):
+                    response = Response.read_from(response, expect=expect)
                 else:
-                    response = Response.load(response, expect=expect)
+                    raise InputError(f"a response is a Response, bytes or a binary file object, got "
+                                     f"{type(response).__name__} (open the file yourself)")
             except MismatchError as e:
-                return all_fail("WRONG_JOB", str(e))
+                return all_fail(Reason.WRONG_JOB, str(e))
             except EvidenceError as e:
-                return all_fail("MALFORMED", str(e))
+                return all_fail(Reason.MALFORMED, str(e))
         # (4) for this job and challenge
         if (response.job_id, response.root, response.tree_size) != (
                 commitment.job_id, commitment.root, commitment.tree_size):
-            return all_fail("WRONG_JOB", "response is for another job id, root or tree size")
+            return all_fail(Reason.WRONG_JOB, "response is for another job id, root or tree size")
         if response.indices != indices:
-            return all_fail("WRONG_JOB", "response answers other indices than the challenge")
+            return all_fail(Reason.WRONG_JOB, "response answers other indices than the challenge")
         # (5) the opened set
         want = set(Response.opened_leaves(list(indices)))
         have = set(response.states)
         if have - want:
-            return all_fail("MALFORMED", f"response opens leaves that were not asked for: {sorted(have - want)[:8]}")
+            return all_fail(Reason.MALFORMED,
+                            f"response opens leaves that were not asked for: {sorted(have - want)[:8]}")
         if 0 not in have:
-            return all_fail("MISSING", "response does not open s_0")
+            return all_fail(Reason.MISSING, "response does not open s_0")
         # (6) the multiproof over what was opened
         digests = {j: digest_encoded(data) for j, data in response.states.items()}
         try:
             verify_multiproof(commitment.root, commitment.tree_size, digests, response.proof)
         except EvidenceError as e:  # ProofError, or a proof over a named limit
-            return all_fail("BAD_PROOF", str(e))
+            return all_fail(Reason.BAD_PROOF, str(e))
         # (7) s_0 re-derived from the spec
         s0 = kernel.init_state(spec, self.device)
         if state_digest(s0) != digests[0]:
-            return all_fail("BAD_INIT", "opened s_0 is not the state the spec derives")
+            return all_fail(Reason.BAD_INIT, "opened s_0 is not the state the spec derives")
         # (8) recompute each challenged step
         outcomes = [self._check_step(i, response, kernel, spec) for i in indices]
         return verdict(outcomes)
 
     def _check_step(self, i: int, response: Response, kernel: Kernel, spec: JobSpec) -> Outcome:
         if i - 1 not in response.states or i not in response.states:
-            return Outcome(i, "MISSING", f"states {i - 1} and {i} must both be opened")
+            return Outcome(i, Reason.MISSING, f"states {i - 1} and {i} must both be opened")
         try:
             prev = decode_state(response.states[i - 1])
             claimed = decode_state(response.states[i])
         except EvidenceError as e:
-            return Outcome(i, "BAD_STATE", str(e))
-        for which, st in ((i - 1, prev), (i, claimed)):
-            why = kernel.check_schema(st, spec)
-            if why is not None:
-                return Outcome(i, "BAD_STATE", f"state {which}: {why}")
-        try:
-            result = kernel.verify_step(prev, claimed, i, spec, self.device)
-        except EvidenceError as e:
-            return Outcome(i, "BAD_STATE", str(e))
+            return Outcome(i, Reason.BAD_STATE, str(e))
+        result = kernel.judge(prev, claimed, i, spec, self.device)
         if result.ok:
-            return Outcome(i, "OK", result.detail)
-        return Outcome(i, "MISMATCH", result.detail)
+            return Outcome(i, Reason.OK, result.detail)
+        return Outcome(i, Reason.BAD_STATE if result.bad_state else Reason.MISMATCH, result.detail)
 
     # -- raising form ----------------------------------------------------------------------
 

@@ -23,7 +23,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
-from verifier.errors import EXIT_FAIL, EXIT_INTERNAL, EXIT_PASS, EXIT_USAGE, PocvError
+from pocv.errors import EXIT_FAIL, EXIT_INTERNAL, EXIT_PASS, EXIT_USAGE, PocvError
 
 PROG = "pocv"
 
@@ -38,7 +38,7 @@ class _Parser(argparse.ArgumentParser):
 def emit(text: str, path: str | None) -> None:
     """Write a result to stdout, or atomically to ``path``."""
     if path:
-        from verifier.store import atomic_write
+        from pocv.store import atomic_write
 
         atomic_write(Path(path), (text + "\n").encode())
     else:
@@ -75,12 +75,12 @@ class _ProgressLine:
 
 
 def _key(path: str | None, role: str) -> Any:
-    from verifier.records import load_keypair
+    from pocv.records import load_keypair
 
     if path is None:
         default = Path.home() / ".config" / "solana" / "id.json"
         if not default.exists():
-            from verifier.errors import InputError
+            from pocv.errors import InputError
 
             raise InputError(f"no {role} key: pass -k/--keypair FILE (a Solana CLI keypair; "
                              f"`pocv keygen -o FILE` makes one)")
@@ -92,7 +92,7 @@ def _key(path: str | None, role: str) -> Any:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from verifier.prover import Prover, load_spec
+    from pocv.prover import Prover, load_spec
 
     spec = load_spec(args.job)
     progress = _ProgressLine(f"run {spec.kernel_ref}", quiet=args.quiet)
@@ -111,8 +111,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 def _expected_job(args: argparse.Namespace, commitment: Any) -> str:
     """With --job, the commitment must be for that job; without, a note saying which job this is."""
-    from verifier.errors import MismatchError
-    from verifier.prover import load_spec
+    from pocv.errors import MismatchError
+    from pocv.prover import load_spec
 
     if args.job is None:
         return (f"{PROG} {args.command}: note: no --job given; this is the job the commitment names: "
@@ -127,9 +127,9 @@ def _expected_job(args: argparse.Namespace, commitment: Any) -> str:
 
 
 def _cmd_challenge(args: argparse.Namespace) -> int:
-    from verifier.check import Verifier
-    from verifier.prover import load_commitment
-    from verifier.records import parse_beacon
+    from pocv.check import Verifier
+    from pocv.prover import load_commitment
+    from pocv.records import parse_beacon
 
     commitment = load_commitment(args.commitment)
     note = _expected_job(args, commitment)
@@ -154,7 +154,7 @@ def _cmd_challenge(args: argparse.Namespace) -> int:
 def _cmd_respond(args: argparse.Namespace) -> int:
     from solders.keypair import Keypair
 
-    from verifier.prover import Prover, load_challenge
+    from pocv.prover import Prover, load_challenge
 
     challenge = load_challenge(args.challenge)
     prover = Prover(trace_dir=args.trace, key=Keypair())  # answering needs no signature
@@ -174,8 +174,8 @@ def _cmd_respond(args: argparse.Namespace) -> int:
 
 
 def _cmd_verify(args: argparse.Namespace) -> int:
-    from verifier.check import Verifier
-    from verifier.prover import load_challenge, load_commitment
+    from pocv.check import Verifier
+    from pocv.prover import load_challenge, load_commitment
 
     commitment = load_commitment(args.commitment)
     note = _expected_job(args, commitment)
@@ -206,8 +206,8 @@ def _verdict_text(verdict: Any) -> str:
 def _cmd_keygen(args: argparse.Namespace) -> int:
     from solders.keypair import Keypair
 
-    from verifier.errors import InputError
-    from verifier.records import save_keypair
+    from pocv.errors import InputError
+    from pocv.records import save_keypair
 
     if Path(args.out).exists() and not args.force:
         raise InputError(f"{args.out!r} exists; pass --force to overwrite it")
@@ -218,7 +218,7 @@ def _cmd_keygen(args: argparse.Namespace) -> int:
 
 
 def _cmd_kernels(args: argparse.Namespace) -> int:
-    from kernels import get_kernel, kernel_names
+    from pocv.kernels import get_kernel, kernel_names
 
     info = [get_kernel(n).describe() for n in kernel_names()]
     if args.output == "json":
@@ -232,7 +232,7 @@ def _cmd_kernels(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from verifier.demo import run_demo
+    from pocv.demo import run_demo
 
     return run_demo(steps=args.steps, n=args.n, output=args.output, keep=args.keep, market=not args.no_market)
 
@@ -352,7 +352,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _ext_market(sub: Any, commands: dict[str, Callable[[argparse.Namespace], int]]) -> None:
     try:
-        from verifier.market.cli import add_market_parser, run_market
+        from pocv.market.cli import add_market_parser, run_market
     except ImportError:
         return
     add_market_parser(sub)
@@ -377,7 +377,7 @@ def _ext_calibrate(sub: Any, commands: dict[str, Callable[[argparse.Namespace], 
 
 
 def _cmd_calibrate(args: argparse.Namespace) -> int:
-    from kernels.calibrate import calibrate_main
+    from pocv.kernels.calibrate import calibrate_main
 
     argv = [args.kernel, "--trials", str(args.trials), "--max-walk", str(args.max_walk), "--seed", str(args.seed),
             "--margin", str(args.margin)]
@@ -390,7 +390,7 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
 
 def _ext_dispute(sub: Any, commands: dict[str, Callable[[argparse.Namespace], int]]) -> None:
     try:
-        from verifier.dispute_cli import add_dispute_parser, run_dispute
+        from pocv.dispute_cli import add_dispute_parser, run_dispute
     except ImportError:
         return
     add_dispute_parser(sub)
@@ -399,7 +399,7 @@ def _ext_dispute(sub: Any, commands: dict[str, Callable[[argparse.Namespace], in
 
 def _ext_bench(sub: Any, commands: dict[str, Callable[[argparse.Namespace], int]]) -> None:
     try:
-        from verifier.bench_cli import add_bench_parser, run_bench
+        from pocv.bench_cli import add_bench_parser, run_bench
     except ImportError:
         return
     add_bench_parser(sub)

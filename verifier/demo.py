@@ -17,15 +17,16 @@ from typing import TYPE_CHECKING, Any
 
 from solders.keypair import Keypair
 
-from verifier.check import Verifier
-from verifier.errors import EXIT_FAIL, EXIT_PASS
-from verifier.jobs import JobSpec
-from verifier.prover import Prover
-from verifier.records import Challenge, Commitment, Verdict
+from pocv.check import Verifier
+from pocv.errors import EXIT_FAIL, EXIT_PASS
+from pocv.jobs import JobSpec
+from pocv.kernels import resolve_spec
+from pocv.prover import Prover
+from pocv.records import Challenge, Commitment, Verdict
 
 if TYPE_CHECKING:
-    from kernels.base import Kernel
-    from verifier.encoding import State, Tensor
+    from pocv.encoding import State, Tensor
+    from pocv.kernels.base import Kernel
 
 CHEAT_FRACTION = 0.2  # the demo cheater skips this fraction of steps
 
@@ -83,7 +84,7 @@ def run_demo(*, steps: int = 200, n: int = 256, output: str = "text", keep: str 
     committed, challenged from the chain beacon, verified and paid; then a cheating worker
     caught and its bond slashed, with every party's balances before and after."""
     out = out or sys.stdout
-    spec = JobSpec(kernel="gemm-int8", steps=steps, seed=2026, params={"n": n})
+    spec = resolve_spec(JobSpec(kernel="gemm-int8", steps=steps, seed=2026, params={"n": n}))
     with tempfile.TemporaryDirectory(prefix="pocv-demo-") as tmp:
         workdir = Path(keep) if keep else Path(tmp)
         workdir.mkdir(parents=True, exist_ok=True)
@@ -116,7 +117,7 @@ def _protocol_demo(spec: JobSpec, workdir: Path, output: str, keep: str | None, 
 
 
 def _market_demo(spec: JobSpec, workdir: Path, output: str, out: Any) -> int:
-    from verifier.market.demo import engine_callbacks, run_market_demo
+    from pocv.market.demo import engine_callbacks, run_market_demo
 
     sys.stderr.write(f"pocv demo: {spec.kernel_ref} n={spec.params['n']}, {spec.steps} steps per job, "
                      "settled on the embedded Solana chain (LiteSVM)\n")

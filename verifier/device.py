@@ -8,7 +8,7 @@
   ``environment`` field;
 * :func:`fingerprint` -- static facts about the accelerator from NVML (nvidia-ml-py), or an
   explicit ``{"accelerator": "none", ...}`` CPU fingerprint where there is no NVIDIA driver
-  (never an exception); hash it with ``verifier.records.meta_hash``;
+  (never an exception); hash it with ``pocv.records.meta_hash``;
 * :class:`DeviceMonitor` -- dynamic samples (clocks, power, energy) over a job; empty on CPU;
 * :func:`resolve_device` -- ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"auto"`` to a device string.
 
@@ -31,7 +31,7 @@ from typing import Any, Final
 
 import torch
 
-from verifier.errors import InputError
+from pocv.errors import InputError
 
 #: cuBLAS workspace setting that makes its GEMMs deterministic (NVIDIA cuBLAS docs, "Results
 #: reproducibility"); it must be in the environment before the process first uses cuBLAS.

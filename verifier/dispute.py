@@ -34,7 +34,7 @@ A party that does not answer (``None``), or whose opening does not verify, loses
 
 The outcome is a :class:`DisputeOutcome` signed by the referee (both roots, every round, the
 step, the case, who lied) and, for each party found lying, an ordinary signed
-:class:`~verifier.records.Verdict` (FAIL, one outcome at the step) for that party's root, which
+:class:`~pocv.records.Verdict` (FAIL, one outcome at the step) for that party's root, which
 the market settles like any other verdict. Its ``beacon`` field holds the dispute id
 ``BLAKE3-derive_key(DISPUTE_ID_CONTEXT, job_id || root_a || root_b)`` and its
 ``cheat_fraction`` is 1: the step was pinned, not sampled.
@@ -63,9 +63,9 @@ from solders.keypair import Keypair
 from solders.pubkey import Pubkey
 from solders.signature import Signature
 
-from verifier.bundle import Response
-from verifier.encoding import decode_state, digest_encoded, state_digest
-from verifier.errors import (
+from pocv.bundle import Response
+from pocv.encoding import decode_state, digest_encoded, state_digest
+from pocv.errors import (
     EvidenceError,
     InputError,
     LimitExceeded,
@@ -74,12 +74,13 @@ from verifier.errors import (
     ProofError,
     SignatureError,
 )
-from verifier.jobs import MAX_STEPS
-from verifier.merkle import DIGEST_SIZE, MerkleTree, verify_inclusion, verify_multiproof
-from verifier.records import MAX_DETAIL_BYTES, Commitment, Outcome, Verdict, load_record_json
+from pocv.jobs import MAX_STEPS
+from pocv.kernels import kernel_for
+from pocv.merkle import DIGEST_SIZE, MerkleTree, verify_inclusion, verify_multiproof
+from pocv.records import MAX_DETAIL_BYTES, Commitment, Outcome, Verdict, load_record_json
 
 if TYPE_CHECKING:
-    from verifier.prover import Prover
+    from pocv.prover import Prover
 
 __all__ = [
     "CASES",
@@ -631,7 +632,7 @@ class Dispute:
     def _step_round(self, q: Query, answer_a: Answer, answer_b: Answer) -> None:
         i = q.step
         spec = self.a.spec
-        kernel = spec.get_kernel()
+        kernel = kernel_for(spec)
         opened: dict[Party, Response] = {}
         failed: dict[Party, tuple[str, str]] = {}
         for party, ans in zip(PARTIES, (answer_a, answer_b)):
@@ -801,7 +802,7 @@ def answer_query(prover: Prover, query: Query, *, device: str | None = None) -> 
 
     Refuses (:class:`MismatchError`) a query for another job or for neither of its roots.
     """
-    from verifier.store import TraceStore
+    from pocv.store import TraceStore
 
     c = prover.commitment()
     if query.job_id != c.job_id or c.root not in (query.root_a, query.root_b):
@@ -813,7 +814,7 @@ def answer_query(prover: Prover, query: Query, *, device: str | None = None) -> 
         states, proof = prover.open(list(query.leaves), device=device)
         return Response(job_id=c.job_id, root=c.root, tree_size=c.tree_size, indices=(query.step,),
                         states=states, proof=tuple(proof))
-    from verifier.errors import StorageError
+    from pocv.errors import StorageError
 
     leaves = TraceStore.open(prover.trace_dir).read_leaves()
     if len(leaves) != DIGEST_SIZE * c.tree_size:
@@ -855,7 +856,7 @@ def run_local(
     tolerance mode and both parties are within the bound at the first divergent step, each
     party is spot-checked on its own trace with ``beacon`` (when given).
     """
-    from verifier.store import atomic_write
+    from pocv.store import atomic_write
 
     d = Dispute.open(prover_a.commitment(), prover_b.commitment(), device=device)
     wd = Path(workdir) if workdir is not None else None
@@ -882,7 +883,7 @@ def run_local(
     via_file("outcome.json", outcome.to_json().encode())
     spot: list[Verdict] = []
     if outcome.case == "both-within-bound" and beacon is not None:
-        from verifier.check import Verifier
+        from pocv.check import Verifier
 
         v = Verifier(key=key, device=device)
         for prover in (prover_a, prover_b):

@@ -1,7 +1,7 @@
 """``pocv dispute``: bisect two commitments of one job down to one step, through files.
 
 The referee and the two parties may be different processes on different machines; every
-message is a file (JSON records from :mod:`verifier.dispute`, response bundles for the step
+message is a file (JSON records from :mod:`pocv.dispute`, response bundles for the step
 round)::
 
     pocv dispute open A.json B.json -s session.json -q query.json         # referee
@@ -32,20 +32,20 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from verifier.cli import emit
-from verifier.errors import EXIT_FAIL, EXIT_PASS, InputError
+from pocv.cli import emit
+from pocv.errors import EXIT_FAIL, EXIT_PASS, InputError
 
 __all__ = ["add_dispute_parser", "run_dispute"]
 
 
 def _read(path: str, *, limit: int, what: str) -> bytes:
-    from verifier.store import read_file
+    from pocv.store import read_file
 
     return read_file(path, limit=limit, what=what)
 
 
 def _key(path: str | None) -> Any:
-    from verifier.records import load_keypair
+    from pocv.records import load_keypair
 
     if path is None:
         raise InputError("the referee signs the outcome: pass -k/--keypair FILE (a Solana CLI keypair)")
@@ -53,13 +53,13 @@ def _key(path: str | None) -> Any:
 
 
 def _commitment(path: str) -> Any:
-    from verifier.prover import load_commitment
+    from pocv.prover import load_commitment
 
     return load_commitment(path)
 
 
 def _write_result(outcome: Any, verdicts: Any, args: argparse.Namespace) -> None:
-    from verifier.store import atomic_write
+    from pocv.store import atomic_write
 
     if args.verdicts:
         for v in verdicts:
@@ -76,8 +76,8 @@ def _write_result(outcome: Any, verdicts: Any, args: argparse.Namespace) -> None
 
 
 def _cmd_open(args: argparse.Namespace) -> int:
-    from verifier.dispute import Dispute
-    from verifier.store import atomic_write
+    from pocv.dispute import Dispute
+    from pocv.store import atomic_write
 
     d = Dispute.open(_commitment(args.commitment_a), _commitment(args.commitment_b), device=args.device)
     atomic_write(Path(args.session), (d.to_json() + "\n").encode())
@@ -100,9 +100,9 @@ def _status(args: argparse.Namespace, doc: dict[str, Any]) -> None:
 def _cmd_answer(args: argparse.Namespace) -> int:
     from solders.keypair import Keypair
 
-    from verifier.dispute import MAX_DISPUTE_RECORD_BYTES, Opening, Query, answer_query
-    from verifier.prover import Prover
-    from verifier.store import atomic_write
+    from pocv.dispute import MAX_DISPUTE_RECORD_BYTES, Opening, Query, answer_query
+    from pocv.prover import Prover
+    from pocv.store import atomic_write
 
     q = Query.from_json(_read(args.query, limit=MAX_DISPUTE_RECORD_BYTES, what="dispute query"))
     prover = Prover(trace_dir=args.trace, key=Keypair())  # answering needs no signature
@@ -116,9 +116,9 @@ def _cmd_answer(args: argparse.Namespace) -> int:
 
 
 def _cmd_submit(args: argparse.Namespace) -> int:
-    from verifier.bundle import MAX_BUNDLE_BYTES
-    from verifier.dispute import MAX_DISPUTE_RECORD_BYTES, Dispute
-    from verifier.store import atomic_write
+    from pocv.bundle import MAX_BUNDLE_BYTES
+    from pocv.dispute import MAX_DISPUTE_RECORD_BYTES, Dispute
+    from pocv.store import atomic_write
 
     d = Dispute.from_json(_read(args.session, limit=MAX_DISPUTE_RECORD_BYTES, what="dispute session"))
     q = d.query()
@@ -145,9 +145,9 @@ def _cmd_submit(args: argparse.Namespace) -> int:
 def _cmd_run(args: argparse.Namespace) -> int:
     from solders.keypair import Keypair
 
-    from verifier.dispute import run_local
-    from verifier.prover import Prover
-    from verifier.records import parse_beacon
+    from pocv.dispute import run_local
+    from pocv.prover import Prover
+    from pocv.records import parse_beacon
 
     key = _key(args.keypair)
     a = Prover(trace_dir=args.trace_a, key=Keypair())
@@ -164,7 +164,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         result = run_local(a, b, key=key, device=args.device, workdir=args.workdir or tmp, beacon=beacon)
     _write_result(result.outcome, result.verdicts, args)
     if result.spot_checks:
-        from verifier.store import atomic_write
+        from pocv.store import atomic_write
 
         for party, v in zip("AB", result.spot_checks):
             sys.stderr.write(f"spot check of party {party}: {'PASS' if v.passed else 'FAIL'} "
@@ -175,8 +175,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_equivocation(args: argparse.Namespace) -> int:
-    from verifier.dispute import detect_equivocation
-    from verifier.errors import MismatchError
+    from pocv.dispute import detect_equivocation
+    from pocv.errors import MismatchError
 
     try:
         ev = detect_equivocation(_commitment(args.first), _commitment(args.second))
@@ -184,7 +184,7 @@ def _cmd_equivocation(args: argparse.Namespace) -> int:
         sys.stderr.write(f"pocv dispute equivocation: {e}\n")
         return EXIT_FAIL
     if args.keypair and args.verdicts:
-        from verifier.store import atomic_write
+        from pocv.store import atomic_write
 
         for name, v in zip(("first", "second"), ev.verdicts(_key(args.keypair))):
             atomic_write(Path(args.verdicts) / f"verdict-{name}.json", (v.to_json() + "\n").encode())

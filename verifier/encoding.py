@@ -29,7 +29,8 @@ import numpy as np
 import torch
 from blake3 import blake3
 
-from verifier.errors import EncodingError, LimitExceeded, MalformedError
+from pocv.errors import EncodingError, LimitExceeded, MalformedError
+from pocv.limits import MAX_STATE_BYTES
 
 if sys.byteorder != "little":  # pragma: no cover - every supported host is little-endian
     raise ImportError("pocv's zero-copy encoding assumes a little-endian host")
@@ -37,13 +38,11 @@ if sys.byteorder != "little":  # pragma: no cover - every supported host is litt
 FORMAT_VERSION: Final = 1
 MAGIC: Final = b"PCVS"
 STATE_CONTEXT: Final = "pocv 2026-11 state digest v1"
-DIGEST_SIZE: Final = 32
 
 #: Limits a hostile encoding cannot exceed (checked before anything is allocated).
 MAX_TENSORS: Final = 256  # named tensors in one state
 MAX_NDIM: Final = 8  # dimensions of one tensor
 MAX_NAME_BYTES: Final = 64  # UTF-8 bytes of one name
-MAX_STATE_BYTES: Final = 1 << 32  # 4 GiB: one encoded state
 #: Hash with all cores only from this piece size up. On an idle 2-core host blake3.AUTO wins from
 #: 256 KiB (bench/REPORT.md, hashing), but the prover hashes right after a torch step, while torch's
 #: OpenMP threads still spin: measured there, a 4 MiB state took 1.00 ms on one thread and 1.21 ms

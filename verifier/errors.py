@@ -1,37 +1,54 @@
-"""The one exception hierarchy of pocv.
+"""The one exception hierarchy of pocv, and the reason codes (docs/architecture.md, "Errors").
 
-Two roots under :class:`PocvError`:
+Everything pocv raises on purpose derives from :class:`PocvError`, under three branches:
 
 * :class:`EvidenceError` -- the evidence is bad (malformed bytes, a proof that does not
   verify, a signature that does not match, a state that does not recompute). Final: trying
-  again gives the same answer. Inside ``Verifier.check`` these become a FAIL verdict; at the
-  CLI they are "bad input" (exit 3) unless a verdict was produced.
-* :class:`TransientError` -- I/O or chain trouble; trying again may help.
+  again gives the same answer. :class:`VerificationFailed`, the raising form of a FAIL
+  verdict, is one of them.
+* :class:`TransientError` -- I/O, chain or network trouble; trying again may help.
+* :class:`InputError` -- the caller's mistake: a missing file, a bad argument, a record given
+  where another was expected.
 
-:class:`InputError` (missing or unreadable files, bad arguments the library can detect) and
-:class:`VerificationFailed` (the raising form of a FAIL verdict) complete the set. Every class
-carries ``exit_code``, the code the CLI exits with (documented in the README).
+The library attaches no exit codes: the CLI maps classes to exit codes in one table
+(``pocv.cli``). Every message says what was expected and what came.
+
+:class:`Reason` is the reason code of one checked step, shared by verdicts and disputes.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, ClassVar
+from enum import StrEnum
+from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from verifier.records import Verdict
+if TYPE_CHECKING:  # typing only: records import this module
+    from pocv.records import Verdict
 
-EXIT_PASS = 0
-EXIT_FAIL = 1
-EXIT_USAGE = 2
-EXIT_BAD_INPUT = 3
-EXIT_CHAIN = 4
-EXIT_INTERNAL = 70  # sysexits EX_SOFTWARE: a bug, never to be read as FAIL
+
+class Reason(StrEnum):
+    """Why a challenged step passed or failed. The order is the wire code (docs/protocol.md)."""
+
+    OK = "OK"  # the opened state recomputes (exact) or lies within the bound (tolerance)
+    MISMATCH = "MISMATCH"  # recomputed state differs / is outside the tolerance bound
+    BAD_PROOF = "BAD_PROOF"  # the openings do not lead to the committed root
+    BAD_STATE = "BAD_STATE"  # a state of the wrong names, dtypes or shapes, or not canonical
+    MISSING = "MISSING"  # a challenged state was not opened
+    MALFORMED = "MALFORMED"  # the response bundle does not parse or exceeds a limit
+    WRONG_JOB = "WRONG_JOB"  # the response is for another job id, root or tree size
+    BAD_INIT = "BAD_INIT"  # the opened s_0 is not the one the spec derives
+    REFUSED = "REFUSED"  # no response (refusal or timeout)
+
+    @property
+    def code(self) -> int:
+        """The byte that stands for this reason in signed bytes."""
+        return _CODES[self]
+
+
+_CODES: dict[Reason, int] = {r: i for i, r in enumerate(Reason)}
 
 
 class PocvError(Exception):
     """Base of every error pocv raises on purpose."""
-
-    exit_code: ClassVar[int] = EXIT_BAD_INPUT
 
 
 # -- the evidence is bad ---------------------------------------------------------------------
@@ -40,70 +57,63 @@ class PocvError(Exception):
 class EvidenceError(PocvError):
     """Bytes or records that cannot be accepted. Final."""
 
-    reason: ClassVar[str] = "MALFORMED"
-
 
 class MalformedError(EvidenceError):
     """Bytes that do not parse: wrong magic, truncated, a length over a limit, bad UTF-8."""
-
-    reason = "MALFORMED"
 
 
 class LimitExceeded(MalformedError):
     """A length or count field claims more than a named limit allows."""
 
-    reason = "LIMIT"
-
 
 class EncodingError(MalformedError):
     """A tensor or state that has no canonical encoding (unknown dtype, bad shape)."""
-
-    reason = "BAD_STATE"
 
 
 class ProofError(EvidenceError):
     """A Merkle proof of the wrong shape, or one that does not lead to the committed root."""
 
-    reason = "BAD_PROOF"
-
 
 class SignatureError(EvidenceError):
     """A signature that does not verify under the stated public key."""
-
-    reason = "BAD_SIGNATURE"
 
 
 class MismatchError(EvidenceError):
     """Records that do not belong together: another job id, root, tree size or challenge."""
 
-    reason = "MISMATCH"
-
 
 class SpecError(EvidenceError):
     """A job spec that no kernel accepts: unknown kernel or version, bad parameters."""
-
-    reason = "BAD_SPEC"
 
 
 class StateError(EvidenceError):
     """A state whose names, dtypes or shapes are not what the kernel produces."""
 
-    reason = "BAD_STATE"
+
+class VerificationFailed(EvidenceError):
+    """Raised by ``Verifier.verify`` when the verdict is FAIL. Carries the signed verdict."""
+
+    def __init__(self, message: str, verdict: Verdict) -> None:
+        super().__init__(message)
+        self.verdict = verdict
 
 
-# -- inputs and the environment ---------------------------------------------------------------
+# -- the caller's mistakes -------------------------------------------------------------------
 
 
 class InputError(PocvError):
     """A missing or unreadable file, or an argument the library rejects (bad beacon, k)."""
 
-    exit_code = EXIT_BAD_INPUT
+
+class WrongRecordError(InputError):
+    """A file that is recognisably another pocv record than the one expected."""
+
+
+# -- try again -------------------------------------------------------------------------------
 
 
 class TransientError(PocvError):
-    """I/O or network trouble; the operation may succeed if tried again."""
-
-    exit_code = EXIT_BAD_INPUT
+    """I/O, chain or network trouble; the operation may succeed if tried again."""
 
 
 class StorageError(TransientError):
@@ -113,14 +123,23 @@ class StorageError(TransientError):
 class ChainError(TransientError):
     """The chain backend refused, failed or timed out."""
 
-    exit_code = EXIT_CHAIN
 
-
-class VerificationFailed(PocvError):
-    """Raised by ``Verifier.verify`` when the verdict is FAIL. Carries the signed verdict."""
-
-    exit_code = EXIT_FAIL
-
-    def __init__(self, message: str, verdict: Verdict) -> None:
-        super().__init__(message)
-        self.verdict = verdict
+__all__ = [
+    "ChainError",
+    "EncodingError",
+    "EvidenceError",
+    "InputError",
+    "LimitExceeded",
+    "MalformedError",
+    "MismatchError",
+    "PocvError",
+    "ProofError",
+    "Reason",
+    "SignatureError",
+    "SpecError",
+    "StateError",
+    "StorageError",
+    "TransientError",
+    "VerificationFailed",
+    "WrongRecordError",
+]

@@ -1,8 +1,13 @@
 """Job specs and job ids.
 
 A :class:`JobSpec` names a kernel (and its version), a number of steps, a seed and the
-kernel's parameters. Parameters are completed with the kernel's defaults on construction, so
-two specs that mean the same job have the same canonical JSON and the same job id::
+kernel's parameters. It is plain data: it checks its own fields but knows no kernel, so a
+spec (and every record that carries one) parses without importing any kernel.
+
+Filling in the kernel's current version and its parameter defaults is an explicit step,
+:func:`pocv.kernels.resolve_spec`, that the prover and the CLI take; only a resolved spec
+(``version >= 1``) has a job id, so two specs that mean the same job have the same canonical
+JSON and the same job id (docs/protocol.md, "Job spec and job id")::
 
     job_id = BLAKE3-derive_key(JOB_CONTEXT, canonical JSON)
 
@@ -17,22 +22,18 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final
 
 from blake3 import blake3
 
-from verifier.errors import LimitExceeded, MalformedError, SpecError
-
-if TYPE_CHECKING:
-    from kernels.base import Kernel
+from pocv.errors import InputError, LimitExceeded, MalformedError, SpecError
+from pocv.limits import MAX_SPEC_BYTES, MAX_STEPS
 
 JOB_CONTEXT: Final = "pocv 2026-11 job id v1"
-MAX_STEPS: Final = 1 << 32  # 4 Gi steps: leaf hashes alone would be 128 GiB
 MAX_SEED: Final = (1 << 63) - 1
 MAX_PARAMS: Final = 32
 MAX_PARAM_INT: Final = 1 << 53  # exact in every JSON implementation
 MAX_PARAM_STR: Final = 256
-MAX_SPEC_BYTES: Final = 64 * 1024
 
 ParamValue = int | str | bool
 _KEY_RE: Final = re.compile(r"[a-z][a-z0-9_]{0,31}")
@@ -57,7 +58,8 @@ def _check_param(key: object, value: object) -> None:
 
 @dataclass(frozen=True, kw_only=True)
 class JobSpec:
-    """What to compute. ``version=0`` means the registry's current version of the kernel."""
+    """What to compute. ``version=0`` means "the kernel's current version": such a spec is not
+    resolved yet (:func:`pocv.kernels.resolve_spec`) and has no job id."""
 
     kernel: str
     steps: int
@@ -78,24 +80,17 @@ class JobSpec:
             raise SpecError(f"at most {MAX_PARAMS} parameters, got {len(self.params)}")
         for k, v in self.params.items():
             _check_param(k, v)
-        from kernels import get_kernel  # lazy: kernels import verifier modules
+        object.__setattr__(self, "params", MappingProxyType(dict(sorted(self.params.items()))))
 
-        kern = get_kernel(self.kernel, self.version or None)
-        params = kern.check_params(dict(self.params))
-        for key, value in params.items():
-            _check_param(key, value)
-        object.__setattr__(self, "version", kern.version)
-        object.__setattr__(self, "params", MappingProxyType(dict(sorted(params.items()))))
+    @property
+    def resolved(self) -> bool:
+        """True once the version is fixed (and, by the resolver, the defaults are filled in)."""
+        return self.version >= 1
 
     @property
     def kernel_ref(self) -> str:
         """``name@version``, as recorded in commitments."""
         return f"{self.kernel}@{self.version}"
-
-    def get_kernel(self) -> Kernel:
-        from kernels import get_kernel
-
-        return get_kernel(self.kernel, self.version)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -111,6 +106,10 @@ class JobSpec:
 
     @property
     def job_id(self) -> bytes:
+        """``BLAKE3-derive_key(JOB_CONTEXT, canonical JSON)`` of a resolved spec."""
+        if not self.resolved:
+            raise InputError(f"the job spec for {self.kernel!r} names no kernel version, so it has no job id "
+                             f"yet; resolve it first (pocv.kernels.resolve_spec)")
         return bytes(blake3(self.canonical_json(), derive_key_context=JOB_CONTEXT).digest())
 
     def to_json(self) -> str:

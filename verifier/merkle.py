@@ -30,9 +30,9 @@ whose sibling holds some, each sent once, in the order a left-to-right depth-fir
 RFC 6962 split consumes them (a subtree's hash comes before anything from its right sibling).
 
 Errors: a proof of the wrong shape or one that does not verify raises
-:class:`~verifier.errors.ProofError` saying what was expected and what came; malformed leaf
-values given to a tree raise :class:`~verifier.errors.MalformedError`; inputs over a named
-limit raise :class:`~verifier.errors.LimitExceeded`.
+:class:`~pocv.errors.ProofError` saying what was expected and what came; malformed leaf
+values given to a tree raise :class:`~pocv.errors.MalformedError`; inputs over a named
+limit raise :class:`~pocv.errors.LimitExceeded`.
 """
 
 from __future__ import annotations
@@ -48,7 +48,8 @@ from typing import Any, Final
 import numpy as np
 from blake3 import blake3
 
-from verifier.errors import LimitExceeded, MalformedError, ProofError
+from pocv.errors import LimitExceeded, MalformedError, ProofError
+from pocv.limits import DIGEST_SIZE
 
 __all__ = [
     "DIGEST_SIZE",
@@ -71,7 +72,6 @@ __all__ = [
     "verify_multiproof",
 ]
 
-DIGEST_SIZE: Final = 32
 
 LEAF_KEY_CONTEXT: Final = "pocv 2026-11 merkle leaf v1"
 NODE_KEY_CONTEXT: Final = "pocv 2026-11 merkle node v1"

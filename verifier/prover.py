@@ -1,7 +1,7 @@
 """The worker side: run a job, commit to every state, answer challenges.
 
 ``Prover.run`` executes ``s_0 -> ... -> s_n`` on the chosen device, hashes every state, keeps
-all leaf digests and every c-th state in the trace directory (:mod:`verifier.store`), and signs
+all leaf digests and every c-th state in the trace directory (:mod:`pocv.trace`), and signs
 the Merkle root. A run that was killed resumes from its last consistent checkpoint and reaches
 the same root. ``Prover.respond`` opens the challenged states, recomputing the ones it did not
 keep from the nearest checkpoint (at most c-1 steps each), with one multiproof for all.
@@ -14,19 +14,22 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from solders.keypair import Keypair
-
-from verifier.bundle import Response
-from verifier.challenge import derive_indices
-from verifier.encoding import DIGEST_SIZE, State, Tensor, decode_state, digest_encoded, encode_state, state_digest
-from verifier.errors import EvidenceError, InputError, MismatchError, StorageError
-from verifier.jobs import JobSpec
-from verifier.merkle import IncrementalTree, MerkleTree
-from verifier.records import Challenge, Commitment
-from verifier.store import DEFAULT_CHECKPOINT_EVERY, TraceStore, atomic_write
+from pocv.bundle import Response
+from pocv.challenge import derive_indices
+from pocv.device import deterministic, environment, fingerprint, resolve_device
+from pocv.encoding import State, Tensor, decode_state, digest_encoded, encode_state, state_digest
+from pocv.errors import EvidenceError, InputError, MismatchError, StorageError
+from pocv.jobs import JobSpec
+from pocv.kernels import kernel_for, resolve_spec
+from pocv.keys import Signer
+from pocv.limits import DIGEST_SIZE
+from pocv.merkle import IncrementalTree, MerkleTree
+from pocv.records import Challenge, Commitment
+from pocv.store import atomic_write
+from pocv.trace import DEFAULT_CHECKPOINT_EVERY, TraceStore
 
 if TYPE_CHECKING:
-    from kernels.base import Kernel
+    from pocv.kernels.base import Kernel
 
 #: progress(step_done, steps_total) is called at most this often (in steps) during a run
 PROGRESS_EVERY = 64
@@ -40,7 +43,7 @@ class Prover:
         self,
         *,
         trace_dir: str | os.PathLike[str],
-        key: Keypair,
+        key: Signer,
         checkpoint_every: int = DEFAULT_CHECKPOINT_EVERY,
         progress: Progress | None = None,
     ) -> None:
@@ -53,10 +56,9 @@ class Prover:
 
     def run(self, spec: JobSpec, *, device: str = "cpu") -> Commitment:
         """Run ``spec`` (or resume it), write ``commitment.json``, return the commitment."""
-        from verifier.device import deterministic, environment, fingerprint, resolve_device
-
         device = resolve_device(device)
-        kernel = spec.get_kernel()
+        spec = resolve_spec(spec)
+        kernel = kernel_for(spec)
         kernel.check_device(device)
         store = TraceStore.open(self.trace_dir, spec, checkpoint_every=self.checkpoint_every)
         done = self._existing_commitment(store, spec)
@@ -151,8 +153,6 @@ class Prover:
         run used (tolerance kernels reproduce their bits only there), and each is checked
         against its committed leaf before it is handed out.
         """
-        from verifier.device import deterministic, resolve_device
-
         commitment = self.commitment()
         store = TraceStore.open(self.trace_dir)
         leaf_bytes = store.read_leaves()
@@ -173,7 +173,7 @@ class Prover:
     def _open_states(
         self, store: TraceStore, spec: JobSpec, needed: list[int], leaves: bytes, device: str
     ) -> dict[int, bytes]:
-        kernel = spec.get_kernel()
+        kernel = kernel_for(spec)
         out: dict[int, bytes] = {}
         segments: dict[int, list[int]] = {}
         for j in needed:
@@ -194,25 +194,4 @@ class Prover:
         return out
 
 
-def load_commitment(path: str | os.PathLike[str]) -> Commitment:
-    from verifier.records import MAX_RECORD_BYTES
-    from verifier.store import read_file
-
-    return Commitment.from_json(read_file(path, limit=MAX_RECORD_BYTES, what="commitment"))
-
-
-def load_challenge(path: str | os.PathLike[str]) -> Challenge:
-    from verifier.records import MAX_RECORD_BYTES
-    from verifier.store import read_file
-
-    return Challenge.from_json(read_file(path, limit=MAX_RECORD_BYTES, what="challenge"))
-
-
-def load_spec(path: str | os.PathLike[str]) -> JobSpec:
-    from verifier.jobs import MAX_SPEC_BYTES
-    from verifier.store import read_file
-
-    return JobSpec.from_json(read_file(path, limit=MAX_SPEC_BYTES, what="job spec"))
-
-
-__all__ = ["Prover", "load_challenge", "load_commitment", "load_spec"]
+__all__ = ["Prover"]

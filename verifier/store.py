@@ -1,24 +1,10 @@
-"""The prover's trace directory, and atomic file writes.
+"""Files: atomic writes, inputs that must be regular files, and the loaders of records and
+keypair files (docs/architecture.md, "I/O").
 
-Layout (format 1)::
-
-    TRACE/
-      trace.json          {"format": 1, "spec": {...}, "checkpoint_every": c}
-      leaves.bin          32-byte state digests of s_0, s_1, ... appended in order
-      checkpoints/        canonical bytes of s_j for j = 0, c, 2c, ... ("{j:012d}.state")
-      commitment.json     the signed commitment, once the run is complete
-
-Crash safety: every file other than ``leaves.bin`` is written to a temporary file and renamed
-into place, so a reader sees the old file or the new one, never part of one. ``leaves.bin`` is
-only appended; before checkpoint j is written the leaves up to j are written out. On resume
-the store keeps the highest checkpoint whose digest matches its leaf and truncates
-``leaves.bin`` after it (a torn append or a stale tail is dropped), so a prover killed at any
-point resumes from a consistent state and reaches the same root.
-
-Durability: during a run nothing is fsynced (a killed process loses nothing the page cache
-holds, and after a power loss the digest check above discards whatever did not reach the
-disk). ``sync()`` fsyncs the leaves before the commitment is signed, and the commitment itself
-is fsynced, so a signed root always has its leaves on disk.
+Every path pocv reads must be a regular file, checked on the open descriptor (a FIFO would
+block, a device never ends); every file pocv writes goes through :func:`atomic_writer` (a
+temporary file in the same directory, renamed into place), so a reader sees the old file or the
+new one, never part of one. :func:`output_path` decides where an output may be written.
 """
 
 from __future__ import annotations
@@ -26,20 +12,77 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import re
+import stat
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, BinaryIO, Final
+from typing import BinaryIO, Final
 
-from verifier.encoding import DIGEST_SIZE, MAX_STATE_BYTES, digest_encoded
-from verifier.errors import EvidenceError, InputError, StorageError
-from verifier.jobs import JobSpec
+from pocv.errors import InputError, LimitExceeded, StorageError, WrongRecordError
+from pocv.jobs import JobSpec
+from pocv.keys import Keypair, Signer, as_keypair
+from pocv.limits import MAX_RECORD_BYTES, MAX_SPEC_BYTES
+from pocv.records import Challenge, Commitment, Verdict
 
-TRACE_FORMAT: Final = 1
-DEFAULT_CHECKPOINT_EVERY: Final = 16
-MAX_CHECKPOINT_EVERY: Final = 1 << 20
-_CKPT_RE: Final = re.compile(r"(\d{12})\.state")
+#: a keypair file is a JSON array of 64 numbers: a few hundred bytes
+MAX_KEYPAIR_BYTES: Final = 4096
+
+
+def _kind(mode: int) -> str:
+    for test, name in ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return name
+    return "not a regular file"
+
+
+def open_input(path: str | os.PathLike[str], *, what: str) -> BinaryIO:
+    """Open ``path`` for reading; it must be a regular file (symlinks to one are followed).
+
+    The file is opened without blocking and checked on its descriptor, so a FIFO or a device
+    is refused at once instead of hanging, and a file swapped after a check cannot slip by.
+    """
+    p = os.fspath(path)
+    try:
+        fd = os.open(p, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except FileNotFoundError as e:
+        raise InputError(f"{what} {p!r} does not exist") from e
+    except IsADirectoryError as e:
+        raise InputError(f"{what} {p!r} is a directory, expected a regular file") from e
+    except OSError as e:
+        raise InputError(f"cannot read {what} {p!r}: {e.strerror}") from e
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise InputError(f"{what} {p!r} is {_kind(mode)}, expected a regular file")
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def output_path(path: str | os.PathLike[str], *, what: str = "output") -> Path:
+    """Where an output named ``path`` is written: a new path, or an existing regular file.
+
+    A symlink is followed and its target is replaced (atomically), never the link itself; a
+    directory, FIFO, device or socket is refused with InputError, so ``-o /dev/null`` or a pipe
+    is never replaced by a regular file.
+    """
+    p = Path(path)
+    try:
+        target = p.resolve(strict=False)
+        st = os.stat(target)
+    except FileNotFoundError:
+        if not target.parent.is_dir():
+            raise InputError(f"{what} {str(p)!r}: directory {str(target.parent)!r} does not exist") from None
+        return target
+    except (OSError, RuntimeError) as e:  # RuntimeError: a symlink loop
+        raise InputError(f"{what} {str(p)!r} cannot be written: {e}") from e
+    if not stat.S_ISREG(st.st_mode):
+        raise InputError(f"{what} {str(p)!r} is {_kind(st.st_mode)}; pocv writes only regular files "
+                         f"(use -o - for standard output)")
+    return target
 
 
 @contextlib.contextmanager
@@ -95,202 +138,82 @@ def atomic_write(path: Path, data: bytes, *, mode: int = 0o644, durable: bool = 
 
 def read_file(path: str | os.PathLike[str], *, limit: int, what: str) -> bytes:
     """Read a whole input file, refusing one larger than ``limit`` before reading it."""
-    p = Path(path)
-    try:
-        with p.open("rb") as f:
-            size = os.fstat(f.fileno()).st_size
-            if size > limit:
-                from verifier.errors import LimitExceeded
-
-                raise LimitExceeded(f"{what} {str(p)!r} is {size} bytes; the limit is {limit}")
+    with open_input(path, what=what) as f:
+        size = os.fstat(f.fileno()).st_size
+        if size > limit:
+            raise LimitExceeded(f"{what} {str(path)!r} is {size} bytes; the limit is {limit}")
+        try:
             return f.read(size)
-    except FileNotFoundError as e:
-        raise InputError(f"{what} {str(p)!r} does not exist") from e
-    except IsADirectoryError as e:
-        raise InputError(f"{what} {str(p)!r} is a directory, expected a file") from e
-    except OSError as e:
-        raise InputError(f"cannot read {what} {str(p)!r}: {e.strerror}") from e
-
-
-def _remove_stale_temporaries(root: Path) -> None:
-    """Temporary files of writes a killed prover never finished (only this store writes here)."""
-    for d in (root, root / "checkpoints"):
-        try:
-            names = os.listdir(d)
-        except OSError:
-            continue
-        for name in names:
-            if name.startswith(".") and name.endswith(".tmp"):
-                with contextlib.suppress(OSError):
-                    os.unlink(d / name)
-
-
-class TraceStore:
-    """Leaf hashes and checkpoints of one job on disk. Not safe for two writers at once."""
-
-    def __init__(self, root: str | os.PathLike[str], spec: JobSpec, *, checkpoint_every: int) -> None:
-        self.root = Path(root)
-        self.spec = spec
-        self.checkpoint_every = checkpoint_every
-        self._leaf_file: BinaryIO | None = None
-        self._pending = bytearray()
-
-    # -- opening ---------------------------------------------------------------------------
-
-    @classmethod
-    def open(
-        cls,
-        root: str | os.PathLike[str],
-        spec: JobSpec | None = None,
-        *,
-        checkpoint_every: int = DEFAULT_CHECKPOINT_EVERY,
-    ) -> TraceStore:
-        """Open an existing trace, or create one for ``spec``.
-
-        An existing trace for another spec is refused rather than overwritten.
-        """
-        root = Path(root)
-        meta_path = root / "trace.json"
-        if meta_path.exists():
-            try:
-                meta = json.loads(meta_path.read_text())
-                existing = JobSpec.from_dict(meta["spec"])
-                every = meta["checkpoint_every"]
-                if isinstance(every, bool) or not isinstance(every, int) or not 1 <= every <= MAX_CHECKPOINT_EVERY:
-                    raise ValueError(f"checkpoint_every {str(every)[:20]} is not in 1..{MAX_CHECKPOINT_EVERY}")
-                if meta.get("format") != TRACE_FORMAT:
-                    raise ValueError(f"format {str(meta.get('format'))[:20]}, expected {TRACE_FORMAT}")
-            except (OSError, ValueError, KeyError, TypeError, RecursionError, EvidenceError) as e:
-                raise StorageError(f"trace {str(root)!r} has an unreadable trace.json: {e}") from e
-            _remove_stale_temporaries(root)
-            if spec is not None and spec.job_id != existing.job_id:
-                raise InputError(
-                    f"trace {str(root)!r} holds job {existing.job_id.hex()[:16]}..., not "
-                    f"{spec.job_id.hex()[:16]}...; use another --trace directory")
-            return cls(root, existing, checkpoint_every=every)
-        if spec is None:
-            raise InputError(f"{str(root)!r} is not a pocv trace directory (no trace.json)")
-        if not 1 <= checkpoint_every <= MAX_CHECKPOINT_EVERY:
-            raise InputError(f"checkpoint interval must be in 1..{MAX_CHECKPOINT_EVERY}, got {checkpoint_every}")
-        try:
-            if root.exists() and (not root.is_dir() or any(root.iterdir())):
-                raise InputError(f"{str(root)!r} exists and is not an empty directory or a pocv trace")
-            (root / "checkpoints").mkdir(parents=True, exist_ok=True)
         except OSError as e:
-            raise InputError(f"cannot use {str(root)!r} as a trace directory: {e.strerror}") from e
-        store = cls(root, spec, checkpoint_every=checkpoint_every)
-        meta_out: dict[str, Any] = {"format": TRACE_FORMAT, "spec": spec.to_dict(),
-                                    "checkpoint_every": checkpoint_every}
-        atomic_write(meta_path, json.dumps(meta_out, indent=2, sort_keys=True).encode())
-        return store
+            raise InputError(f"cannot read {what} {str(path)!r}: {e.strerror}") from e
 
-    # -- leaves ----------------------------------------------------------------------------
 
-    @property
-    def leaves_path(self) -> Path:
-        return self.root / "leaves.bin"
+# -- records and keys --------------------------------------------------------------------------
 
-    def read_leaves(self) -> bytes:
-        """All complete leaf digests on disk (a torn last record is ignored)."""
-        try:
-            data = self.leaves_path.read_bytes()
-        except FileNotFoundError:
-            return b""
-        except OSError as e:
-            raise StorageError(f"cannot read {str(self.leaves_path)!r}: {e.strerror}") from e
-        return data[: len(data) - len(data) % DIGEST_SIZE]
 
-    def append_leaf(self, digest: bytes) -> None:
-        self._pending += digest
+#: the ``type`` field of each pocv JSON record, and what a job spec looks like
+_RECORD_TYPES: Final = ("commitment", "challenge", "verdict", "dispute-session", "dispute-query",
+                        "dispute-opening", "dispute-outcome", "equivocation")
 
-    def flush(self) -> None:
-        """Append pending leaves to ``leaves.bin`` (to the OS; see :meth:`sync`)."""
-        if not self._pending:
-            return
-        try:
-            if self._leaf_file is None:
-                self._leaf_file = self.leaves_path.open("ab")
-            self._leaf_file.write(self._pending)
-            self._leaf_file.flush()
-        except OSError as e:
-            raise StorageError(f"cannot append to {str(self.leaves_path)!r}: {e.strerror}") from e
-        self._pending.clear()
 
-    def sync(self) -> None:
-        """Flush and fsync the leaves: called once, before the commitment is signed."""
-        self.flush()
-        try:
-            if self._leaf_file is not None:
-                os.fsync(self._leaf_file.fileno())
-        except OSError as e:
-            raise StorageError(f"cannot sync {str(self.leaves_path)!r}: {e.strerror}") from e
-
-    def close(self) -> None:
-        self.flush()
-        if self._leaf_file is not None:
-            self._leaf_file.close()
-            self._leaf_file = None
-
-    # -- checkpoints -----------------------------------------------------------------------
-
-    def checkpoint_path(self, index: int) -> Path:
-        return self.root / "checkpoints" / f"{index:012d}.state"
-
-    def write_checkpoint(self, index: int, encoded_state: bytes) -> None:
-        self.flush()  # leaves up to index are written before the checkpoint that needs them
-        atomic_write(self.checkpoint_path(index), encoded_state, durable=False)
-
-    def read_checkpoint(self, index: int) -> bytes:
-        p = self.checkpoint_path(index)
-        try:
-            with p.open("rb") as f:
-                if os.fstat(f.fileno()).st_size > MAX_STATE_BYTES:
-                    raise StorageError(f"checkpoint {str(p)!r} is larger than any state")
-                return f.read()
-        except OSError as e:
-            raise StorageError(f"cannot read checkpoint {str(p)!r}: {e.strerror}") from e
-
-    def checkpoints(self) -> list[int]:
-        try:
-            names = os.listdir(self.root / "checkpoints")
-        except FileNotFoundError:
-            return []
-        return sorted(int(m.group(1)) for n in names if (m := _CKPT_RE.fullmatch(n)))
-
-    def nearest_checkpoint(self, index: int) -> int:
-        """The checkpoint the prover recomputes ``s_index`` from (at most c-1 steps away)."""
-        return index - index % self.checkpoint_every
-
-    def resume_point(self) -> tuple[int, bytes] | None:
-        """(j, encoded s_j) of the last consistent checkpoint, after truncating leaves past it.
-
-        None when nothing usable is on disk (the run starts from s_0).
-        """
-        leaves = self.read_leaves()
-        count = len(leaves) // DIGEST_SIZE
-        for j in reversed(self.checkpoints()):
-            if j >= count:
-                continue
-            data = self.read_checkpoint(j)
-            if digest_encoded(data) != leaves[j * DIGEST_SIZE : (j + 1) * DIGEST_SIZE]:
-                continue  # corrupt or stale checkpoint: fall back to an earlier one
-            self._truncate_leaves(j + 1)
-            return j, data
-        self._truncate_leaves(0)
+def identify(data: bytes) -> str | None:
+    """Which pocv record ``data`` is ("commitment", "challenge", "verdict", "job spec", ...),
+    or None when it is not recognisably one. Reads at most the bytes given; never raises."""
+    head = data[:MAX_RECORD_BYTES].lstrip()
+    if not head.startswith(b"{"):
         return None
+    try:
+        d = json.loads(head)
+    except (ValueError, RecursionError):
+        return None
+    if not isinstance(d, dict):
+        return None
+    t = d.get("type")
+    if isinstance(t, str) and t in _RECORD_TYPES:
+        return t
+    if {"kernel", "steps", "seed"} <= set(d):
+        return "job spec"
+    return None
 
-    def _truncate_leaves(self, count: int) -> None:
-        self.close()
-        try:
-            if self.leaves_path.exists():
-                with self.leaves_path.open("r+b") as f:
-                    f.truncate(count * DIGEST_SIZE)
-                    os.fsync(f.fileno())
-        except OSError as e:
-            raise StorageError(f"cannot truncate {str(self.leaves_path)!r}: {e.strerror}") from e
 
-    # -- commitment ------------------------------------------------------------------------
+def _load_record(path: str | os.PathLike[str], what: str, limit: int) -> bytes:
+    data = read_file(path, limit=limit, what=what)
+    kind = identify(data)
+    if kind is not None and kind != what:
+        raise WrongRecordError(f"{str(path)!r} is a {kind}, expected a {what}")
+    return data
 
-    @property
-    def commitment_path(self) -> Path:
-        return self.root / "commitment.json"
+
+def load_commitment(path: str | os.PathLike[str]) -> Commitment:
+    return Commitment.from_json(_load_record(path, "commitment", MAX_RECORD_BYTES))
+
+
+def load_challenge(path: str | os.PathLike[str]) -> Challenge:
+    return Challenge.from_json(_load_record(path, "challenge", MAX_RECORD_BYTES))
+
+
+def load_verdict(path: str | os.PathLike[str]) -> Verdict:
+    return Verdict.from_json(_load_record(path, "verdict", MAX_RECORD_BYTES))
+
+
+def load_spec(path: str | os.PathLike[str]) -> JobSpec:
+    return JobSpec.from_json(_load_record(path, "job spec", MAX_SPEC_BYTES))
+
+
+def load_keypair(path: str | os.PathLike[str]) -> Keypair:
+    """Load a Solana CLI keypair file (a JSON array of the 64 bytes ``seed || public key``)."""
+    data = read_file(path, limit=MAX_KEYPAIR_BYTES, what="keypair file")
+    try:
+        return Keypair.from_solana_json(data)
+    except InputError as e:
+        why = str(e).removeprefix("not a Solana keypair file: ")
+        raise InputError(f"{str(path)!r} is not a Solana keypair file: {why}") from e
+
+
+def save_keypair(key: Signer, path: str | os.PathLike[str]) -> None:
+    """Write ``key`` as a Solana CLI keypair file, atomically, readable by the owner only."""
+    atomic_write(output_path(path, what="keypair file"), as_keypair(key).to_solana_json().encode(), mode=0o600)
+
+
+__all__ = ["atomic_write", "atomic_writer", "identify", "load_challenge", "load_commitment", "load_keypair",
+           "load_spec", "load_verdict", "open_input", "output_path", "read_file", "save_keypair"]

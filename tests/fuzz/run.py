@@ -99,7 +99,7 @@ def fuzz_atheris(parser: str, count: int, seed: int) -> dict[str, Any]:  # pragm
     for i, s in enumerate(seeds()[parser]):
         (corpus_dir / f"seed{i}").write_bytes(s)
     target = TARGETS[parser]
-    from verifier.errors import PocvError
+    from pocv.errors import PocvError
 
     stats = {"n": 0}
 
@@ -111,12 +111,12 @@ def fuzz_atheris(parser: str, count: int, seed: int) -> dict[str, Any]:  # pragm
             pass
 
     with atheris.instrument_imports():  # coverage feedback from the parsers under test
-        import verifier.bundle
-        import verifier.dispute
-        import verifier.encoding
-        import verifier.jobs
-        import verifier.merkle
-        import verifier.records  # noqa: F401
+        import pocv.bundle
+        import pocv.dispute
+        import pocv.encoding
+        import pocv.jobs
+        import pocv.merkle
+        import pocv.records  # noqa: F401
     atheris.instrument_all()
     t0 = time.perf_counter()
     atheris.Setup([sys.argv[0], f"-runs={count}", f"-seed={seed + 1}", "-max_len=65536",

@@ -1,7 +1,7 @@
 """Fuzz targets: every parser that takes bytes from someone else, and valid seeds for each.
 
 A target takes ``bytes`` and calls one parser. The property every target must keep: the only
-exceptions that escape are :class:`verifier.errors.PocvError` subclasses (typed, with a
+exceptions that escape are :class:`pocv.errors.PocvError` subclasses (typed, with a
 message) -- never IndexError, struct.error, ValueError, OverflowError, UnicodeError,
 RecursionError, MemoryError ... -- and no input makes it hang or allocate beyond its limits.
 
@@ -19,6 +19,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from pocv.kernels import kernel_for, resolve_spec
+
 TargetFn = Callable[[bytes], object]
 
 
@@ -26,15 +28,15 @@ TargetFn = Callable[[bytes], object]
 
 
 def _bundle(data: bytes) -> object:
-    from verifier.bundle import Response
+    from pocv.bundle import Response
 
     return Response.from_bytes(data)
 
 
 def _record(cls_name: str) -> TargetFn:
     def target(data: bytes) -> object:
-        from verifier import dispute, records
-        from verifier.jobs import JobSpec
+        from pocv import dispute, records
+        from pocv.jobs import JobSpec
 
         cls: Any = {"commitment": records.Commitment, "challenge": records.Challenge,
                     "verdict": records.Verdict, "jobspec": JobSpec,
@@ -48,7 +50,7 @@ def _record(cls_name: str) -> TargetFn:
 
 
 def _state(data: bytes) -> object:
-    from verifier.encoding import decode_state
+    from pocv.encoding import decode_state
 
     return decode_state(data)
 
@@ -70,7 +72,7 @@ def _inclusion(data: bytes) -> object:
     ``size`` and ``index`` are shifted right by the low 6 bits of ``shift`` and its high 2 bits
     times 16, so small trees (the interesting ones) are common while huge values stay reachable.
     """
-    from verifier.merkle import verify_inclusion
+    from pocv.merkle import verify_inclusion
 
     head = data[:81].ljust(81, b"\0")
     shift, root = head[0], head[1:33]
@@ -81,7 +83,7 @@ def _inclusion(data: bytes) -> object:
 
 def _multiproof(data: bytes) -> object:
     """shift(1) root(32) size(u64) count(u8), count * (index u16, value 32), then proof hashes."""
-    from verifier.merkle import verify_multiproof
+    from pocv.merkle import verify_multiproof
 
     head = data[:42].ljust(42, b"\0")
     shift, root, (size,), count = head[0], head[1:33], struct.unpack("<Q", head[33:41]), head[41]
@@ -134,7 +136,7 @@ JSON_TARGETS = frozenset(t for t in TARGETS if t not in ("bundle", "state", "inc
 
 def run_target(name: str, data: bytes) -> BaseException | None:
     """Call target ``name``; return the exception if it is NOT a typed PocvError, else None."""
-    from verifier.errors import PocvError
+    from pocv.errors import PocvError
 
     try:
         TARGETS[name](data)
@@ -155,13 +157,13 @@ def seeds() -> dict[str, list[bytes]]:
     """Valid inputs for every target, made by a small honest run (about a second, cached)."""
     from solders.keypair import Keypair
 
-    from verifier import JobSpec, Prover, Verifier
-    from verifier.dispute import Dispute, Opening, answer_query, detect_equivocation
-    from verifier.encoding import encode_state
-    from verifier.merkle import MerkleTree
+    from pocv import JobSpec, Prover, Verifier
+    from pocv.dispute import Dispute, Opening, answer_query, detect_equivocation
+    from pocv.encoding import encode_state
+    from pocv.merkle import MerkleTree
 
     tmp = Path(tempfile.mkdtemp(prefix="pocv-fuzz-seeds-"))
-    spec = JobSpec(kernel="gemm-int8", steps=12, seed=5, params={"n": 16})
+    spec = resolve_spec(JobSpec(kernel="gemm-int8", steps=12, seed=5, params={"n": 16}))
     key = Keypair.from_seed(bytes([7]) * 32)
     prover = Prover(trace_dir=tmp / "t", key=key, checkpoint_every=4)
     c = prover.run(spec)
@@ -169,8 +171,8 @@ def seeds() -> dict[str, list[bytes]]:
     ch = v.challenge(c, beacon=bytes(range(32)), k=3)
     resp = prover.respond(ch)
     verdict = v.check(c, ch, resp)
-    mlp = JobSpec(kernel="mlp-sgd", steps=3, seed=1, params={"width": 8, "depth": 2, "batch": 4})
-    mlp_state = encode_state(mlp.get_kernel().init_state(mlp))
+    mlp = resolve_spec(JobSpec(kernel="mlp-sgd", steps=3, seed=1, params={"width": 8, "depth": 2, "batch": 4}))
+    mlp_state = encode_state(kernel_for(mlp).init_state(mlp))
 
     # a second root for the same job by the same worker: a dispute and an equivocation
     from tests.soundness.simulator import make_liar, skip

@@ -14,15 +14,15 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from pocv.bundle import Response
+from pocv.encoding import decode_state
+from pocv.errors import LimitExceeded, MalformedError, PocvError
+from pocv.jobs import JobSpec
+from pocv.merkle import MerkleTree, verify_inclusion, verify_multiproof
+from pocv.records import Challenge, Commitment, Verdict
 from tests.fuzz.mutate import bundle_claiming, bundle_fields, mutate
 from tests.fuzz.run import crash_name
 from tests.fuzz.targets import TARGETS, check_seeds_parse, known_open, run_target, seeds
-from verifier.bundle import Response
-from verifier.encoding import decode_state
-from verifier.errors import LimitExceeded, MalformedError, PocvError
-from verifier.jobs import JobSpec
-from verifier.merkle import MerkleTree, verify_inclusion, verify_multiproof
-from verifier.records import Challenge, Commitment, Verdict
 
 NAMES = sorted(TARGETS)
 

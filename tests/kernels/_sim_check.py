@@ -20,11 +20,11 @@ def digest(a: np.ndarray) -> str:
 
 
 def run(job: str) -> dict:
-    from kernels import _cuda
+    from pocv.kernels import _cuda
 
     kind, *args = job.split(":")
     if kind == "gemm":
-        from kernels.gemm_fp32_exact import gemm_f32_reference, softsign_reference
+        from pocv.kernels.gemm_fp32_exact import gemm_f32_reference, softsign_reference
 
         n, seed = int(args[0]), int(args[1])
         rng = np.random.default_rng(seed)
@@ -34,7 +34,7 @@ def run(job: str) -> dict:
         _cuda.gemm_softsign(x, w, out)
         ref = gemm_f32_reference(softsign_reference(x), w)
     elif kind == "heat":
-        from kernels.heat2d import heat_reference
+        from pocv.kernels.heat2d import heat_reference
 
         n, m, seed, steps = (int(a) for a in args)
         rng = np.random.default_rng(seed)
@@ -52,7 +52,7 @@ def run(job: str) -> dict:
 
 def main() -> None:
     assert os.environ.get("NUMBA_ENABLE_CUDASIM") == "1", "run under the simulator"
-    from kernels import _cuda
+    from pocv.kernels import _cuda
 
     assert _cuda.SIM
     print(json.dumps({job: run(job) for job in sys.argv[1:]}))

@@ -1,4 +1,4 @@
-"""kernels.calibrate: the report's numbers, the histogram's percentiles, the command line."""
+"""pocv.kernels.calibrate: the report's numbers, the histogram's percentiles, the command line."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from kernels.calibrate import _Histogram, calibrate, calibrate_main
+from pocv.kernels import kernel_for, resolve_spec
+from pocv.kernels.calibrate import _Histogram, calibrate, calibrate_main
 
 SMALL_MLP = {"width": 32, "depth": 2, "batch": 32}
 
@@ -67,7 +68,7 @@ def test_calibrate_main_prints_and_exits_zero(capsys: pytest.CaptureFixture[str]
 
 def test_calibrate_main_flags_a_bound_that_is_too_tight(monkeypatch: pytest.MonkeyPatch,
                                                         capsys: pytest.CaptureFixture[str]) -> None:
-    from kernels.mlp_sgd import MlpSgd
+    from pocv.kernels.mlp_sgd import MlpSgd
 
     monkeypatch.setattr(MlpSgd, "tau", 1e-3)
     rc = calibrate_main(["mlp-sgd", "--trials", "2", "--param", "width=16", "--param", "batch=8"])
@@ -92,12 +93,12 @@ def test_device_variant_is_the_kernels_own_step_brought_to_the_host() -> None:
     bit for bit the plain step (on a GPU machine, see the gpu test below)."""
     import torch
 
-    from kernels.calibrate import available_devices, device_variants
-    from verifier.encoding import state_digest
-    from verifier.jobs import JobSpec
+    from pocv.encoding import state_digest
+    from pocv.jobs import JobSpec
+    from pocv.kernels.calibrate import available_devices, device_variants
 
-    spec = JobSpec(kernel="gemm-int8", steps=4, seed=3, params={"n": 64, "layers": 1})
-    k = spec.get_kernel()
+    spec = resolve_spec(JobSpec(kernel="gemm-int8", steps=4, seed=3, params={"n": 64, "layers": 1}))
+    k = kernel_for(spec)
     s = k.init_state(spec)
     variants = device_variants(k, ["cpu"])
     assert list(variants) == ["device cpu"]

@@ -51,7 +51,7 @@ def _assert_no_contraction(ptx: str) -> None:
 
 @pytest.mark.parametrize("cc", [(8, 0), (9, 0)])
 def test_gemm_kernel_ptx_has_no_fma_ftz_approx(cc: tuple[int, int]) -> None:
-    from kernels import _cuda
+    from pocv.kernels import _cuda
 
     ptx = _ptx(_cuda.gemm_softsign_kernel, "(float32[:,::1], float32[:,::1], float32[:,::1])", cc)
     _assert_no_contraction(ptx)
@@ -60,7 +60,7 @@ def test_gemm_kernel_ptx_has_no_fma_ftz_approx(cc: tuple[int, int]) -> None:
 
 
 def test_heat_kernel_ptx_has_no_fma_ftz_approx() -> None:
-    from kernels import _cuda
+    from pocv.kernels import _cuda
 
     ptx = _ptx(_cuda.heat_kernel, "(float32[:,::1], float32[:,::1], float32)")
     _assert_no_contraction(ptx)

@@ -18,11 +18,12 @@ import numpy as np
 import pytest
 import torch
 
-from kernels.gemm_fp32_exact import GemmFp32Exact, gemm_f32_ordered, gemm_f32_reference
-from kernels.heat2d import Heat2d
-from verifier.encoding import state_digest
-from verifier.errors import SpecError
-from verifier.jobs import JobSpec
+from pocv.encoding import state_digest
+from pocv.errors import SpecError
+from pocv.jobs import JobSpec
+from pocv.kernels import kernel_for, resolve_spec
+from pocv.kernels.gemm_fp32_exact import GemmFp32Exact, gemm_f32_ordered, gemm_f32_reference
+from pocv.kernels.heat2d import Heat2d
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -33,11 +34,11 @@ CASES = {
 
 
 def spec(kernel: str, seed: int = 3, **params: int) -> JobSpec:
-    return JobSpec(kernel=kernel, steps=100, seed=seed, params=params)
+    return resolve_spec(JobSpec(kernel=kernel, steps=100, seed=seed, params=params))
 
 
 def walk(sp: JobSpec, n: int) -> dict:
-    k = sp.get_kernel()
+    k = kernel_for(sp)
     s = k.init_state(sp)
     for i in range(1, n + 1):
         s = k.step(s, i, sp)
@@ -47,7 +48,7 @@ def walk(sp: JobSpec, n: int) -> dict:
 @pytest.mark.parametrize(("kernel", "params"), [(k, p) for k, ps in CASES.items() for p in ps])
 def test_fast_path_equals_reference_bit_for_bit(kernel: str, params: dict[str, int]) -> None:
     sp = spec(kernel, **params)
-    k = sp.get_kernel()
+    k = kernel_for(sp)
     s = k.init_state(sp)
     for i in range(1, 4):
         fast = k.step(s, i, sp)
@@ -89,7 +90,7 @@ def test_run_to_run_and_seeded_init(kernel: str) -> None:
 def test_thread_count_invariance(kernel: str) -> None:
     params = CASES[kernel][-1]
     sp = spec(kernel, **params)
-    k = sp.get_kernel()
+    k = kernel_for(sp)
     s = walk(sp, 1)
     outs = {name: state_digest(f(s, 2, sp)) for name, f in k.honest_variants().items()}
     assert len(set(outs.values())) == 1, outs
@@ -100,7 +101,7 @@ def test_thread_count_invariance(kernel: str) -> None:
 def test_one_ulp_change_fails_exact_compare(kernel: str) -> None:
     params = CASES[kernel][2]
     sp = spec(kernel, **params)
-    k = sp.get_kernel()
+    k = kernel_for(sp)
     s = walk(sp, 1)
     good = k.step(s, 2, sp)
     (name, t), = good.items()
@@ -121,7 +122,7 @@ def test_gemm_chain_neither_explodes_nor_dies() -> None:
 
 def test_heat_boundary_held_and_pulses_move() -> None:
     sp = spec("heat2d", n=40, substeps=3)
-    k = sp.get_kernel()
+    k = kernel_for(sp)
     assert isinstance(k, Heat2d)
     s0 = k.init_state(sp)
     s1 = k.step(s0, 1, sp)
@@ -150,12 +151,12 @@ def test_bad_params(kernel: str, params: dict[str, int]) -> None:
 def _digests_in_subprocess(env_extra: dict[str, str], cache_dir: Path) -> dict[str, str]:
     code = (
         "import json, sys\n"
-        "from verifier.jobs import JobSpec\n"
-        "from verifier.encoding import state_digest\n"
+        "from pocv.jobs import JobSpec\n"
+        "from pocv.encoding import state_digest\n"
         "out = {}\n"
         "for kernel, params in [('gemm-fp32-exact', {'n': 96}), ('heat2d', {'n': 70, 'substeps': 7})]:\n"
-        "    sp = JobSpec(kernel=kernel, steps=9, seed=5, params=params)\n"
-        "    k = sp.get_kernel(); s = k.init_state(sp)\n"
+        "    sp = resolve_spec(JobSpec(kernel=kernel, steps=9, seed=5, params=params))\n"
+        "    k = kernel_for(sp); s = k.init_state(sp)\n"
         "    for i in range(1, 3): s = k.step(s, i, sp)\n"
         "    out[kernel] = state_digest(s).hex()\n"
         "import numba; out['cpu_name'] = str(numba.config.CPU_NAME)\n"
@@ -175,7 +176,7 @@ def test_cpu_target_invariance_generic_vs_host(tmp_path: Path) -> None:
     """NUMBA_CPU_NAME=generic (no AVX) computes the same bits as the host's AVX-512 code."""
     here = {}
     for kernel, params in [("gemm-fp32-exact", {"n": 96}), ("heat2d", {"n": 70, "substeps": 7})]:
-        here[kernel] = state_digest(walk(JobSpec(kernel=kernel, steps=9, seed=5, params=params), 2)).hex()
+        here[kernel] = state_digest(walk(resolve_spec(JobSpec(kernel=kernel, steps=9, seed=5, params=params)), 2)).hex()
     generic = _digests_in_subprocess({"NUMBA_CPU_NAME": "generic", "NUMBA_NUM_THREADS": "1"},
                                      tmp_path / "generic")
     assert generic["cpu_name"] == "generic"
@@ -184,7 +185,7 @@ def test_cpu_target_invariance_generic_vs_host(tmp_path: Path) -> None:
 
 
 def test_exact_kernels_calibrate_with_zero_mismatches() -> None:
-    from kernels.calibrate import calibrate
+    from pocv.kernels.calibrate import calibrate
 
     for kernel, params in [("gemm-fp32-exact", {"n": 48}), ("heat2d", {"n": 33, "substeps": 4})]:
         report = calibrate(kernel, trials=3, params=params, max_walk=2)
@@ -200,7 +201,7 @@ def test_gpu_equals_cpu_bit_for_bit(kernel: str, params: dict[str, int]) -> None
     if not torch.cuda.is_available():
         pytest.skip("no CUDA device")
     sp = spec(kernel, **params)
-    k = sp.get_kernel()
+    k = kernel_for(sp)
     s = walk(sp, 2)
     gpu = k.step({n: t.cuda() for n, t in s.items()}, 3, sp, "cuda")
     cpu = k.step(s, 3, sp)

@@ -6,18 +6,19 @@ import numpy as np
 import pytest
 import torch
 
-from kernels.gemm_fp32 import GemmFp32
-from verifier.encoding import state_digest
-from verifier.jobs import JobSpec
+from pocv.encoding import state_digest
+from pocv.jobs import JobSpec
+from pocv.kernels import kernel_for, resolve_spec
+from pocv.kernels.gemm_fp32 import GemmFp32
 
 
 def spec(n: int = 128, seed: int = 4) -> JobSpec:
-    return JobSpec(kernel="gemm-fp32", steps=50, seed=seed, params={"n": n})
+    return resolve_spec(JobSpec(kernel="gemm-fp32", steps=50, seed=seed, params={"n": n}))
 
 
 def setup(n: int = 128, seed: int = 4, walk: int = 3) -> tuple[GemmFp32, JobSpec, dict]:
     sp = spec(n, seed)
-    k = sp.get_kernel()
+    k = kernel_for(sp)
     assert isinstance(k, GemmFp32)
     s = k.init_state(sp)
     for i in range(1, walk + 1):
@@ -84,7 +85,7 @@ def test_cheats_caught_by_freivalds(cheat: str) -> None:
     elif cheat == "skipped-step":
         x = s["x"].clone()
     elif cheat == "stale-weights":  # the product with another job's W
-        other = JobSpec(kernel="gemm-fp32", steps=50, seed=99, params={"n": 256})
+        other = resolve_spec(JobSpec(kernel="gemm-fp32", steps=50, seed=99, params={"n": 256}))
         x = k.step(s, 4, other)["x"]
     elif cheat == "nan":
         x[0, 0] = float("nan")
@@ -125,7 +126,7 @@ def test_freivalds_needs_only_reading_not_recompute() -> None:
 
 @pytest.mark.slow
 def test_zero_false_fail_many_honest_checks() -> None:
-    from kernels.calibrate import calibrate
+    from pocv.kernels.calibrate import calibrate
 
     report = calibrate("gemm-fp32", trials=24, params={"n": 96}, seed=500)
     assert report["checks"] >= 1000
@@ -149,7 +150,7 @@ def test_cuda_step_within_bound_and_freivalds() -> None:
 def test_fused_freivalds_equals_the_two_pass_sums(n: int) -> None:
     """The 4-vector fused pass gives the same max difference as _rows_dot and _softsign_rows_dot,
     and a NaN or infinity anywhere gives inf (never dropped by the max)."""
-    from kernels.gemm_fp32 import _freivalds4_maxdiff, _rows_dot, _softsign_rows_dot
+    from pocv.kernels.gemm_fp32 import _freivalds4_maxdiff, _rows_dot, _softsign_rows_dot
 
     rng = np.random.default_rng(n)
     c = rng.standard_normal((n, n)).astype(np.float32)

@@ -6,18 +6,18 @@ import numpy as np
 import pytest
 import torch
 
-from kernels import get_kernel
-from kernels._util import seeded_bytes
-from kernels.mlp_sgd import _DATA_CONTEXT, LR, MOMENTUM, MlpSgd
-from verifier.encoding import decode_state, encode_state, state_digest
-from verifier.errors import SpecError, StateError
-from verifier.jobs import JobSpec
+from pocv.encoding import decode_state, encode_state, state_digest
+from pocv.errors import SpecError, StateError
+from pocv.jobs import JobSpec
+from pocv.kernels import get_kernel, resolve_spec
+from pocv.kernels._util import seeded_bytes
+from pocv.kernels.mlp_sgd import _DATA_CONTEXT, LR, MOMENTUM, MlpSgd
 
 SMALL = {"width": 64, "depth": 2, "batch": 128}
 
 
 def spec(seed: int = 7, **params: int) -> JobSpec:
-    return JobSpec(kernel="mlp-sgd", steps=64, seed=seed, params=params or SMALL)
+    return resolve_spec(JobSpec(kernel="mlp-sgd", steps=64, seed=seed, params=params or SMALL))
 
 
 def kernel() -> MlpSgd:
@@ -94,7 +94,7 @@ def test_schema_matches_state_and_rejects_wrong_shapes() -> None:
 )
 def test_bad_params_refused(params: dict[str, int], match: str) -> None:
     with pytest.raises(SpecError, match=match):
-        JobSpec(kernel="mlp-sgd", steps=1, seed=0, params=params)
+        resolve_spec(JobSpec(kernel="mlp-sgd", steps=1, seed=0, params=params))
 
 
 def test_data_is_exact_and_depends_on_cursor() -> None:
@@ -294,7 +294,7 @@ def test_bound_constants_are_calibrated_values() -> None:
 @pytest.mark.slow
 def test_zero_false_fail_many_honest_checks() -> None:
     """>= 1,000 honest cross-implementation / cross-thread checks, none FAILs."""
-    from kernels.calibrate import calibrate
+    from pocv.kernels.calibrate import calibrate
 
     report = calibrate("mlp-sgd", trials=36, params=SMALL | {"depth": 3}, seed=1000)
     assert report["checks"] >= 1000

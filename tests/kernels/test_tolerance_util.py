@@ -1,12 +1,12 @@
-"""kernels._tolerance and kernels._util helpers: TF32 rounding, thread and precision contexts."""
+"""pocv.kernels._tolerance and pocv.kernels._util helpers: TF32 rounding, thread and precision contexts."""
 
 from __future__ import annotations
 
 import numpy as np
 import torch
 
-from kernels._tolerance import round_tf32, torch_threads
-from kernels._util import strict_fp32
+from pocv.kernels._tolerance import round_tf32, torch_threads
+from pocv.kernels._util import strict_fp32
 
 
 def test_round_tf32_keeps_10_mantissa_bits_nearest_even() -> None:

@@ -5,21 +5,22 @@ from __future__ import annotations
 import pytest
 import torch
 
-from kernels.transformer_decode import VOCAB, TransformerDecode
-from verifier.encoding import state_digest
-from verifier.errors import SpecError
-from verifier.jobs import JobSpec
+from pocv.encoding import state_digest
+from pocv.errors import SpecError
+from pocv.jobs import JobSpec
+from pocv.kernels import kernel_for, resolve_spec
+from pocv.kernels.transformer_decode import VOCAB, TransformerDecode
 
 SMALL = {"width": 64, "depth": 2, "batch": 4, "context": 12, "chunk": 5}
 
 
 def spec(seed: int = 3, **params: int) -> JobSpec:
-    return JobSpec(kernel="transformer-decode", steps=100, seed=seed, params=params or SMALL)
+    return resolve_spec(JobSpec(kernel="transformer-decode", steps=100, seed=seed, params=params or SMALL))
 
 
 def setup(walk: int = 2, seed: int = 3, **params: int) -> tuple[TransformerDecode, JobSpec, dict]:
     sp = spec(seed, **params)
-    k = sp.get_kernel()
+    k = kernel_for(sp)
     assert isinstance(k, TransformerDecode)
     s = k.init_state(sp)
     for i in range(1, walk + 1):
@@ -159,7 +160,7 @@ def test_bad_width_refused() -> None:
 
 @pytest.mark.slow
 def test_zero_false_fail_many_honest_checks() -> None:
-    from kernels.calibrate import calibrate
+    from pocv.kernels.calibrate import calibrate
 
     report = calibrate("transformer-decode", trials=200, params=SMALL, seed=900, max_walk=6)
     assert report["checks"] >= 1000

@@ -9,11 +9,11 @@ import pytest
 from solders.keypair import Keypair
 from solders.pubkey import Pubkey
 
-from verifier.market import programs as P
-from verifier.market.backend import LiteSVMBackend
-from verifier.market.escrow import Escrow, EscrowAddresses, JobTerms
-from verifier.market.tokens import create_mint, fund, token_balance
-from verifier.records import Outcome, Verdict
+from pocv.market import programs as P
+from pocv.market.backend import LiteSVMBackend
+from pocv.market.escrow import Escrow, EscrowAddresses, JobTerms
+from pocv.market.tokens import create_mint, fund, token_balance
+from pocv.records import Outcome, Verdict
 
 TOKENS = 1_000_000_000
 LAMPORTS = 10_000_000_000

@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 from solders.keypair import Keypair
 
-from verifier.market.cli import main
-from verifier.records import Outcome, Verdict, load_keypair
+from pocv.market.cli import main
+from pocv.records import Outcome, Verdict, load_keypair
 
 
 @pytest.fixture
@@ -117,7 +117,7 @@ def test_bad_inputs_are_one_line_errors(cli: Any) -> None:
 def test_cli_help_for_every_subcommand(capsys: pytest.CaptureFixture[str]) -> None:
     import argparse
 
-    from verifier.market.cli import add_market_parser
+    from pocv.market.cli import add_market_parser
 
     p = argparse.ArgumentParser(prog="pocv")
     add_market_parser(p.add_subparsers(dest="command"))
@@ -130,10 +130,10 @@ def test_cli_help_for_every_subcommand(capsys: pytest.CaptureFixture[str]) -> No
 
 def test_cli_over_rpc_url(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """The same commands with --url against the loopback JSON-RPC server (mint and funds set up first)."""
-    from verifier.market.backend import LiteSVMBackend
-    from verifier.market.loopback import LoopbackServer
-    from verifier.market.rpc import RpcBackend
-    from verifier.market.tokens import create_mint, fund
+    from pocv.market.backend import LiteSVMBackend
+    from pocv.market.loopback import LoopbackServer
+    from pocv.market.rpc import RpcBackend
+    from pocv.market.tokens import create_mint, fund
 
     with LoopbackServer(LiteSVMBackend()) as url:
         be = RpcBackend(url, poll_s=0.001)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import io
 
-from verifier.market.demo import run_market_demo
+from pocv.kernels import resolve_spec
+from pocv.market.demo import run_market_demo
 
 
 def test_demo_round_pays_honest_and_slashes_cheater() -> None:
@@ -27,8 +28,8 @@ def test_demo_round_pays_honest_and_slashes_cheater() -> None:
 def test_demo_with_engine_callbacks_gets_the_chain_beacon() -> None:
     from solders.keypair import Keypair
 
-    from verifier.jobs import JobSpec
-    from verifier.records import Commitment, Outcome, Verdict
+    from pocv.jobs import JobSpec
+    from pocv.records import Commitment, Outcome, Verdict
 
     seen: list[tuple[bytes, str]] = []
 
@@ -53,10 +54,10 @@ def test_demo_over_the_real_engine(tmp_path: object) -> None:
 
     from solders.keypair import Keypair
 
-    from verifier.demo import LazyProver
-    from verifier.jobs import JobSpec
-    from verifier.market.demo import engine_callbacks
-    from verifier.prover import Prover
+    from pocv.demo import LazyProver
+    from pocv.jobs import JobSpec
+    from pocv.market.demo import engine_callbacks
+    from pocv.prover import Prover
 
     root = Path(str(tmp_path))
     made: list[str] = []
@@ -69,7 +70,7 @@ def test_demo_over_the_real_engine(tmp_path: object) -> None:
         return LazyProver(trace_dir=d, key=key, skip_fraction=0.5, seed=7)
 
     commit, verify = engine_callbacks(make_prover)
-    spec = JobSpec(kernel="gemm-int8", steps=24, seed=11, params={"n": 16})
+    spec = resolve_spec(JobSpec(kernel="gemm-int8", steps=24, seed=11, params={"n": 16}))
     out = io.StringIO()
     r = run_market_demo(spec=spec, commit=commit, verify=verify, out=out)
     assert r["ok"], out.getvalue()

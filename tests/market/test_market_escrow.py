@@ -14,10 +14,9 @@ import solders.system_program as sp
 from solders.keypair import Keypair
 from solders.transaction import Transaction
 
-from tests.market.conftest import World
-from verifier.errors import SignatureError
-from verifier.market import programs as P
-from verifier.market.escrow import (
+from pocv.errors import SignatureError
+from pocv.market import programs as P
+from pocv.market.escrow import (
     EscrowAddresses,
     EscrowError,
     JobTerms,
@@ -31,6 +30,7 @@ from verifier.market.escrow import (
     settle_instructions,
     sign_and_send,
 )
+from tests.market.conftest import World
 
 FEE = 5_000  # lamports per signature
 
@@ -225,7 +225,7 @@ def test_vault_with_close_authority_refused(fast_world: World) -> None:
 
 
 def test_mint_with_freeze_authority_refused(fast_world: World) -> None:
-    from verifier.market.tokens import create_mint, fund
+    from pocv.market.tokens import create_mint, fund
 
     w = fast_world
     mint = create_mint(w.backend, w.authority, freeze=w.consumer.pubkey())
@@ -290,7 +290,7 @@ def test_second_settlement_impossible(world: World) -> None:
     assert not again.ok and not again.landed
     # ...and so is a freshly signed copy that skips every check
     a = EscrowAddresses.derive(t)
-    from verifier.market.escrow import plan_settlement
+    from pocv.market.escrow import plan_settlement
 
     ixs = settle_instructions(t, plan_settlement(t, "PASS", 1_500), root=root, digest=bytes(32), decimals=6)
     out = sign_and_send(w.backend, ixs, [w.verifier, w.worker])
@@ -308,7 +308,7 @@ def test_cosigner_refuses_a_tampered_settlement(fast_world: World) -> None:
     # the verifier swaps the refund destination for its own token account and re-signs
     a = EscrowAddresses.derive(t)
     msg = honest.message
-    from verifier.market.escrow import plan_settlement
+    from pocv.market.escrow import plan_settlement
 
     plan = plan_settlement(t, "FAIL", 1_500)
     ixs = settle_instructions(t, plan, root=root, digest=bytes(32), decimals=6)
@@ -463,7 +463,7 @@ def test_token_2022_mint_refused(fast_world: World) -> None:
 
 def test_terms_round_trip_through_the_post_memo(fast_world: World) -> None:
     t = JobTerms(**{**fast_world.terms().__dict__, "device_class": "h100", "confidence_ppm": 999_900})
-    from verifier.market import memo as memos
+    from pocv.market import memo as memos
 
     m = memos.parse(t.post_memo().text())
     assert m is not None
@@ -476,7 +476,7 @@ def test_every_escrow_transaction_fits_the_packet_limit(fast_world: World) -> No
     w = fast_world
     t = JobTerms(**{**w.terms().__dict__, "kernel": "gemm-fp32-exact@12", "device_class": "h100-sxm5",
                     "price": 2**62, "bond": 2**62 - 1, "deadline": 2**62})
-    from verifier.market.tokens import fund
+    from pocv.market.tokens import fund
 
     fund(w.backend, mint=w.mint, mint_authority=w.authority, owner=w.consumer.pubkey(), tokens=2**62)
     fund(w.backend, mint=w.mint, mint_authority=w.authority, owner=w.worker.pubkey(), tokens=2**62)
@@ -494,7 +494,7 @@ def test_every_escrow_transaction_fits_the_packet_limit(fast_world: World) -> No
 
 def test_a_strangers_gift_to_the_vault_blocks_nothing(fast_world: World) -> None:
     """Anyone can send tokens to a token account; that must not block the commit or the settlement."""
-    from verifier.market.indexer import Indexer
+    from pocv.market.indexer import Indexer
 
     w = fast_world
     t = w.terms(price=1_000, bond=500)

@@ -7,12 +7,12 @@ from pathlib import Path
 
 from solders.keypair import Keypair
 
+from pocv.market import memo as memos
+from pocv.market import programs as P
+from pocv.market.escrow import EscrowAddresses, sign_and_send
+from pocv.market.indexer import Indexer, reputations
+from pocv.market.market import JobRequest, Offer, Reputation, match, publish_offer
 from tests.market.conftest import World
-from verifier.market import memo as memos
-from verifier.market import programs as P
-from verifier.market.escrow import EscrowAddresses, sign_and_send
-from verifier.market.indexer import Indexer, reputations
-from verifier.market.market import JobRequest, Offer, Reputation, match, publish_offer
 
 
 def _settle(w: World, kind: str, worker: Keypair | None = None) -> bytes:
@@ -140,7 +140,7 @@ def test_matcher_picks_cheapest_qualified_weighted_by_history() -> None:
 
 def test_junk_on_the_board_is_not_a_job(fast_world: World) -> None:
     """Anyone can write to the board: malformed posts, posts without a deposit, posts for someone else."""
-    from verifier.market.escrow import board_address
+    from pocv.market.escrow import board_address
 
     w = fast_world
     board = board_address(w.mint)

@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from verifier.errors import MalformedError
-from verifier.market import memo as memos
+from pocv.errors import MalformedError
+from pocv.market import memo as memos
 
 VALUE = st.from_regex(r"[A-Za-z0-9@._,:+\-]{1,40}", fullmatch=True)
 

@@ -9,15 +9,15 @@ from collections.abc import Iterator
 import pytest
 from solders.keypair import Keypair
 
+from pocv.errors import ChainError, InputError
+from pocv.market import programs as P
+from pocv.market.backend import LiteSVMBackend
+from pocv.market.escrow import Escrow, EscrowAddresses, EscrowError, sign_and_send
+from pocv.market.indexer import Indexer, reputations
+from pocv.market.loopback import LoopbackServer
+from pocv.market.rpc import RpcBackend, resolve_url
+from pocv.market.tokens import create_mint, fund
 from tests.market.conftest import LAMPORTS, TOKENS, World
-from verifier.errors import ChainError, InputError
-from verifier.market import programs as P
-from verifier.market.backend import LiteSVMBackend
-from verifier.market.escrow import Escrow, EscrowAddresses, EscrowError, sign_and_send
-from verifier.market.indexer import Indexer, reputations
-from verifier.market.loopback import LoopbackServer
-from verifier.market.rpc import RpcBackend, resolve_url
-from verifier.market.tokens import create_mint, fund
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +80,7 @@ def test_failed_transaction_comes_back_as_a_value_over_http(rpc_world: World) ->
     # refused before execution (stale blockhash): landed=False, no fee
     from solders.transaction import Transaction
 
-    from verifier.market.escrow import build_message
+    from pocv.market.escrow import build_message
 
     msg = build_message([P.memo("x", (w.consumer.pubkey(),))], w.consumer.pubkey(), w.backend.latest_blockhash())
     w.escrow.post(w.terms(), w.consumer)  # moves the chain on one slot

@@ -1,4 +1,4 @@
-"""The lying-prover simulator: a real :class:`~verifier.prover.Prover` told to cheat in a named way.
+"""The lying-prover simulator: a real :class:`~pocv.prover.Prover` told to cheat in a named way.
 
 Every liar writes a real trace, signs a real commitment and answers with real Merkle proofs (of
 whatever it committed); only the named lie differs from an honest worker. A strategy is a few
@@ -48,15 +48,16 @@ import torch
 from blake3 import blake3
 from solders.keypair import Keypair
 
-from kernels.base import Kernel
-from verifier.bundle import Response
-from verifier.challenge import derive_indices
-from verifier.encoding import State, Tensor
-from verifier.jobs import JobSpec
-from verifier.merkle import MerkleTree
-from verifier.prover import Prover
-from verifier.records import Challenge, Commitment
-from verifier.store import TraceStore
+from pocv.bundle import Response
+from pocv.challenge import derive_indices
+from pocv.encoding import State, Tensor
+from pocv.jobs import JobSpec
+from pocv.kernels import kernel_for, resolve_spec
+from pocv.kernels.base import Kernel
+from pocv.merkle import MerkleTree
+from pocv.prover import Prover
+from pocv.records import Challenge, Commitment
+from pocv.store import TraceStore
 
 StepFn = Callable[[Kernel, State, int, JobSpec, str], dict[str, Tensor]]
 
@@ -241,7 +242,7 @@ def wrong_version() -> Strategy:
             assert isinstance(x, torch.Tensor)
             y = (x.to(torch.int32) - (i % 251)) & 0xFF
             return {"x": y.to(torch.uint8).view(torch.int8)}
-        other = JobSpec(kernel=spec.kernel, steps=spec.steps, seed=spec.seed ^ 0x5A5A, params=dict(spec.params))
+        other = resolve_spec(JobSpec(kernel=spec.kernel, steps=spec.steps, seed=spec.seed ^ 0x5A5A, params=dict(spec.params)))
         return dict(kernel.step(state, i, other, device))
 
     return Strategy("wrong-version", True, 1.0, fake=fake, all_steps=True)
@@ -372,11 +373,11 @@ class LyingProver(Prover):
     def history_state(self, j: int, device: str) -> dict[str, Tensor]:
         """s_j as this worker committed it (from the trace: the checkpoint and its own steps)."""
         store = TraceStore.open(self.trace_dir)
-        from verifier.encoding import decode_state
+        from pocv.encoding import decode_state
 
         base = store.nearest_checkpoint(j)
         state: dict[str, Tensor] = dict(decode_state(store.read_checkpoint(base)))
-        kernel = store.spec.get_kernel()
+        kernel = kernel_for(store.spec)
         for t in range(base + 1, j + 1):
             state = self._step(kernel, state, t, store.spec, device)
         return state
@@ -417,7 +418,7 @@ class VariantProver(Prover):
 
 def implementations(kernel_name: str) -> list[str]:
     """The honest implementations :class:`VariantProver` can run for a kernel."""
-    from kernels import get_kernel
+    from pocv.kernels import get_kernel
 
     k = get_kernel(kernel_name)
     out = ["default"]
@@ -506,9 +507,9 @@ def grind_root_only(spec: JobSpec, f: float, k: int, *, max_rolls: int, seed: in
 
 def fabricated_leaves(spec: JobSpec, f: float, seed: int, salt: int) -> bytes:
     """Leaf values of a fabricate(f) run whose garbage is salted by ``salt`` (in memory, no trace)."""
-    from verifier.encoding import state_digest
+    from pocv.encoding import state_digest
 
-    kernel = spec.get_kernel()
+    kernel = kernel_for(spec)
     faked = pick_steps(spec.steps, f, seed)
     state: State = kernel.init_state(spec)
     out = [state_digest(state)]

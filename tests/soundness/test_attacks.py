@@ -15,14 +15,15 @@ import pytest
 from blake3 import blake3
 from solders.keypair import Keypair
 
+from pocv import JobSpec, Prover, Verifier
+from pocv.challenge import derive_indices
+from pocv.dispute import detect_equivocation
+from pocv.kernels import resolve_spec
+from pocv.merkle import MerkleTree
 from tests.soundness import simulator as sim
-from verifier import JobSpec, Prover, Verifier
-from verifier.challenge import derive_indices
-from verifier.dispute import detect_equivocation
-from verifier.merkle import MerkleTree
 
-GEMM = JobSpec(kernel="gemm-int8", steps=30, seed=8, params={"n": 16})
-MLP = JobSpec(kernel="mlp-sgd", steps=30, seed=8, params={"width": 16, "depth": 2, "batch": 16})
+GEMM = resolve_spec(JobSpec(kernel="gemm-int8", steps=30, seed=8, params={"n": 16}))
+MLP = resolve_spec(JobSpec(kernel="mlp-sgd", steps=30, seed=8, params={"width": 16, "depth": 2, "batch": 16}))
 SPECS = {"gemm-int8": GEMM, "mlp-sgd": MLP}
 VERIFIER = Verifier(key=Keypair.from_seed(bytes([12]) * 32))
 
@@ -149,7 +150,7 @@ def test_equivocation_is_caught_by_its_two_signatures(tmp_path) -> None:
 
 
 def test_fabricated_leaves_are_what_the_liar_commits(tmp_path) -> None:
-    spec = JobSpec(kernel="gemm-int8", steps=40, seed=8, params={"n": 16})
+    spec = resolve_spec(JobSpec(kernel="gemm-int8", steps=40, seed=8, params={"n": 16}))
     for salt in (0, 5):
         liar = sim.make_liar(sim.fabricate(0.1, seed=2).with_salt(salt), trace_dir=tmp_path / str(salt))
         c = liar.run(spec)
@@ -161,7 +162,7 @@ def test_grinding_root_only_challenges_takes_few_rolls(tmp_path) -> None:
     probability C(98,30)/C(100,30) = 0.487. Measured over 80 rolls, then a ground commitment
     PASSES a real check under the root-only variant, and is caught under a fresh beacon as
     often as any other (not asserted per beacon: it is a 51% event)."""
-    spec = JobSpec(kernel="gemm-int8", steps=100, seed=8, params={"n": 16})
+    spec = resolve_spec(JobSpec(kernel="gemm-int8", steps=100, seed=8, params={"n": 16}))
     f, k = 0.02, 30
     faked = sim.pick_steps(spec.steps, f, 0)
     wins = []
@@ -189,8 +190,8 @@ def test_a_commitment_naming_another_kernel_version_is_refused(tmp_path) -> None
     version it made up (SpecError), nor pass one job's commitment off as another's (MismatchError)."""
     import json
 
-    from verifier.errors import MismatchError, SpecError
-    from verifier.records import Commitment
+    from pocv.errors import MismatchError, SpecError
+    from pocv.records import Commitment
 
     c = Prover(trace_dir=tmp_path / "t", key=Keypair(), checkpoint_every=8).run(GEMM)
     doc = json.loads(c.to_json())

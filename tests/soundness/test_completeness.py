@@ -21,9 +21,10 @@ import torch
 from blake3 import blake3
 from solders.keypair import Keypair
 
-from kernels._tolerance import torch_threads
+from pocv import JobSpec, Verifier
+from pocv.kernels import resolve_spec
+from pocv.kernels._tolerance import torch_threads
 from tests.soundness.simulator import VariantProver, implementations
-from verifier import JobSpec, Verifier
 
 
 @dataclass
@@ -66,8 +67,8 @@ def _specs(seeds: range, *, big: bool) -> list[JobSpec]:
     mlp = {"width": 64, "depth": 3, "batch": 64} if big else {"width": 32, "depth": 2, "batch": 32}
     out = []
     for s in seeds:
-        out.append(JobSpec(kernel="gemm-int8", steps=30 if big else 12, seed=s, params={"n": 64 if big else 32}))
-        out.append(JobSpec(kernel="mlp-sgd", steps=30 if big else 12, seed=s, params=mlp))
+        out.append(resolve_spec(JobSpec(kernel="gemm-int8", steps=30 if big else 12, seed=s, params={"n": 64 if big else 32})))
+        out.append(resolve_spec(JobSpec(kernel="mlp-sgd", steps=30 if big else 12, seed=s, params=mlp)))
     return out
 
 

@@ -26,20 +26,21 @@ from pathlib import Path
 import pytest
 from solders.keypair import Keypair
 
-from verifier import JobSpec, Prover, Verifier
-from verifier.bundle import Response
-from verifier.encoding import DIGEST_SIZE, decode_state, digest_encoded
-from verifier.merkle import MerkleTree
-from verifier.records import Commitment, Verdict, save_keypair
+from pocv import JobSpec, Prover, Verifier
+from pocv.bundle import Response
+from pocv.encoding import DIGEST_SIZE, decode_state, digest_encoded
+from pocv.kernels import resolve_spec
+from pocv.merkle import MerkleTree
+from pocv.records import Commitment, Verdict, save_keypair
 
-SPEC = JobSpec(kernel="gemm-int8", steps=300, seed=3, params={"n": 512, "layers": 6})  # ~2-3 s of steps on 2 cores
+SPEC = resolve_spec(JobSpec(kernel="gemm-int8", steps=300, seed=3, params={"n": 512, "layers": 6}))  # ~2-3 s of steps on 2 cores
 EVERY = 8
 #: how long a killed process may take to die, and the longest a resumed run may take
 PROCESS_TIMEOUT_S = 300
 
 
 def pocv_cmd(*args: object) -> list[str]:
-    return [sys.executable, "-m", "verifier", *map(str, args)]
+    return [sys.executable, "-m", "pocv", *map(str, args)]
 
 
 def check_trace(trace: Path) -> dict[str, int]:
@@ -193,7 +194,7 @@ def test_check_trace_catches_a_torn_checkpoint(tmp_path, reference) -> None:
     """The invariant checker itself can fail: a checkpoint cut short is not accepted."""
     trace = tmp_path / "t"
     Prover(trace_dir=trace, key=Keypair(), checkpoint_every=EVERY).run(
-        JobSpec(kernel="gemm-int8", steps=16, seed=3, params={"n": 16}))
+        resolve_spec(JobSpec(kernel="gemm-int8", steps=16, seed=3, params={"n": 16})))
     ck = trace / "checkpoints" / f"{8:012d}.state"
     ck.write_bytes(ck.read_bytes()[:-5])
     with pytest.raises(Exception, match="truncated"):

@@ -1,4 +1,4 @@
-"""Bisection disputes (verifier.dispute): round counts, who is named, every way to lose, files."""
+"""Bisection disputes (pocv.dispute): round counts, who is named, every way to lose, files."""
 
 from __future__ import annotations
 
@@ -11,10 +11,9 @@ from pathlib import Path
 import pytest
 from solders.keypair import Keypair
 
-from tests.soundness.simulator import LyingProver, VariantProver, fabricate, make_liar, noise, skip
-from verifier import JobSpec, Prover
-from verifier.bundle import Response
-from verifier.dispute import (
+from pocv import JobSpec, Prover
+from pocv.bundle import Response
+from pocv.dispute import (
     MAX_DISPUTE_ROUNDS,
     Dispute,
     DisputeOutcome,
@@ -26,17 +25,19 @@ from verifier.dispute import (
     max_rounds,
     run_local,
 )
-from verifier.encoding import digest_encoded, encode_state
-from verifier.errors import MalformedError, MismatchError, PocvError, SignatureError
-from verifier.merkle import MerkleTree
-from verifier.records import Commitment, Verdict, save_keypair
+from pocv.encoding import digest_encoded, encode_state
+from pocv.errors import MalformedError, MismatchError, PocvError, SignatureError
+from pocv.kernels import kernel_for, resolve_spec
+from pocv.merkle import MerkleTree
+from pocv.records import Commitment, Verdict, save_keypair
+from tests.soundness.simulator import LyingProver, VariantProver, fabricate, make_liar, noise, skip
 
 REFEREE = Keypair.from_seed(bytes([9]) * 32)
 GEMM = {"kernel": "gemm-int8", "seed": 4, "params": {"n": 16}}
 
 
 def gemm(steps: int) -> JobSpec:
-    return JobSpec(steps=steps, **GEMM)  # type: ignore[arg-type]
+    return resolve_spec(JobSpec(steps=steps, **GEMM))  # type: ignore[arg-type]
 
 
 # -- in-memory parties: the exhaustive round counts ----------------------------------------------
@@ -64,7 +65,7 @@ class MemParty:
 def chain() -> list[bytes]:
     """The honest encoded states of gemm(130)."""
     spec = gemm(130)
-    k = spec.get_kernel()
+    k = kernel_for(spec)
     s = k.init_state(spec)
     out = [encode_state(s)]
     for i in range(1, 131):
@@ -329,7 +330,7 @@ def test_answer_query_refuses_a_query_for_another_trace(tmp_path, pair) -> None:
 
 # -- tolerance mode -----------------------------------------------------------------------------
 
-MLP = JobSpec(kernel="mlp-sgd", steps=12, seed=3, params={"width": 16, "depth": 2, "batch": 16})
+MLP = resolve_spec(JobSpec(kernel="mlp-sgd", steps=12, seed=3, params={"width": 16, "depth": 2, "batch": 16}))
 
 
 def test_tolerance_two_honest_implementations_are_both_within_bound(tmp_path) -> None:
@@ -402,7 +403,7 @@ def test_equivocation_is_evidence(tmp_path) -> None:
 
 
 def pocv(*args: str | Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "verifier", *map(str, args)], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "pocv", *map(str, args)], capture_output=True, text=True,
                           timeout=300)
 
 
@@ -424,7 +425,7 @@ def _cli_dispute(tmp_path: Path, steps: int, bad: int) -> dict[str, object]:
     r = pocv("dispute", "open", ca, cb, "-s", s, "-q", q)
     assert r.returncode == 0, r.stderr
     for rnd in range(MAX_DISPUTE_ROUNDS + 1):
-        procs = [subprocess.Popen([sys.executable, "-m", "verifier", "dispute", "answer", str(tmp_path / f"t{p}"),
+        procs = [subprocess.Popen([sys.executable, "-m", "pocv", "dispute", "answer", str(tmp_path / f"t{p}"),
                                    str(q), "-o", str(tmp_path / f"ans-{rnd}-{p}")], stderr=subprocess.PIPE)
                  for p in "ab"]
         for p in procs:
@@ -476,7 +477,7 @@ def test_cli_equivocation_and_errors(tmp_path) -> None:
 def test_the_liars_verdict_is_one_the_market_settles_on(pair) -> None:
     """escrow.check_verdict accepts the referee's FAIL verdict for the liar's committed root (the
     referee being the job's registered verifier), and no verdict for the honest party's root."""
-    escrow = pytest.importorskip("verifier.market.escrow")
+    escrow = pytest.importorskip("pocv.market.escrow")
     from solders.pubkey import Pubkey
 
     a, b = pair

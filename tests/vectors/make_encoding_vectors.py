@@ -54,7 +54,7 @@ def build(recipe: dict[str, Any]) -> dict[str, torch.Tensor]:
 
 
 def main() -> None:
-    from verifier.encoding import encode_state, state_digest
+    from pocv.encoding import encode_state, state_digest
 
     vectors = []
     for r in RECIPES:

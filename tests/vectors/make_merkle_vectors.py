@@ -1,7 +1,7 @@
 """Regenerate tests/vectors/merkle.json: `python tests/vectors/make_merkle_vectors.py`.
 
 The vectors come from the plain recursive definitions below (RFC 9162 section 2.1, one
-``blake3`` library call per hash), not from ``verifier.merkle``, so the file is an independent
+``blake3`` library call per hash), not from ``pocv.merkle``, so the file is an independent
 reference: ``tests/test_merkle.py`` checks the library against it and checks that this script
 still produces exactly the stored file. Regenerate only for a deliberate change of the tree
 (and change the key contexts' version with it).

@@ -1,19 +1,19 @@
 """Marketplace and escrow on Solana, composed only from standard programs (DESIGN.md section 7).
 
-* :mod:`~verifier.market.escrow` -- a job's 2-of-3 SPL Token multisig escrow: POST, COMMIT,
+* :mod:`~pocv.market.escrow` -- a job's 2-of-3 SPL Token multisig escrow: POST, COMMIT,
   SETTLE, TIMEOUT; checks before money moves; partial signing; durable nonces; chain beacon.
-* :mod:`~verifier.market.market` -- offers, job requests, the matcher.
-* :mod:`~verifier.market.indexer` -- job histories and reputations rebuilt from the chain.
-* :mod:`~verifier.market.backend` -- the chain interface and the embedded LiteSVM backend;
-  :mod:`~verifier.market.rpc` -- any cluster over JSON-RPC (solana-py ``AsyncClient``);
-  :mod:`~verifier.market.loopback` -- a JSON-RPC server over LiteSVM for loopback tests.
-* :mod:`~verifier.market.cli` -- ``pocv market``; :mod:`~verifier.market.demo` -- the demo round.
+* :mod:`~pocv.market.market` -- offers, job requests, the matcher.
+* :mod:`~pocv.market.indexer` -- job histories and reputations rebuilt from the chain.
+* :mod:`~pocv.market.backend` -- the chain interface and the embedded LiteSVM backend;
+  :mod:`~pocv.market.rpc` -- any cluster over JSON-RPC (solana-py ``AsyncClient``);
+  :mod:`~pocv.market.loopback` -- a JSON-RPC server over LiteSVM for loopback tests.
+* :mod:`~pocv.market.cli` -- ``pocv market``; :mod:`~pocv.market.demo` -- the demo round.
 
 This package imports no kernels itself; the names below are what a scheduler needs.
 """
 
-from verifier.market.backend import Backend, LiteSVMBackend, TxOutcome, TxRecord
-from verifier.market.escrow import (
+from pocv.market.backend import Backend, LiteSVMBackend, TxOutcome, TxRecord
+from pocv.market.escrow import (
     ChainBeacon,
     Escrow,
     EscrowAddresses,
@@ -25,8 +25,8 @@ from verifier.market.escrow import (
     check_verdict,
     find_commit,
 )
-from verifier.market.indexer import Indexer, JobHistory, reputations
-from verifier.market.market import JobRequest, Offer, Reputation, match, publish_offer
+from pocv.market.indexer import Indexer, JobHistory, reputations
+from pocv.market.market import JobRequest, Offer, Reputation, match, publish_offer
 
 __all__ = [
     "Backend",
@@ -56,6 +56,6 @@ __all__ = [
 
 def rpc_backend(url: str) -> Backend:
     """A backend for ``url`` (a URL or localhost/devnet/testnet/mainnet-beta), imported on use."""
-    from verifier.market.rpc import RpcBackend
+    from pocv.market.rpc import RpcBackend
 
     return RpcBackend(url)

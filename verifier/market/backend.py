@@ -3,13 +3,13 @@
 :class:`Backend` is what the escrow, market and indexer need from a chain: send a transaction
 (a failed transaction comes back as a :class:`TxOutcome` value, never as an exception), read
 accounts, list the transactions that touched an address, read one transaction with its token
-balances before and after. Transport trouble raises :class:`~verifier.errors.ChainError`.
+balances before and after. Transport trouble raises :class:`~pocv.errors.ChainError`.
 
 :class:`LiteSVMBackend` is the embedded default: ``solders.litesvm.LiteSVM`` in process, made to
 behave like a chain where the escrow needs it -- one slot (and one new blockhash, recorded in the
 SlotHashes sysvar) per landed transaction, and an address -> signatures index with pre/post
 lamport and token balances per transaction, as an RPC node's ``getSignaturesForAddress`` and
-``getTransaction`` give. The RPC backend lives in :mod:`verifier.market.rpc`.
+``getTransaction`` give. The RPC backend lives in :mod:`pocv.market.rpc`.
 """
 
 from __future__ import annotations
@@ -30,8 +30,8 @@ from solders.signature import Signature
 from solders.transaction import Transaction
 from solders.transaction_metadata import FailedTransactionMetadata, TransactionMetadata
 
-from verifier.errors import ChainError
-from verifier.market.programs import (
+from pocv.errors import ChainError
+from pocv.market.programs import (
     ACCOUNT_SIZE,
     MEMO_PROGRAM_ID,
     SLOT_HASHES_SYSVAR,

@@ -2,7 +2,7 @@
 
 Backends, as in the Solana CLI: ``-u/--url`` is a URL or localhost/devnet/testnet/mainnet-beta;
 without it the embedded LiteSVM chain kept in ``--ledger`` (default ``./.pocv-ledger``; see
-:mod:`verifier.market.ledger`) is used, with a sandbox mint and a faucet that funds new keys.
+:mod:`pocv.market.ledger`) is used, with a sandbox mint and a faucet that funds new keys.
 ``-k/--keypair`` defaults to ``~/.config/solana/id.json``.
 
 Exit codes: 0 done (PASS, TIMEOUT, or no verdict involved), 1 a FAIL verdict settled or found,
@@ -29,9 +29,9 @@ from solders.keypair import Keypair
 from solders.pubkey import Pubkey
 from solders.transaction import Transaction
 
-from verifier.errors import EXIT_CHAIN, EXIT_FAIL, EXIT_PASS, ChainError, InputError, MismatchError, PocvError
-from verifier.market.backend import Backend
-from verifier.market.escrow import (
+from pocv.errors import EXIT_CHAIN, EXIT_FAIL, EXIT_PASS, ChainError, InputError, MismatchError, PocvError
+from pocv.market.backend import Backend
+from pocv.market.escrow import (
     ChainBeacon,
     Escrow,
     EscrowAddresses,
@@ -40,8 +40,8 @@ from verifier.market.escrow import (
     create_nonce,
     find_commit,
 )
-from verifier.market.indexer import Indexer, JobHistory, reputations
-from verifier.market.market import JobRequest, Offer, match, publish_offer
+from pocv.market.indexer import Indexer, JobHistory, reputations
+from pocv.market.market import JobRequest, Offer, match, publish_offer
 
 DEFAULT_KEYPAIR: Final = "~/.config/solana/id.json"
 DEFAULT_DEADLINE_S: Final = 3_600
@@ -147,7 +147,7 @@ class _Session:
     notes: list[str]
 
     def signer(self, path: str) -> Keypair:
-        from verifier.records import load_keypair
+        from pocv.records import load_keypair
 
         p = Path(os.path.expanduser(path))
         if not p.exists():
@@ -169,7 +169,7 @@ class _Session:
 def _session(args: argparse.Namespace) -> Iterator[_Session]:
     mint_arg = _pubkey(args.mint, "--mint") if args.mint else None
     if args.url is None:
-        from verifier.market.ledger import DEFAULT_LEDGER, EmbeddedLedger
+        from pocv.market.ledger import DEFAULT_LEDGER, EmbeddedLedger
 
         with EmbeddedLedger(args.ledger or DEFAULT_LEDGER, token_program=args.token_program) as ledger:
             if mint_arg is not None and mint_arg != ledger.mint:
@@ -177,7 +177,7 @@ def _session(args: argparse.Namespace) -> Iterator[_Session]:
             index = Path(args.index) if args.index else ledger.index_path
             yield _Session(ledger.backend, ledger.mint, index, ledger, [])
         return
-    from verifier.market.rpc import RpcBackend
+    from pocv.market.rpc import RpcBackend
 
     if mint_arg is None:
         raise InputError("--mint is required with --url (the payment token's mint address)")
@@ -233,7 +233,7 @@ def _must_land(o: Any, what: str) -> None:
 
 
 def _cmd_offer(args: argparse.Namespace, s: _Session) -> tuple[int, dict[str, Any]]:
-    from verifier.records import meta_hash
+    from pocv.records import meta_hash
 
     key = s.signer(args.keypair)
     if args.fingerprint:
@@ -267,7 +267,7 @@ def _cmd_match(args: argparse.Namespace, s: _Session) -> tuple[int, dict[str, An
 
 
 def _cmd_post(args: argparse.Namespace, s: _Session) -> tuple[int, dict[str, Any]]:
-    from verifier.jobs import JobSpec
+    from pocv.jobs import JobSpec
 
     spec = JobSpec.from_json(_read(args.spec, "job spec"))
     key = s.signer(args.keypair)
@@ -315,7 +315,7 @@ def _cmd_commit(args: argparse.Namespace, s: _Session) -> tuple[int, dict[str, A
     key = s.signer(args.keypair)
     job = _job(s, job_id)
     if args.commitment:
-        from verifier.records import Commitment
+        from pocv.records import Commitment
 
         c = Commitment.from_json(_read(args.commitment, "commitment"))  # verifies the signature
         if c.job_id != job_id:
@@ -334,7 +334,7 @@ def _cmd_commit(args: argparse.Namespace, s: _Session) -> tuple[int, dict[str, A
 
 
 def _cmd_settle(args: argparse.Namespace, s: _Session) -> tuple[int, dict[str, Any]]:
-    from verifier.records import Verdict
+    from pocv.records import Verdict
 
     job_id = _job_id(args.job_id)
     key = s.signer(args.keypair)
@@ -486,7 +486,7 @@ def run_market(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Stand-alone entry (``python -m verifier.market.cli``), same as ``pocv market``."""
+    """Stand-alone entry (``python -m pocv.market.cli``), same as ``pocv market``."""
     parser = argparse.ArgumentParser(prog="pocv")
     add_market_parser(parser.add_subparsers(dest="command"))
     try:

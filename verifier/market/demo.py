@@ -34,22 +34,23 @@ from blake3 import blake3
 from solders.keypair import Keypair
 from solders.pubkey import Pubkey
 
-from verifier.errors import ChainError, InputError, MismatchError
-from verifier.jobs import JobSpec
-from verifier.market import programs as P
-from verifier.market.backend import Backend, LiteSVMBackend, TxOutcome
-from verifier.market.escrow import Escrow, JobTerms, check_beacon, create_nonce, find_commit
-from verifier.market.indexer import Indexer, reputations
-from verifier.market.market import JobRequest, Offer, match, publish_offer
-from verifier.market.tokens import create_mint, fund, token_balance
-from verifier.records import Challenge, Commitment, Outcome, Verdict, meta_hash
+from pocv.errors import ChainError, InputError, MismatchError
+from pocv.jobs import JobSpec
+from pocv.kernels import resolve_spec
+from pocv.market import programs as P
+from pocv.market.backend import Backend, LiteSVMBackend, TxOutcome
+from pocv.market.escrow import Escrow, JobTerms, check_beacon, create_nonce, find_commit
+from pocv.market.indexer import Indexer, reputations
+from pocv.market.market import JobRequest, Offer, match, publish_offer
+from pocv.market.tokens import create_mint, fund, token_balance
+from pocv.records import Challenge, Commitment, Outcome, Verdict, meta_hash
 
 CommitFn = Callable[[JobSpec, Keypair, bool], Commitment]
 VerifyFn = Callable[[Commitment, bytes, str, Keypair], Verdict]
 
 
 class ProverLike(Protocol):
-    """What :func:`engine_callbacks` needs of a worker (``verifier.prover.Prover`` is one)."""
+    """What :func:`engine_callbacks` needs of a worker (``pocv.prover.Prover`` is one)."""
 
     def run(self, spec: JobSpec) -> Commitment: ...
 
@@ -88,7 +89,7 @@ def stand_in_verify(commitment: Commitment, beacon: bytes, source: str, key: Key
 def engine_callbacks(make_prover: Callable[[Keypair, bool], ProverLike], *, confidence: float = 0.999,
                      cheat_fraction: float = 0.1) -> tuple[CommitFn, VerifyFn]:
     """The demo's callbacks over the real engine: ``make_prover(worker_key, honest)`` returns a
-    prover (an honest ``Prover``, or a cheating one); the verifier is ``verifier.check.Verifier``,
+    prover (an honest ``Prover``, or a cheating one); the verifier is ``pocv.check.Verifier``,
     challenging with the chain beacon. The worker answers the challenge from its own trace."""
     provers: dict[tuple[bytes, bytes], ProverLike] = {}
 
@@ -99,7 +100,7 @@ def engine_callbacks(make_prover: Callable[[Keypair, bool], ProverLike], *, conf
         return c
 
     def verify(c: Commitment, beacon: bytes, source: str, key: Keypair) -> Verdict:
-        from verifier.check import Verifier
+        from pocv.check import Verifier
 
         v = Verifier(key=key)
         challenge = v.challenge(c, beacon=beacon, confidence=confidence, cheat_fraction=cheat_fraction,
@@ -130,7 +131,7 @@ def run_market_demo(*, spec: JobSpec | None = None, commit: CommitFn | None = No
 
     ``keys`` may name any of "consumer", "honest worker", "cheating worker", "verifier" (fresh
     keys otherwise). Job 1 runs ``spec``; job 2 the same kernel and size with ``seed + 1``."""
-    spec = spec or JobSpec(kernel="gemm-int8", steps=64, seed=2026, params={"n": 64})
+    spec = spec or resolve_spec(JobSpec(kernel="gemm-int8", steps=64, seed=2026, params={"n": 64}))
     commit_fn = commit or stand_in_commit
     verify_fn = verify or stand_in_verify
     be: Backend = backend or LiteSVMBackend()
@@ -231,8 +232,8 @@ def run_market_demo(*, spec: JobSpec | None = None, commit: CommitFn | None = No
     record("cheating worker undercuts", publish_offer(be, Offer(worker=cheater.pubkey, device_class="cpu",
                                                                 fingerprint=fp, price=CHEAT_UNDERCUT, bond=BOND,
                                                                 kernels=(kernel,)), cheater.key, mint))
-    spec2 = JobSpec(kernel=spec.kernel, steps=spec.steps, seed=spec.seed + 1, params=dict(spec.params),
-                    version=spec.version)
+    spec2 = resolve_spec(JobSpec(kernel=spec.kernel, steps=spec.steps, seed=spec.seed + 1, params=dict(spec.params),
+                    version=spec.version))
     rounds.append(one_job(spec2, "job 2"))
 
     offers, jobs = indexer.refresh()

@@ -39,11 +39,11 @@ from solders.pubkey import Pubkey
 from solders.signature import Signature
 from solders.transaction import Transaction
 
-from verifier.errors import ChainError, InputError, MismatchError, SignatureError
-from verifier.market import memo as memos
-from verifier.market import programs as P
-from verifier.market.backend import Backend, TxOutcome, TxRecord
-from verifier.records import Verdict
+from pocv.errors import ChainError, InputError, MismatchError, SignatureError
+from pocv.market import memo as memos
+from pocv.market import programs as P
+from pocv.market.backend import Backend, TxOutcome, TxRecord
+from pocv.records import Verdict
 
 ESCROW_M: Final = 2  # signatures needed out of the three parties
 ESCROW_N: Final = 3

@@ -27,11 +27,11 @@ from typing import Any, Final
 
 from solders.pubkey import Pubkey
 
-from verifier.errors import ChainError, EvidenceError, PocvError
-from verifier.market import memo as memos
-from verifier.market.backend import Backend, TxRecord
-from verifier.market.escrow import EscrowAddresses, JobTerms, board_address, memo_of
-from verifier.market.market import Offer, Reputation
+from pocv.errors import ChainError, EvidenceError, PocvError
+from pocv.market import memo as memos
+from pocv.market.backend import Backend, TxRecord
+from pocv.market.escrow import EscrowAddresses, JobTerms, board_address, memo_of
+from pocv.market.market import Offer, Reputation
 
 SCHEMA_VERSION: Final = 1
 MAX_EVENTS_PER_JOB: Final = 64  # a vault's history longer than this is junk (anyone can name a vault)

@@ -28,9 +28,9 @@ from typing import IO, Final
 from solders.keypair import Keypair
 from solders.pubkey import Pubkey
 
-from verifier.errors import StorageError
-from verifier.market.backend import LiteSVMBackend, TokenBuild
-from verifier.market.tokens import create_mint, fund
+from pocv.errors import StorageError
+from pocv.market.backend import LiteSVMBackend, TokenBuild
+from pocv.market.tokens import create_mint, fund
 
 DEFAULT_LEDGER: Final = ".pocv-ledger"
 MAX_STATE_BYTES: Final = 512 * 1024 * 1024

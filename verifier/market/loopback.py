@@ -22,8 +22,8 @@ from solders.signature import Signature
 from solders.transaction import Transaction
 from solders.transaction_metadata import FailedTransactionMetadata
 
-from verifier.market.backend import LiteSVMBackend, TokenBalance, TxRecord
-from verifier.market.programs import TOKEN_PROGRAM_ID
+from pocv.market.backend import LiteSVMBackend, TokenBalance, TxRecord
+from pocv.market.programs import TOKEN_PROGRAM_ID
 
 MAX_REQUEST_BYTES: Final = 1 << 20  # a transaction is at most 1,232 bytes; batches stay small
 SIGNATURES_LIMIT: Final = 1_000

@@ -1,7 +1,7 @@
 """Offers, job requests and matching.
 
 Workers publish :class:`Offer` memos on the market's board (an address derived from the mint;
-see :func:`~verifier.market.escrow.board_address`). A consumer states a :class:`JobRequest`; the
+see :func:`~pocv.market.escrow.board_address`). A consumer states a :class:`JobRequest`; the
 matcher (:func:`match`) picks the cheapest qualified worker, its price weighted by its verdict
 history as the indexer rebuilt it from the chain. Matching is a pure function: anyone can re-run
 it on the same chain data and get the same worker.
@@ -17,11 +17,11 @@ from typing import Final
 from solders.keypair import Keypair
 from solders.pubkey import Pubkey
 
-from verifier.errors import InputError
-from verifier.market import memo as memos
-from verifier.market.backend import Backend, TxOutcome
-from verifier.market.escrow import board_address, sign_and_send
-from verifier.market.programs import memo as memo_ix
+from pocv.errors import InputError
+from pocv.market import memo as memos
+from pocv.market.backend import Backend, TxOutcome
+from pocv.market.escrow import board_address, sign_and_send
+from pocv.market.programs import memo as memo_ix
 
 MAX_KERNELS_PER_OFFER: Final = 8
 #: A worker's trust is a Laplace estimate of its PASS rate; one FAIL costs as much as this many PASSes.
@@ -32,7 +32,7 @@ FAIL_WEIGHT: Final = 4
 class Offer:
     worker: Pubkey
     device_class: str  # e.g. "cpu-x86", "h100"
-    fingerprint: bytes  # 32-byte digest of the device fingerprint (verifier.records.meta_hash)
+    fingerprint: bytes  # 32-byte digest of the device fingerprint (pocv.records.meta_hash)
     price: int  # token base units per job
     bond: int
     kernels: tuple[str, ...]  # kernel names ("gemm-int8") or refs ("gemm-int8@1")

@@ -17,7 +17,7 @@ from typing import Final
 from solders.hash import Hash, ParseHashError
 from solders.pubkey import Pubkey
 
-from verifier.errors import MalformedError
+from pocv.errors import MalformedError
 
 MEMO_PREFIX: Final = "pocv1"
 MAX_FIELD_CHARS: Final = 128

@@ -28,7 +28,7 @@ from solders.hash import Hash
 from solders.instruction import AccountMeta, Instruction
 from solders.pubkey import Pubkey
 
-from verifier.errors import MalformedError
+from pocv.errors import MalformedError
 
 SYSTEM_PROGRAM_ID: Final = Pubkey.from_string("11111111111111111111111111111111")
 TOKEN_PROGRAM_ID: Final = Pubkey.from_string("TokenkegQfeZyiNwAJbNbGKPFXCWuBvf9Ss623VQ5DA")

@@ -1,5 +1,5 @@
 """The RPC backend: any Solana cluster through solana-py's ``AsyncClient`` (solana-py 0.41 has no
-sync client), behind the synchronous :class:`~verifier.market.backend.Backend` interface.
+sync client), behind the synchronous :class:`~pocv.market.backend.Backend` interface.
 
 ``--url`` follows the Solana CLI: a URL, or one of the monikers in :data:`CLUSTERS`.
 
@@ -7,7 +7,7 @@ Transactions are sent with ``skip_preflight`` and then polled until confirmed, s
 that executes and fails comes back as a :class:`TxOutcome` value (``ok=False, landed=True``),
 exactly as on the embedded backend; one the node refuses before execution comes back with
 ``landed=False``. Transport trouble, timeouts and unparseable answers raise
-:class:`~verifier.errors.ChainError`. solders' response parsers can raise ``PanicException`` (a
+:class:`~pocv.errors.ChainError`. solders' response parsers can raise ``PanicException`` (a
 ``BaseException``), so it is caught here explicitly.
 """
 
@@ -28,8 +28,8 @@ from solders.signature import Signature
 from solders.transaction import Transaction
 from solders.transaction_status import TransactionConfirmationStatus
 
-from verifier.errors import ChainError, InputError
-from verifier.market.backend import AccountView, TokenBalance, TxOutcome, TxRecord
+from pocv.errors import ChainError, InputError
+from pocv.market.backend import AccountView, TokenBalance, TxOutcome, TxRecord
 
 CLUSTERS: Final = {
     "localhost": "http://127.0.0.1:8899",

@@ -9,10 +9,10 @@ import solders.system_program as sp
 from solders.keypair import Keypair
 from solders.pubkey import Pubkey
 
-from verifier.errors import ChainError
-from verifier.market import programs as P
-from verifier.market.backend import Backend
-from verifier.market.escrow import sign_and_send
+from pocv.errors import ChainError
+from pocv.market import programs as P
+from pocv.market.backend import Backend
+from pocv.market.escrow import sign_and_send
 
 DEFAULT_DECIMALS: Final = 6
 
