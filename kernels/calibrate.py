@@ -35,7 +35,7 @@ import torch
 from pocv.encoding import state_digest
 from pocv.errors import SpecError
 from pocv.jobs import JobSpec
-from pocv.kernels import resolve_spec
+from pocv.kernels import kernel_for, resolve_spec
 from pocv.kernels._tolerance import ToleranceKernel
 
 MAX_TRIALS: Final = 100_000
@@ -134,7 +134,7 @@ def calibrate(
     """Measure honest deviation of ``kernel_name`` (see the module docstring); a JSON-able dict."""
     if not 1 <= trials <= MAX_TRIALS:
         raise ValueError(f"trials must be in 1..{MAX_TRIALS}, got {trials}")
-    kernel = _spec(kernel_name, seed, params).get_kernel()
+    kernel = kernel_for(_spec(kernel_name, seed, params))
     rng = np.random.default_rng(seed)
     honest_fn = getattr(kernel, "honest_variants", None)
     honest: dict[str, Any] = dict(honest_fn()) if callable(honest_fn) else {}
@@ -274,7 +274,8 @@ def _format(report: dict[str, Any]) -> str:
 
 
 def calibrate_main(argv: Sequence[str] | None = None) -> int:
-    """``pocv calibrate`` / ``python -m pocv.kernels.calibrate``: print the report; exit 1 on a false FAIL."""
+    """``python -m pocv.kernels.calibrate``: print the report; exit 1 when it fails (``pocv calibrate``
+    calls :func:`calibrate` and :func:`report_failed` itself)."""
     ap = argparse.ArgumentParser(prog="pocv calibrate", description=__doc__.split("\n\n")[0])
     ap.add_argument("kernel")
     ap.add_argument("--trials", type=int, default=20)
@@ -294,10 +295,16 @@ def calibrate_main(argv: Sequence[str] | None = None) -> int:
     report = calibrate(args.kernel, trials=args.trials, max_walk=args.max_walk, seed=args.seed,
                        params=params, margin=args.margin)
     print(json.dumps(report, indent=2) if args.json else _format(report))
+    return 1 if report_failed(report) else 0
+
+
+def report_failed(report: dict[str, Any]) -> bool:
+    """Whether a calibration report fails (exit 1): a false FAIL, a digest mismatch between honest
+    variants, a missed precision downgrade, or a false FAIL of the Freivalds check."""
     bad = report.get("false_fails", 0) or sum(report.get("digest_mismatches", {}).values())
     bad = bad or any(d["caught"] < d["of"] for d in report.get("downgrades", {}).values())
     bad = bad or report.get("freivalds", {}).get("false_fails", 0)
-    return 1 if bad else 0
+    return bool(bad)
 
 
 if __name__ == "__main__":

@@ -80,7 +80,7 @@ def test_partial_answer_marks_missing_steps(honest, verifier_key) -> None:
     dropped = ch.indices[2]
     keep = set(Response.opened_leaves([i for i in ch.indices if i != dropped]))
     from pocv.merkle import MerkleTree
-    from pocv.store import TraceStore
+    from pocv.trace import TraceStore
 
     store = TraceStore.open(prover.trace_dir)
     leaves = store.read_leaves()

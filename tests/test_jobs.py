@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pocv.errors import LimitExceeded, MalformedError, SpecError
+from pocv.errors import InputError, LimitExceeded, MalformedError, SpecError
 from pocv.jobs import MAX_SPEC_BYTES, JobSpec
 from pocv.kernels import resolve_spec
 
@@ -59,7 +59,16 @@ BAD = {
 def test_bad_specs(case: str) -> None:
     d, exc, match = BAD[case]
     with pytest.raises(exc, match=match):
-        JobSpec.from_json(json.dumps(d))
+        resolve_spec(JobSpec.from_json(json.dumps(d)))  # kernel-dependent cases fail on resolving
+
+
+def test_a_spec_is_plain_data_until_resolved() -> None:
+    raw = JobSpec.from_json(json.dumps({"kernel": "nope", "steps": 1, "seed": 0, "params": {"m": 3}}))
+    assert raw.kernel == "nope" and not raw.resolved  # parsing consults no kernel
+    with pytest.raises(InputError, match="resolve it first"):
+        _ = raw.job_id
+    r = resolve_spec(JobSpec(kernel="gemm-int8", steps=1, seed=0))
+    assert r.resolved and "n" in r.params and resolve_spec(r) == r
 
 
 def test_oversized_and_invalid_json() -> None:

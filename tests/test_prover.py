@@ -8,12 +8,12 @@ import pytest
 from solders.keypair import Keypair
 
 from pocv import Prover, Verifier
-from pocv.encoding import DIGEST_SIZE
 from pocv.errors import InputError, StorageError
 from pocv.jobs import JobSpec
 from pocv.kernels import resolve_spec
+from pocv.limits import DIGEST_SIZE
 from pocv.merkle import MerkleTree
-from pocv.store import TraceStore
+from pocv.trace import TraceStore
 from tests.helpers import SMALL
 
 KEY = Keypair.from_seed(bytes([8]) * 32)

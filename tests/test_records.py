@@ -17,10 +17,9 @@ from pocv.records import (
     Commitment,
     Outcome,
     Verdict,
-    load_keypair,
     parse_beacon,
-    save_keypair,
 )
+from pocv.store import load_keypair, save_keypair
 
 SPEC = resolve_spec(JobSpec(kernel="gemm-int8", steps=10, seed=7, params={"n": 64}))
 
@@ -133,12 +132,12 @@ def test_beacon_forms() -> None:
 def test_keypair_file_roundtrip(tmp_path) -> None:
     k = Keypair()
     save_keypair(k, tmp_path / "id.json")
-    assert load_keypair(tmp_path / "id.json").pubkey() == k.pubkey()
+    assert bytes(load_keypair(tmp_path / "id.json").pubkey()) == bytes(k.pubkey())
     assert (tmp_path / "id.json").stat().st_mode & 0o777 == 0o600
     (tmp_path / "bad.json").write_text("[1,2,3]")
     with pytest.raises(InputError, match="not a Solana keypair"):
         load_keypair(tmp_path / "bad.json")
-    with pytest.raises(InputError, match="cannot read"):
+    with pytest.raises(InputError, match="does not exist"):
         load_keypair(tmp_path / "missing.json")
 
 

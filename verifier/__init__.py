@@ -55,7 +55,37 @@ _EXPORTS: Final[dict[str, str]] = {
     "save_keypair": "pocv.store",
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = [
+    "ChainError",
+    "Challenge",
+    "Commitment",
+    "EvidenceError",
+    "InputError",
+    "JobSpec",
+    "Keypair",
+    "Outcome",
+    "PocvError",
+    "Prover",
+    "Reason",
+    "Response",
+    "TransientError",
+    "Verdict",
+    "VerificationFailed",
+    "Verifier",
+    "derive_indices",
+    "load_challenge",
+    "load_commitment",
+    "load_keypair",
+    "load_spec",
+    "load_verdict",
+    "register_kernel",
+    "resolve_spec",
+    "sample_size",
+    "save_keypair",
+]
+
+
+assert sorted(_EXPORTS) == __all__  # one list of public names
 
 
 def __getattr__(name: str) -> Any:

@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO, Final
 
+from pocv.bundle import Expected, Response
 from pocv.errors import InputError, LimitExceeded, StorageError, WrongRecordError
 from pocv.jobs import JobSpec
 from pocv.keys import Keypair, Signer, as_keypair
@@ -200,6 +201,18 @@ def load_spec(path: str | os.PathLike[str]) -> JobSpec:
     return JobSpec.from_json(_load_record(path, "job spec", MAX_SPEC_BYTES))
 
 
+def load_response(path: str | os.PathLike[str], *, expect: Expected | None = None) -> Response:
+    """Read a response bundle file, streamed (see :meth:`Response.read_from`)."""
+    with open_input(path, what="response bundle") as f:
+        return Response.read_from(f, os.fstat(f.fileno()).st_size, expect=expect)
+
+
+def save_response(response: Response, path: str | os.PathLike[str]) -> None:
+    """Stream ``response`` to ``path`` atomically (no copy of the bundle in memory)."""
+    with atomic_writer(output_path(path, what="response bundle")) as f:
+        response.write_to(f)
+
+
 def load_keypair(path: str | os.PathLike[str]) -> Keypair:
     """Load a Solana CLI keypair file (a JSON array of the 64 bytes ``seed || public key``)."""
     data = read_file(path, limit=MAX_KEYPAIR_BYTES, what="keypair file")
@@ -216,4 +229,4 @@ def save_keypair(key: Signer, path: str | os.PathLike[str]) -> None:
 
 
 __all__ = ["atomic_write", "atomic_writer", "identify", "load_challenge", "load_commitment", "load_keypair",
-           "load_spec", "load_verdict", "open_input", "output_path", "read_file", "save_keypair"]
+           "load_response", "load_spec", "load_verdict", "open_input", "output_path", "read_file", "save_keypair"]

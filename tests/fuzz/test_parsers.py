@@ -20,6 +20,7 @@ from pocv.errors import LimitExceeded, MalformedError, PocvError
 from pocv.jobs import JobSpec
 from pocv.merkle import MerkleTree, verify_inclusion, verify_multiproof
 from pocv.records import Challenge, Commitment, Verdict
+from pocv.store import load_response
 from tests.fuzz.mutate import bundle_claiming, bundle_fields, mutate
 from tests.fuzz.run import crash_name
 from tests.fuzz.targets import TARGETS, check_seeds_parse, known_open, run_target, seeds
@@ -132,10 +133,10 @@ def test_a_one_tebibyte_bundle_file_is_refused_by_its_size(tmp_path: Path) -> No
             f.truncate(2**40)  # sparse: no disk used
     except OSError as e:
         pytest.skip(f"no sparse files here: {e}")
-    peak = _peak(lambda: Response.load(path))
+    peak = _peak(lambda: load_response(path))
     assert peak < 256 * 1024
     with pytest.raises(LimitExceeded, match="at most"):
-        Response.load(path)
+        load_response(path)
 
 
 def test_state_claiming_2_to_40_elements_is_refused_without_allocating() -> None:

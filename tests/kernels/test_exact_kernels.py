@@ -80,7 +80,7 @@ def test_run_to_run_and_seeded_init(kernel: str) -> None:
     params = CASES[kernel][2]
     a, b = walk(spec(kernel, **params), 3), walk(spec(kernel, **params), 3)
     assert state_digest(a) == state_digest(b)
-    k = spec(kernel, **params).get_kernel()
+    k = kernel_for(spec(kernel, **params))
     s1, s2 = k.init_state(spec(kernel, 1, **params)), k.init_state(spec(kernel, 2, **params))
     assert state_digest(s1) != state_digest(s2)
     assert k.check_schema(s1, spec(kernel, 1, **params)) is None
@@ -151,7 +151,7 @@ def test_bad_params(kernel: str, params: dict[str, int]) -> None:
 def _digests_in_subprocess(env_extra: dict[str, str], cache_dir: Path) -> dict[str, str]:
     code = (
         "import json, sys\n"
-        "from pocv.jobs import JobSpec\n"
+        "from pocv.jobs import JobSpec\nfrom pocv.kernels import kernel_for, resolve_spec\n"
         "from pocv.encoding import state_digest\n"
         "out = {}\n"
         "for kernel, params in [('gemm-fp32-exact', {'n': 96}), ('heat2d', {'n': 70, 'substeps': 7})]:\n"

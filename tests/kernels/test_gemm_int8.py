@@ -50,7 +50,7 @@ def test_products_are_formed_in_int32_not_int8() -> None:
 
 
 def test_thread_count_does_not_change_the_bits() -> None:
-    code = ("import sys, torch; torch.set_num_threads(int(sys.argv[1])); from pocv.jobs import JobSpec;"
+    code = ("import sys, torch; torch.set_num_threads(int(sys.argv[1])); from pocv.jobs import JobSpec;from pocv.kernels import kernel_for, resolve_spec;"
             "from pocv.encoding import state_digest;"
             "s=resolve_spec(JobSpec(kernel='gemm-int8',steps=5,seed=9,params={'n':256})); k=kernel_for(s); x=k.init_state(s)\n"
             "for i in range(1,6): x=k.step(x,i,s)\n"
