@@ -61,7 +61,7 @@ EXPECTED: dict[str, str] = {
     "ezkl": "needs `ezkl` (the bench extra: `pip install -e '.[bench]'`)",
 }
 
-#: targets of the core suite (bench/test_bench_core.py; DESIGN.md sections 4-5)
+#: targets of the core suite (bench/test_bench_core.py; docs/protocol.md §5, §9)
 CORE_TARGETS: dict[str, tuple[str, float, str]] = {
     "overhead": ("<=", 1.05, "run+commit time / bare steps"),
     "verifier_over_prover": ("<=", 0.08, "verifier time / prover time (n = 1000, k = 66)"),

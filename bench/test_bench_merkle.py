@@ -5,7 +5,7 @@
 The groups ``merkle-build-100k`` and ``merkle-proofs-1000`` are pytest-benchmark's own tables.
 ``test_ratios`` times both libraries side by side in one test (interleaved, best of several
 rounds, so load on the shared cores hits both alike), prints the ratios, and writes them with
-the multiproof sizes to bench/results/merkle_ratios.json. Targets (DESIGN.md section 4): build and
+the multiproof sizes to bench/results/merkle_ratios.json. Targets (the bench's own; format in docs/protocol.md §5): build and
 inclusion-proof generation each >= 20x faster than pymerkle.
 """
 
@@ -98,7 +98,7 @@ def _best(fn: Callable[[], object], rounds: int) -> float:
 
 def _multiproof_sizes(tree: MerkleTree, rng: random.Random, k: int) -> dict[str, int]:
     single = sorted(rng.sample(range(N), k))
-    # what a response opens (DESIGN.md section 5): s_0, and s_{i-1}, s_i for each challenged i
+    # what a response opens (docs/protocol.md §8): s_0, and s_{i-1}, s_i for each challenged i
     challenged = rng.sample(range(1, N), k)
     opened = sorted({0} | set(challenged) | {i - 1 for i in challenged})
     proof = tree.multiproof(opened)

@@ -1,4 +1,4 @@
-"""Job kernels and their registry (docs/architecture.md, "Kernels").
+"""Job kernels and their registry (docs/architecture.md §3.3).
 
 Built-in kernels live in their own modules and are imported on first use, so naming one kernel
 does not compile another's numba code, and importing this package loads no torch or numba.

@@ -2,7 +2,7 @@
 
 Every float operation is an explicitly rounded libdevice call (``fmul_rn``, ``fadd_rn``,
 ``fdiv_rn``): NVVM contracts a plain ``acc += a * b`` into ``fma.rn.f32`` even with
-``fastmath=False`` (DESIGN.md section 3), which would differ from the CPU reference in the last
+``fastmath=False`` (docs/protocol.md §3), which would differ from the CPU reference in the last
 bit. ``tests/kernels/test_cuda_ptx.py`` compiles these kernels to PTX (no GPU needed) and asserts
 no ``fma``, ``.ftz`` or ``.approx`` instruction appears and every f32 add/mul/div carries ``.rn``.
 

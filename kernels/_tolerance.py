@@ -1,7 +1,7 @@
 """Shared machinery of tolerance-mode kernels: the per-element bound and its calibration hooks.
 
 A tolerance kernel accepts a claimed float tensor ``c`` against the verifier's recomputed ``e``
-when, for every element (DESIGN.md section 3)::
+when, for every element (docs/protocol.md §3)::
 
     |c - e| <= tau * u * scale + floor          u = 2^-24 (float32 unit roundoff)
 

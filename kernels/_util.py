@@ -65,7 +65,7 @@ def strict_fp32() -> Iterator[None]:
 def numba_thread_variants(step: Any, reference: Any) -> dict[str, Any]:
     """Honest implementations of a numba kernel that must agree bit for bit: its step at all
     threads and at one thread, and its numpy reference (used by ``pocv calibrate`` and tests)."""
-    import numba
+    import numba  # numba loads only for the thread variants of calibration and tests
 
     def threads(n: int) -> Any:
         def fn(state: Any, i: int, spec: Any) -> Any:

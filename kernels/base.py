@@ -1,7 +1,7 @@
 """The kernel interface.
 
 A kernel is a named, versioned, deterministic step function with a declared comparison
-mode (docs/architecture.md, "Kernels"):
+mode (docs/protocol.md §3):
 
 * ``init_state(spec, device)`` derives ``s_0`` from the spec alone (seeded), so the verifier
   re-derives it and the worker cannot choose it;

@@ -37,6 +37,7 @@ from pocv.errors import SpecError
 from pocv.jobs import JobSpec
 from pocv.kernels import kernel_for, resolve_spec
 from pocv.kernels._tolerance import ToleranceKernel
+from pocv.kernels._util import as_numpy
 
 MAX_TRIALS: Final = 100_000
 PERCENTILES: Final = (50.0, 90.0, 99.0, 99.9, 99.99)
@@ -109,8 +110,6 @@ def device_variants(kernel: Any, devices: Sequence[str]) -> dict[str, Any]:
 
 
 def _same_integers(a: Any, b: Any) -> bool:
-    from pocv.kernels._util import as_numpy
-
     for name in a:
         x = as_numpy(a[name])
         if x.dtype.kind in "iub" and not np.array_equal(x, as_numpy(b[name])):

@@ -187,7 +187,7 @@ class GemmFp32(ToleranceKernel):
     # -- data -----------------------------------------------------------------------------------
 
     def _init_arrays(self, spec: JobSpec) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]:
-        from pocv.kernels.gemm_fp32_exact import chain_init
+        from pocv.kernels.gemm_fp32_exact import chain_init  # its numba kernels compile on import: load on use
 
         return chain_init(_CONTEXT, spec)
 
@@ -305,7 +305,7 @@ class GemmFp32(ToleranceKernel):
     # -- calibration hooks ----------------------------------------------------------------------
 
     def honest_variants(self) -> dict[str, StepFn]:
-        from pocv.kernels.gemm_fp32_exact import gemm_f32_ordered
+        from pocv.kernels.gemm_fp32_exact import gemm_f32_ordered  # compiles numba on import: calibration only
 
         def torch_mm(threads: int | None, mm: Any = None) -> StepFn:
             def fn(state: State, i: int, spec: JobSpec) -> dict[str, Tensor]:

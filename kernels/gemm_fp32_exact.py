@@ -180,7 +180,7 @@ class GemmFp32Exact(Kernel):
         return {"x": torch.from_numpy(out)}
 
     def _step_cuda(self, x: Tensor, spec: JobSpec, device: str) -> torch.Tensor:
-        from pocv.kernels import _cuda
+        from pocv.kernels import _cuda  # numba.cuda loads only when a step runs on a GPU
 
         xt = as_torch(x, device).contiguous()
         if xt.device.type != "cuda":  # pragma: no cover - as_torch moved it

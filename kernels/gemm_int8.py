@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from pocv.encoding import State, Tensor
+from pocv.errors import SpecError
 from pocv.jobs import JobSpec
 from pocv.kernels import register
 from pocv.kernels._util import as_numpy, as_torch, seeded_bytes
@@ -57,8 +58,6 @@ class GemmInt8(Kernel):
     def check_params(self, params: dict[str, Any]) -> dict[str, Any]:
         out = super().check_params(params)
         if out["n"] % 8:
-            from pocv.errors import SpecError
-
             raise SpecError(f"gemm-int8 parameter 'n' must be a multiple of 8, got {out['n']}")
         return out
 

@@ -117,7 +117,7 @@ class Heat2d(Kernel):
         return {"u": torch.from_numpy(out)}
 
     def _step_cuda(self, u: Tensor, i: int, spec: JobSpec, device: str) -> torch.Tensor:
-        from pocv.kernels import _cuda
+        from pocv.kernels import _cuda  # numba.cuda loads only when a step runs on a GPU
 
         a = as_torch(u, device).contiguous().clone()
         b = torch.empty_like(a)

@@ -80,7 +80,7 @@ from pocv.errors import StateError
 from pocv.jobs import JobSpec
 from pocv.kernels import register
 from pocv.kernels._tolerance import StepFn, ToleranceKernel, round_tf32, torch_threads
-from pocv.kernels._util import as_numpy, as_torch, seeded_bytes
+from pocv.kernels._util import as_numpy, as_torch, seeded_bytes, strict_fp32
 from pocv.kernels.base import Schema
 
 _DATA_CONTEXT: Final = "pocv 2026-11 mlp-sgd v1 data"
@@ -262,8 +262,6 @@ class MlpSgd(ToleranceKernel):
     def step(self, state: State, i: int, spec: JobSpec, device: str = "cpu") -> dict[str, Tensor]:
         self.check_device(device)
         if device.startswith("cuda"):
-            from pocv.kernels._util import strict_fp32
-
             with strict_fp32():
                 return self._run(state, i, spec, device)
         return self._run(state, i, spec, device)

@@ -57,7 +57,7 @@ import numpy as np
 import torch
 
 from pocv.encoding import State, Tensor
-from pocv.errors import StateError
+from pocv.errors import SpecError, StateError
 from pocv.jobs import JobSpec
 from pocv.kernels import register
 from pocv.kernels._tolerance import U32, StepFn, ToleranceKernel, round_tf32, torch_threads
@@ -150,8 +150,6 @@ class TransformerDecode(ToleranceKernel):
         self._weights: dict[tuple[int, int, int], _Weights] = {}
 
     def check_params(self, params: dict[str, Any]) -> dict[str, Any]:
-        from pocv.errors import SpecError
-
         out = super().check_params(params)
         if out["width"] % HEAD_DIM:
             raise SpecError(f"transformer-decode parameter 'width' must be a multiple of {HEAD_DIM}, "

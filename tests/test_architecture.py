@@ -1,4 +1,4 @@
-"""The package's structure (docs/architecture.md): layers, no import cycles, light imports.
+"""The package's structure (docs/architecture.md §2, §4, §5): layers, no import cycles, light imports.
 
 The import graph is read from the source with ``ast`` (module-level imports, outside
 ``if TYPE_CHECKING:``), so a cycle or a layer violation fails here even when no test happens

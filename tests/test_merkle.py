@@ -553,7 +553,7 @@ def test_multiproof_of_every_leaf_is_empty() -> None:
 
 
 def test_multiproof_shares_siblings() -> None:
-    """66 and 256 challenges (each opening i-1 and i) out of 100,000 leaves, as in DESIGN.md."""
+    """66 and 256 challenges (each opening i-1 and i) out of 100,000 leaves, as in docs/protocol.md §5, §7.3."""
     rng = np.random.default_rng(1)
     for k in (66, 256):
         ch = rng.choice(np.arange(1, 100_000), size=k, replace=False)

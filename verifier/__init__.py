@@ -15,7 +15,7 @@ The public API (everything else is internal and may change)::
 
 Importing ``pocv`` loads nothing heavy: each name is imported on first use (PEP 562), so a
 scheduler that only parses records never loads torch, numba or solders
-(docs/architecture.md, "Light imports").
+(docs/architecture.md §5).
 """
 
 from __future__ import annotations

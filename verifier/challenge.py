@@ -1,6 +1,6 @@
 """Challenge derivation: beacon -> step indices, and the sample size for a detection target.
 
-DESIGN.md section 5. The indices are a deterministic function of (job id, root, beacon), so
+docs/protocol.md §7. The indices are a deterministic function of (job id, root, beacon), so
 either side can recompute them, and the worker cannot predict them before the beacon exists.
 Deriving them from the root alone is NOT sound (the worker could re-roll its commitment until
 the challenges miss its fake steps); a beacon is always required.

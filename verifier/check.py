@@ -2,7 +2,7 @@
 
 ``Verifier.check`` is the result form (always returns a signed :class:`Verdict` with a reason
 per challenged step); ``Verifier.verify`` is the raising form. The numbered steps follow
-docs/protocol.md, "Verification":
+docs/protocol.md §9:
 
 (1) the commitment's signature verifies and its job id is the id of its spec;
 (2) the challenge belongs to the commitment and its indices are the ones its beacon derives;
@@ -21,7 +21,8 @@ A response that fails (3)-(7) is the worker's fault and gives a FAIL verdict; in
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import logging
+from collections.abc import Callable, Sequence
 from typing import BinaryIO
 
 from pocv.bundle import Expected, Response
@@ -37,6 +38,8 @@ from pocv.limits import DEFAULT_CHEAT_FRACTION, DEFAULT_CONFIDENCE
 from pocv.merkle import verify_multiproof
 from pocv.records import Challenge, Commitment, Outcome, Verdict
 
+log = logging.getLogger(__name__)
+
 #: what a worker's answer can be: a parsed bundle, its bytes, a binary file object (read
 #: streamed), or None (refused or timed out: a FAIL). Never a path: opening files is the caller's.
 ResponseInput = Response | bytes | bytearray | memoryview | BinaryIO | None
@@ -45,7 +48,10 @@ ResponseInput = Response | bytes | bytearray | memoryview | BinaryIO | None
 class Verifier:
     """Challenges a commitment and checks the worker's response on ``device``."""
 
-    def __init__(self, *, key: Signer, device: str = "cpu") -> None:
+    def __init__(self, *, key: Signer, device: str = "cpu",
+                 progress: Callable[[int, int], None] | None = None) -> None:
+        """``progress(done, total)`` is called after each challenged step is judged."""
+        self.progress = progress
         self.key = key
         self.device = resolve_device(device)  # InputError now, not a crash mid-check
 
@@ -109,6 +115,9 @@ class Verifier:
 
         def verdict(outcomes: Sequence[Outcome]) -> Verdict:
             # (9)
+            failed = sum(not o.ok for o in outcomes)
+            log.info("check job %s: %s, %d of %d challenged steps rejected", commitment.job_id.hex()[:16],
+                     "FAIL" if failed else "PASS", failed, len(outcomes))
             return Verdict.create(job_id=commitment.job_id, root=commitment.root, beacon=challenge.beacon,
                                   kernel=spec.kernel_ref, outcomes=outcomes, steps=commitment.steps,
                                   cheat_fraction=challenge.cheat_fraction, key=self.key)
@@ -161,7 +170,11 @@ class Verifier:
         if state_digest(s0) != digests[0]:
             return all_fail(Reason.BAD_INIT, "opened s_0 is not the state the spec derives")
         # (8) recompute each challenged step
-        outcomes = [self._check_step(i, response, kernel, spec) for i in indices]
+        outcomes = []
+        for done, i in enumerate(indices, 1):
+            outcomes.append(self._check_step(i, response, kernel, spec))
+            if self.progress is not None:
+                self.progress(done, len(indices))
         return verdict(outcomes)
 
     def _check_step(self, i: int, response: Response, kernel: Kernel, spec: JobSpec) -> Outcome:

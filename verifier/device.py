@@ -1,4 +1,4 @@
-"""Device choice, determinism settings and the accelerator fingerprint (DESIGN.md sections 3, 4).
+"""Device choice, determinism settings and the accelerator fingerprint (docs/protocol.md §3, §6.2).
 
 * :func:`deterministic` -- one context that sets everything a kernel's result depends on in
   torch (deterministic algorithms, no TF32 for matmul or cuDNN, no reduced-precision fp16/bf16
@@ -207,7 +207,7 @@ def resolve_device(name: str) -> str:
 def _load_nvml() -> ModuleType | None:
     """pynvml, initialised, or None when the package, the library or the driver is missing."""
     try:
-        import pynvml
+        import pynvml  # optional (the gpu extra); absent on machines without NVIDIA's library
 
         pynvml.nvmlInit()
     except Exception:  # NVMLError_LibraryNotFound / DriverNotLoaded / ImportError: no NVIDIA GPU

@@ -1,4 +1,4 @@
-"""The one exception hierarchy of pocv, and the reason codes (docs/architecture.md, "Errors").
+"""The one exception hierarchy of pocv, and the reason codes (docs/architecture.md §6).
 
 Everything pocv raises on purpose derives from :class:`PocvError`, under three branches:
 
@@ -26,7 +26,7 @@ if TYPE_CHECKING:  # typing only: records import this module
 
 
 class Reason(StrEnum):
-    """Why a challenged step passed or failed. The order is the wire code (docs/protocol.md)."""
+    """Why a challenged step passed or failed. The order is the wire code (docs/protocol.md §10)."""
 
     OK = "OK"  # the opened state recomputes (exact) or lies within the bound (tolerance)
     MISMATCH = "MISMATCH"  # recomputed state differs / is outside the tolerance bound

@@ -7,7 +7,7 @@ spec (and every record that carries one) parses without importing any kernel.
 Filling in the kernel's current version and its parameter defaults is an explicit step,
 :func:`pocv.kernels.resolve_spec`, that the prover and the CLI take; only a resolved spec
 (``version >= 1``) has a job id, so two specs that mean the same job have the same canonical
-JSON and the same job id (docs/protocol.md, "Job spec and job id")::
+JSON and the same job id (docs/protocol.md §2)::
 
     job_id = BLAKE3-derive_key(JOB_CONTEXT, canonical JSON)
 

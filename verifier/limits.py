@@ -1,4 +1,4 @@
-"""Protocol-wide limits and defaults, each defined once (docs/protocol.md).
+"""Protocol-wide limits and defaults, each defined once (docs/protocol.md §15).
 
 A limit bounds what a hostile input can make pocv read, allocate or loop over; each carries
 its reason. Limits of one format live with that format (the bundle's in ``pocv.bundle``, a

@@ -1,4 +1,4 @@
-"""BLAKE3 Merkle commitments in RFC 6962 / 9162 shape (DESIGN.md section 4).
+"""BLAKE3 Merkle commitments in RFC 6962 / 9162 shape (docs/protocol.md §5).
 
 Tree shape (RFC 9162 section 2.1.1): for ``n >= 1`` leaves ``D[0:n]``::
 
@@ -9,7 +9,7 @@ so an odd last node is promoted, never duplicated. The same tree, built bottom-u
 nodes of each level left to right and carries an unpaired last node up unchanged; that is how
 :class:`MerkleTree` stores it (one ``bytes`` of ``32 * count`` per level).
 
-Hashing (leaf/node domain separation, DESIGN.md section 4)::
+Hashing (leaf/node domain separation, docs/protocol.md §5)::
 
     leaf_hash(v)    = BLAKE3-256 keyed with K_LEAF over v        (v: a 32-byte state digest)
     node_hash(l, r) = BLAKE3-256 keyed with K_NODE over l || r
@@ -87,7 +87,7 @@ MAX_TREE_SIZE: Final = 1 << 40
 #: The longest inclusion proof: the depth of a tree of MAX_TREE_SIZE leaves.
 MAX_INCLUSION_HASHES: Final = (MAX_TREE_SIZE - 1).bit_length()
 #: Leaves opened by one multiproof: a response opens s_0 and s_{i-1}, s_i for each of at most
-#: challenge.MAX_CHALLENGES = 65,536 challenges (DESIGN.md section 5), so 2^18 leaves suffice.
+#: challenge.MAX_CHALLENGES = 65,536 challenges (docs/protocol.md §8, §15), so 2^18 leaves suffice.
 MAX_MULTIPROOF_LEAVES: Final = 1 << 18
 #: Hashes in one multiproof. A multiproof is never longer than the individual proofs of its
 #: leaves together, so no valid multiproof within MAX_MULTIPROOF_LEAVES is longer than this.

@@ -1,4 +1,4 @@
-"""Typed, signed protocol records: Commitment, Challenge, Verdict (docs/protocol.md, "Records").
+"""Typed, signed protocol records: Commitment, Challenge, Verdict (docs/protocol.md §6).
 
 Each signed record has one explicit function that builds the bytes that are signed
 (``signing_bytes``), distinct from its JSON wire form (``to_json``/``from_json``); parsing

@@ -1,5 +1,5 @@
 """Files: atomic writes, inputs that must be regular files, and the loaders of records and
-keypair files (docs/architecture.md, "I/O").
+keypair files (docs/architecture.md §3.5).
 
 Every path pocv reads must be a regular file, checked on the open descriptor (a FIFO would
 block, a device never ends); every file pocv writes goes through :func:`atomic_writer` (a

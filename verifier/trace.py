@@ -1,4 +1,4 @@
-"""The prover's trace directory (docs/protocol.md, "Worker storage").
+"""The prover's trace directory (docs/protocol.md §14).
 
 Layout (format 1)::
 

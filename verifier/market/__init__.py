@@ -1,4 +1,4 @@
-"""Marketplace and escrow on Solana, composed only from standard programs (DESIGN.md section 7).
+"""Marketplace and escrow on Solana, composed only from standard programs (docs/protocol.md §12.1).
 
 * :mod:`~pocv.market.escrow` -- a job's 2-of-3 SPL Token multisig escrow: POST, COMMIT,
   SETTLE, TIMEOUT; checks before money moves; partial signing; durable nonces; chain beacon.
@@ -56,6 +56,6 @@ __all__ = [
 
 def rpc_backend(url: str) -> Backend:
     """A backend for ``url`` (a URL or localhost/devnet/testnet/mainnet-beta), imported on use."""
-    from pocv.market.rpc import RpcBackend
+    from pocv.market.rpc import RpcBackend  # solana-py's async client loads only for a cluster
 
     return RpcBackend(url)

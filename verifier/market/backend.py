@@ -15,6 +15,7 @@ lamport and token balances per transaction, as an RPC node's ``getSignaturesForA
 from __future__ import annotations
 
 import base64
+import importlib.metadata
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -429,9 +430,7 @@ def _tb_from(v: list[Any]) -> TokenBalance:
 
 
 def _solders_version() -> str:
-    from importlib.metadata import version
-
     try:
-        return version("solders")
+        return importlib.metadata.version("solders")
     except Exception:  # metadata missing in odd installs; the description is informational
         return "?"

@@ -1,6 +1,6 @@
 """Escrow for one job: a vault token account owned by a 2-of-3 SPL Token multisig.
 
-Lifecycle (DESIGN.md section 7), one transaction each on the common path:
+Lifecycle (docs/protocol.md §12.1), one transaction each on the common path:
 
 1. POST (consumer): create the multisig if this (consumer, worker, verifier, mint) trio has none
    yet, create the vault, deposit the price, memo ``post``.
@@ -86,7 +86,7 @@ class JobTerms:
     verifier: Pubkey
     price: int
     bond: int
-    deadline: int  # unix seconds; informational: there is no on-chain deadline (DESIGN 7)
+    deadline: int  # unix seconds; informational: there is no on-chain deadline (docs/protocol.md §13.4)
     device_class: str = "any"  # the consumer's requirement, as matched
     confidence_ppm: int = 999_000  # detection probability wanted from the verifier, parts per million
 
@@ -299,7 +299,7 @@ def check_mint(backend: Backend, mint: Pubkey, allowed_freeze: frozenset[Pubkey]
 
 def check_multisig(backend: Backend, terms: JobTerms, address: Pubkey) -> P.MultisigState:
     """2-of-3 of exactly (consumer, worker, verifier). SPL Token itself accepts duplicate signers
-    and m > n (DESIGN 7), so both are checked here, before anyone bonds."""
+    and m > n (docs/protocol.md §12.1), so both are checked here, before anyone bonds."""
     ms = P.MultisigState.decode(_account(backend, address, "multisig", P.MULTISIG_SIZE))
     if not ms.initialized:
         raise EscrowError(f"multisig {address} is not initialized")

@@ -4,7 +4,7 @@ One line of ASCII, ``pocv1 <kind> key=value ...``, small enough for one transact
 base58 (Solana's own text form); digests (job id, spec hash, root, verdict digest) are base58 too,
 44 characters instead of 64 hex. Parsing is strict (unknown kinds, keys, or malformed values give
 ``None`` / an error), because memos are written by anyone: an indexer must treat them as claims
-to check, never as facts (DESIGN.md section 7).
+to check, never as facts (docs/protocol.md §12.1, §13.4).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Solana's standard programs as the escrow uses them: ids, instruction encoders, account decoders.
 
-Only audited, already-deployed programs are used (DESIGN.md section 7): System, SPL Token
+Only audited, already-deployed programs are used (docs/protocol.md §12.1): System, SPL Token
 (classic, ``Tokenkeg...``), SPL Memo (v2, ``MemoSq...``) and Associated Token Account. The SPL
 Token instructions are encoded here by hand (solana-py 0.41 dropped its token client); each
 encoder names the instruction tag of ``spl_token::instruction::TokenInstruction``.
@@ -91,7 +91,7 @@ def initialize_account3(account: Pubkey, mint: Pubkey, owner: Pubkey) -> Instruc
 
 
 def initialize_multisig2(multisig: Pubkey, signers: tuple[Pubkey, ...], m: int) -> Instruction:
-    """InitializeMultisig2. NB: the program accepts duplicate signers and m > n (DESIGN 7)."""
+    """InitializeMultisig2. NB: the program accepts duplicate signers and m > n (docs/protocol.md §12.1)."""
     return Instruction(TOKEN_PROGRAM_ID, bytes([_IX_INITIALIZE_MULTISIG2, m]), [
         AccountMeta(multisig, is_signer=False, is_writable=True),
         *(AccountMeta(s, is_signer=False, is_writable=False) for s in signers),
@@ -297,7 +297,7 @@ def classic_token_elf() -> bytes:
     set) but is not exposed to Python. This finds it: the one embedded SBF ELF whose strings
     name ``token/program/src/processor.rs`` and not pinocchio.
     """
-    import solders.solders as native
+    import solders.solders as native  # only to locate solders' bundled program binaries
 
     data = Path(native.__file__).read_bytes()
     found = []
