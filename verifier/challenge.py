@@ -13,6 +13,7 @@ repeats are skipped until k distinct indices exist. They are returned sorted.
 
 from __future__ import annotations
 
+import functools
 import math
 import struct
 from typing import Final
@@ -23,7 +24,6 @@ from pocv.errors import InputError
 from pocv.limits import MAX_CHALLENGES
 
 CHALLENGE_CONTEXT: Final = "pocv 2026-11 challenge v1"
-BEACON_SIZE: Final = 32
 _WORDS_PER_BLOCK: Final = 64  # 512 bytes of PRF output per keyed call
 
 
@@ -42,9 +42,29 @@ def sample_size(confidence: float, cheat_fraction: float) -> int:
     return max(1, k)
 
 
-def detection_probability(k: int, cheat_fraction: float) -> float:
-    """Lower bound on catching a worker who faked ``cheat_fraction`` of steps with k checks."""
-    return 1.0 - (1.0 - cheat_fraction) ** k
+def detection_probability(k: int, cheat_fraction: float, steps: int = 0) -> float:
+    """Probability that ``k`` distinct steps drawn uniformly from ``steps`` catch a worker who
+    faked a fraction ``cheat_fraction`` of them, i.e. at least ``ceil(f * steps)`` steps.
+
+    Exact (hypergeometric): ``1 - C(n - m, k) / C(n, k)`` with ``m = ceil(f n)``, which is at
+    least the with-replacement bound ``1 - (1 - f)^k`` that sizes k. With ``steps=0`` (the job's
+    length unknown) that bound is returned.
+    """
+    if steps <= 0:
+        return 1.0 - (1.0 - cheat_fraction) ** k
+    return _exact_detection(steps, math.ceil(cheat_fraction * steps - 1e-9), min(k, steps))
+
+
+@functools.lru_cache(maxsize=1024)
+def _exact_detection(n: int, m: int, k: int) -> float:
+    if m <= 0:
+        return 0.0
+    if k > n - m:
+        return 1.0
+    miss = 1.0
+    for j in range(k):  # C(n - m, k) / C(n, k) as a product of k ratios, each in [0, 1]
+        miss *= (n - m - j) / (n - j)
+    return 1.0 - miss
 
 
 def challenge_seed(job_id: bytes, root: bytes, beacon: bytes) -> bytes:

@@ -81,7 +81,7 @@ class Verifier:
         indices = derive_indices(commitment.job_id, commitment.root, beacon, commitment.steps, k)
         if explicit:  # record what k really gives, not a confidence it does not reach
             full = len(indices) >= commitment.steps
-            confidence = 1.0 if full else detection_probability(len(indices), cheat_fraction)
+            confidence = 1.0 if full else detection_probability(len(indices), cheat_fraction, commitment.steps)
         return Challenge(job_id=commitment.job_id, root=commitment.root, steps=commitment.steps,
                          beacon=beacon, indices=indices, confidence=confidence,
                          cheat_fraction=cheat_fraction, beacon_source=beacon_source).signed(self.key)

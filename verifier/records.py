@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from pocv import _fields as F
+from pocv.challenge import detection_probability
 from pocv.errors import InputError, LimitExceeded, MalformedError, MismatchError, Reason, SignatureError
 from pocv.jobs import JobSpec
 from pocv.keys import Signer, b58encode, sign, verify
@@ -204,11 +205,11 @@ class Challenge:
 
     @property
     def detection(self) -> float:
-        """Probability of catching a worker who faked ``cheat_fraction`` of steps, at least
-        (1 when every step is checked)."""
+        """The exact probability that these k distinct steps catch a worker who faked a
+        fraction ``cheat_fraction`` of the job's steps (1 when every step is checked)."""
         if self.k >= self.steps:
             return 1.0
-        return 1.0 - (1.0 - self.cheat_fraction) ** self.k
+        return detection_probability(self.k, self.cheat_fraction, self.steps)
 
     def signing_bytes(self) -> bytes:
         source = self.beacon_source.encode()
@@ -336,6 +337,15 @@ class Verdict:
             raise MalformedError("verdict outcomes must be Outcome records")
         if not 1 <= len(self.outcomes) <= MAX_CHALLENGES:
             raise LimitExceeded(f"a verdict has 1..{MAX_CHALLENGES} outcomes, got {len(self.outcomes)}")
+        seen: set[int] = set()
+        for o in self.outcomes:  # a verdict must not overstate what was checked
+            if o.index in seen:
+                raise MalformedError(f"verdict lists step {o.index} twice: each outcome is a distinct step")
+            if o.index == 0 and o.ok:
+                raise MalformedError("verdict outcome 0 (the commitment as a whole) can only be a failure")
+            if not 0 <= o.index <= (self.steps or MAX_STEPS):
+                raise MalformedError(f"verdict outcome index {o.index} is outside 1..{self.steps or MAX_STEPS}")
+            seen.add(o.index)
         F.fraction(self.cheat_fraction, "verdict cheat_fraction")
 
     @property
@@ -348,11 +358,13 @@ class Verdict:
 
     @property
     def detection(self) -> float:
-        """Detection bound achieved: 1 - (1 - f)^k for the k steps actually checked (1 when
-        every step of the job was checked)."""
-        if self.steps and len(set(self.indices)) >= self.steps:
+        """The detection the checked steps achieve: the exact probability that k distinct steps
+        catch a worker who faked ``cheat_fraction`` of the job (1 when every step was checked);
+        with ``steps`` unrecorded (0), the bound ``1 - (1 - f)^k``."""
+        k = sum(o.index >= 1 for o in self.outcomes)  # distinct steps (0: the commitment as a whole)
+        if self.steps and k >= self.steps:
             return 1.0
-        return 1.0 - (1.0 - self.cheat_fraction) ** len(self.outcomes)
+        return detection_probability(k, self.cheat_fraction, self.steps)
 
     @property
     def failures(self) -> tuple[Outcome, ...]:

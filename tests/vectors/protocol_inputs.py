@@ -150,8 +150,8 @@ def verdicts() -> dict[str, Verdict]:
                                                             Outcome(7, "BAD_PROOF", "root differs")],
                                         cheat_fraction=0.25, steps=8),
         "fail-every-reason": Verdict.create(**common, outcomes=[Outcome(i, r, f"reason {r}")
-                                                                for i, r in enumerate(Reason)],
-                                            cheat_fraction=0.1, steps=8),
+                                                                for i, r in enumerate(Reason, 1)],
+                                            cheat_fraction=0.1, steps=16),
         "fail-refused-long-unicode-detail": Verdict.create(**common, outcomes=[Outcome(1, "REFUSED", LONG_DETAIL)],
                                                            cheat_fraction=0.1, steps=8),
         "fail-dispute-liar": Verdict.create(job_id=b.job_id, root=ROOT_B, beacon=did, kernel=b.kernel_ref,
