@@ -22,6 +22,7 @@ The CPU path is the reference that defines the result; other backends are tested
 
 from __future__ import annotations
 
+import logging
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -30,6 +31,8 @@ from typing import Any, ClassVar, Literal, final
 from pocv.encoding import State, Tensor, state_digest, state_schema
 from pocv.errors import EvidenceError, SpecError
 from pocv.jobs import JobSpec, ParamValue
+
+log = logging.getLogger(__name__)
 
 Mode = Literal["exact", "tolerance"]
 Schema = dict[str, tuple[str, tuple[int, ...]]]
@@ -108,17 +111,36 @@ class Kernel(ABC):
         """The one rule: is ``claimed`` a correct ``s_i`` given ``prev`` = ``s_{i-1}``?
 
         Both states are checked against :meth:`schema` first (a state of the wrong names,
-        dtypes or shapes is ``bad_state``), then :meth:`verify_step` decides; evidence that
-        cannot be judged (an :class:`EvidenceError` while judging) is ``bad_state`` too.
+        dtypes or shapes is ``bad_state``), then :meth:`verify_step` decides. Whatever a
+        claimed or previous state contains, the answer is a judgement, never an exception: an
+        :class:`EvidenceError` while judging is ``bad_state``, and so is any other exception a
+        kernel raises on values it cannot handle (a token id beyond the vocabulary, a NaN where
+        an index belongs). The engine guarantees this for every kernel, plugins included; such
+        an exception is also logged with its traceback (logger ``pocv.kernels.base``, ERROR),
+        so a bug in a kernel stays visible instead of passing silently for a cheat.
         """
         for which, st in ((i - 1, prev), (i, claimed)):
             why = self.check_schema(st, spec)
             if why is not None:
                 return Comparison(False, f"state {which}: {why}", bad_state=True)
         try:
-            return self.verify_step(prev, claimed, i, spec, device)
+            result = self.verify_step(prev, claimed, i, spec, device)
         except EvidenceError as e:
             return Comparison(False, str(e), bad_state=True)
+        except MemoryError:
+            raise  # the verifier's own trouble, not evidence
+        except Exception as e:  # the engine's guarantee: a state that breaks the kernel is a FAIL
+            log.error("kernel %s@%s raised %s while judging step %d; judged as a bad state",
+                      self.name, self.version, type(e).__name__, i, exc_info=True)
+            why = str(e).splitlines()[0][:200] if str(e) else ""
+            return Comparison(False, f"the kernel cannot judge these states: {type(e).__name__}: {why}".rstrip(": "),
+                              bad_state=True)
+        if not isinstance(result, Comparison):  # a plugin kernel's bug: never a silent PASS
+            log.error("kernel %s@%s returned %r from verify_step, not a Comparison", self.name, self.version,
+                      type(result).__name__)
+            return Comparison(False, f"the kernel's verify_step returned {type(result).__name__}, not a Comparison",
+                              bad_state=True)
+        return result
 
     def check_schema(self, state: State, spec: JobSpec) -> str | None:
         """None if ``state`` has exactly the expected names, dtypes and shapes, else why not."""
