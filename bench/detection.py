@@ -4,7 +4,7 @@
 quick look) writes ``bench/results/detection.md``
 (a table), ``bench/results/detection.png`` (a plot) and ``bench/results/detection.json``.
 
-For each sampling-based strategy of the lying-prover simulator (tests/soundness/simulator.py)
+For each sampling-based strategy of the lying-prover simulator (pocv.testing.liar)
 and several (f, k): the liar commits ONCE to a trace in which a fixed set F of round(f n) steps
 is faked; then every trial draws a fresh beacon, derives k challenged steps, lets the liar
 answer and checks the answer with the real :class:`~pocv.check.Verifier`. Detected = FAIL.
@@ -106,7 +106,7 @@ def run_configs(strategy: str, f: float, ks: Sequence[int], trials: int, *, work
     """Commit ONCE with a fixed faked set, then for each k, ``trials`` fresh beacons ->
     challenge -> respond -> check (one row per k)."""
     from pocv import JobSpec, Verifier
-    from tests.soundness.simulator import SAMPLED, make_liar
+    from pocv.testing import SAMPLED, make_liar
 
     spec = resolve_spec(JobSpec(**SPECS[STRATEGIES[strategy]]))
     liar = make_liar(SAMPLED[strategy](f).with_seed(seed), trace_dir=workdir / f"{strategy}-{f}-{seed}",
@@ -168,7 +168,7 @@ def grind(f: float, k: int, rolls: int, *, workdir: Path, seed: int = 0, confirm
     from pocv import JobSpec, Verifier
     from pocv.challenge import derive_indices
     from pocv.merkle import MerkleTree
-    from tests.soundness.simulator import fabricate, fabricated_leaves, make_liar, pick_steps, root_only_beacon
+    from pocv.testing import fabricate, fabricated_leaves, make_liar, pick_steps, root_only_beacon
 
     spec = resolve_spec(JobSpec(**SPECS["gemm-int8"]))
     n = spec.steps

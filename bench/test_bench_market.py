@@ -23,7 +23,7 @@ from bench.conftest import quick, write_result
 from pocv.market import programs as P
 from pocv.market.backend import Backend, LiteSVMBackend
 from pocv.market.escrow import Escrow, JobTerms, create_nonce, find_commit
-from pocv.market.loopback import LoopbackServer
+from pocv.testing.rpc import LoopbackServer
 from pocv.market.rpc import RpcBackend
 from pocv.market.tokens import create_mint, fund
 from pocv.records import Outcome, Verdict

@@ -1,56 +1,49 @@
 """``pocv demo``: an honest and a cheating worker, end to end, on the embedded defaults.
 
 Everything runs in a temporary directory on the CPU: no GPU, network or validator. The
-cheating worker replays ``s_{i-1}`` as ``s_i`` on a fifth of its steps (it saves that compute)
-and otherwise follows the protocol, so only the spot check can catch it.
+cheating worker (:class:`pocv.testing.LazyProver`) replays ``s_{i-1}`` as ``s_i`` on a fifth
+of its steps (it saves that compute) and otherwise follows the protocol, so only the spot check
+can catch it.
+
+:func:`run_demo` prints the story to ``out`` and returns a :class:`DemoResult`; ``ok`` says
+whether the honest worker passed (and was paid) and the cheater was caught (and slashed). The
+library attaches no exit code: the CLI maps ``ok`` to one.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import secrets
 import sys
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
-
-from solders.keypair import Keypair
+from typing import TYPE_CHECKING, Any, TextIO, cast
 
 from pocv.check import Verifier
-from pocv.errors import EXIT_FAIL, EXIT_PASS
 from pocv.jobs import JobSpec
 from pocv.kernels import resolve_spec
+from pocv.keys import Keypair
 from pocv.prover import Prover
 from pocv.records import Challenge, Commitment, Verdict
+from pocv.testing.liar import LazyProver
 
-if TYPE_CHECKING:
-    from pocv.encoding import State, Tensor
-    from pocv.kernels.base import Kernel
+if TYPE_CHECKING:  # the market signs with solders keys
+    from solders.keypair import Keypair as SoldersKeypair
 
 CHEAT_FRACTION = 0.2  # the demo cheater skips this fraction of steps
 
 
-class LazyProver(Prover):
-    """A worker that skips a fraction of its steps (replays the previous state instead)."""
+@dataclass(frozen=True)
+class DemoResult:
+    """What :func:`run_demo` found: ``ok`` when the honest worker passed and the cheater was
+    caught; ``output`` the text or JSON it printed; ``summary`` the same as a JSON-able dict."""
 
-    def __init__(self, *, skip_fraction: float, seed: int, **kw: Any) -> None:
-        super().__init__(**kw)
-        self.skip_fraction = skip_fraction
-        self._salt = seed.to_bytes(8, "little")
-        self.skipped = 0
-
-    def _skips(self, i: int) -> bool:
-        from blake3 import blake3
-
-        r = int.from_bytes(blake3(self._salt + i.to_bytes(8, "little")).digest()[:8], "little")
-        return r < self.skip_fraction * 2**64
-
-    def _step(self, kernel: Kernel, state: State, i: int, spec: JobSpec, device: str) -> dict[str, Tensor]:
-        if self._skips(i):
-            self.skipped += 1
-            return dict(state)
-        return super()._step(kernel, state, i, spec, device)
+    ok: bool
+    output: str
+    summary: dict[str, Any] = field(default_factory=dict)
 
 
 def _round(prover: Prover, verifier: Verifier, spec: JobSpec, workdir: Path, name: str) -> dict[str, Any]:
@@ -78,7 +71,7 @@ def _round(prover: Prover, verifier: Verifier, spec: JobSpec, workdir: Path, nam
 
 
 def run_demo(*, steps: int = 200, n: int = 256, output: str = "text", keep: str | None = None,
-             market: bool = True, out: Any = None) -> int:
+             market: bool = True, out: Any = None) -> DemoResult:
     """The whole story on embedded defaults; with ``market`` (the default) settled on the
     embedded Solana chain (LiteSVM): offers, a posted job, the honest worker matched, run,
     committed, challenged from the chain beacon, verified and paid; then a cheating worker
@@ -93,7 +86,7 @@ def run_demo(*, steps: int = 200, n: int = 256, output: str = "text", keep: str 
         return _protocol_demo(spec, workdir, output, keep, out)
 
 
-def _protocol_demo(spec: JobSpec, workdir: Path, output: str, keep: str | None, out: Any) -> int:
+def _protocol_demo(spec: JobSpec, workdir: Path, output: str, keep: str | None, out: Any) -> DemoResult:
     """Run, challenge (verifier nonce), respond and verify for an honest and a cheating worker."""
     err = sys.stderr
     honest_key, cheat_key, verifier_key = Keypair(), Keypair(), Keypair()
@@ -106,34 +99,53 @@ def _protocol_demo(spec: JobSpec, workdir: Path, output: str, keep: str | None, 
     err.write(f"  cheating worker running (skips {CHEAT_FRACTION:.0%} of steps)...\n")
     cheat = _round(lazy, verifier, spec, workdir, "cheater")
     cheat["skipped"] = lazy.skipped
-    ok = honest["verdict"].passed and not cheat["verdict"].passed
-    if output == "json":
-        doc = {"job_id": spec.job_id.hex(), "kernel": spec.kernel_ref, "steps": spec.steps,
-               "rounds": [_summary(r) for r in (honest, cheat)], "ok": ok}
-        out.write(json.dumps(doc, indent=2) + "\n")
-    else:
-        out.write(_text(spec, honest, cheat, keep))
-    return EXIT_PASS if ok else EXIT_FAIL
+    ok = bool(honest["verdict"].passed and not cheat["verdict"].passed)
+    doc = {"job_id": spec.job_id.hex(), "kernel": spec.kernel_ref, "steps": spec.steps,
+           "rounds": [_summary(r) for r in (honest, cheat)], "ok": ok}
+    text = json.dumps(doc, indent=2) + "\n" if output == "json" else _text(spec, honest, cheat, keep)
+    out.write(text)
+    return DemoResult(ok, text, doc)
 
 
-def _market_demo(spec: JobSpec, workdir: Path, output: str, out: Any) -> int:
+def _market_demo(spec: JobSpec, workdir: Path, output: str, out: Any) -> DemoResult:
     from pocv.market.demo import engine_callbacks, run_market_demo
 
     sys.stderr.write(f"pocv demo: {spec.kernel_ref} n={spec.params['n']}, {spec.steps} steps per job, "
                      "settled on the embedded Solana chain (LiteSVM)\n")
 
-    def make_prover(key: Keypair, honest: bool) -> Prover:
+    def make_prover(key: SoldersKeypair, honest: bool) -> Prover:
         d = workdir / f"{'honest' if honest else 'cheater'}-{str(key.pubkey())[:8]}-{secrets.token_hex(4)}"
         if honest:
             return Prover(trace_dir=d, key=key)
         return LazyProver(trace_dir=d, key=key, skip_fraction=CHEAT_FRACTION, seed=7)
 
     commit, verify = engine_callbacks(make_prover)
+    story = io.StringIO()
     result: dict[str, Any] = run_market_demo(spec=spec, commit=commit, verify=verify,
-                                             out=out if output == "text" else None)
+                                             out=cast(TextIO, _Tee(out, story)) if output == "text" else None)
     if output == "json":
-        out.write(json.dumps(result, indent=2, default=str) + "\n")
-    return EXIT_PASS if result.get("ok") else EXIT_FAIL
+        text = json.dumps(result, indent=2, default=str) + "\n"
+        out.write(text)
+    else:
+        text = story.getvalue()
+    return DemoResult(bool(result.get("ok")), text, result)
+
+
+class _Tee:
+    """Writes to the caller's stream as it goes and keeps a copy (the market round is long)."""
+
+    def __init__(self, *streams: Any) -> None:
+        self.streams = streams
+
+    def write(self, text: str) -> int:
+        for st in self.streams:
+            st.write(text)
+        return len(text)
+
+    def flush(self) -> None:
+        for st in self.streams:
+            if hasattr(st, "flush"):
+                st.flush()
 
 
 def _summary(r: dict[str, Any]) -> dict[str, Any]:

@@ -20,10 +20,11 @@ BLAKE3 collision). ``Q`` is monotone (true up to the first divergence, false aft
     (3) the step round: both open s_0, s_{hi-1}, s_hi with their states (one multiproof each,
         as a response bundle answering the single index hi)
     (4) the referee checks each s_0 against the one it derives from the spec (BAD_INIT), then
-        recomputes step hi once from the agreed s_{hi-1} and compares each party's s_hi by the
-        kernel's mode: exact names the party whose state differs, tolerance the one outside
-        the bound; both within the bound says so (two honest workers on different hardware
-        differ bitwise from step 1), and the caller falls back to spot-checking each party
+        judges each party's s_hi from the agreed s_{hi-1} with the kernel's one rule
+        (``Kernel.judge``): exact kernels name the party whose state differs, tolerance
+        kernels the one outside the bound; both accepted says so (two honest workers on
+        different hardware differ bitwise from step 1), and the caller falls back to
+        spot-checking each party
 
 finds the first divergent step ``i = hi`` in at most ``ceil(log2 n)`` bisection rounds (exactly
 ``ceil(log2 n)`` when ``n`` is a power of two, and never fewer than ``floor(log2 n)``: a
@@ -42,29 +43,35 @@ the market settles like any other verdict. Its ``beacon`` field holds the disput
 Equivocation (one worker signing two roots for one job id) needs no bisection: the two signed
 commitments are the evidence (:func:`detect_equivocation`).
 
-The referee side (:class:`Dispute`) is pure: typed records in, typed records out, no I/O. The
-party side (:func:`answer_query`) reads the party's own trace. Every record has a JSON wire
-form for running the rounds across processes through files (``pocv dispute``).
+Step (4) judges each party's ``s_i`` with the kernel's one rule, :meth:`Kernel.judge
+<pocv.kernels.base.Kernel.judge>` -- the rule the spot check (:mod:`pocv.check`) applies -- so
+a state the spot check accepts is never named the lie here, and one it rejects loses. When the
+rule accepts both parties' states (tolerance kernels, or a near-tie token of
+``transformer-decode``) the case is ``both-within-bound`` and nobody is named.
+
+This module is the records and the pure referee: :class:`Dispute` takes records or their
+bytes and returns records, with no files, no prover and no trace. A party answers a
+:class:`Query` from its own trace with :meth:`pocv.prover.Prover.answer`
+(:func:`pocv.prover.answer_query`); :func:`run_dispute` plays every round between two answer
+callables, optionally passing each record through an ``exchange`` hook (the CLI writes them
+to files there). Every record has a JSON wire form for running the rounds across processes
+(``pocv dispute``).
 """
 
 from __future__ import annotations
 
 import json
-import os
 import re
 import struct
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final, Literal
+from typing import Any, Final, Literal
 
 from blake3 import blake3
-from solders.keypair import Keypair
-from solders.pubkey import Pubkey
-from solders.signature import Signature
 
+from pocv import _fields as F
 from pocv.bundle import Response
-from pocv.encoding import decode_state, digest_encoded, state_digest
+from pocv.encoding import State, decode_state, digest_encoded, state_digest
 from pocv.errors import (
     EvidenceError,
     InputError,
@@ -72,32 +79,37 @@ from pocv.errors import (
     MalformedError,
     MismatchError,
     ProofError,
+    Reason,
     SignatureError,
 )
-from pocv.jobs import MAX_STEPS
 from pocv.kernels import kernel_for
-from pocv.merkle import DIGEST_SIZE, MerkleTree, verify_inclusion, verify_multiproof
-from pocv.records import MAX_DETAIL_BYTES, Commitment, Outcome, Verdict, load_record_json
-
-if TYPE_CHECKING:
-    from pocv.prover import Prover
+from pocv.keys import Signer, b58encode, sign, verify
+from pocv.limits import DIGEST_SIZE, MAX_DETAIL_BYTES, MAX_STEPS, PUBKEY_SIZE, SIGNATURE_SIZE
+from pocv.merkle import verify_inclusion, verify_multiproof
+from pocv.records import Commitment, Outcome, Verdict
 
 __all__ = [
     "CASES",
+    "DISPUTE_ID_CONTEXT",
     "MAX_DISPUTE_RECORD_BYTES",
     "MAX_DISPUTE_ROUNDS",
+    "OUTCOME_DOMAIN",
+    "PARTIES",
+    "Answer",
+    "AnswerFn",
     "Dispute",
     "DisputeOutcome",
     "DisputeResult",
     "Equivocation",
+    "Exchange",
     "Opening",
+    "Party",
     "Query",
     "Round",
-    "answer_query",
     "detect_equivocation",
     "dispute_id",
     "max_rounds",
-    "run_local",
+    "run_dispute",
 ]
 
 DISPUTE_ID_CONTEXT: Final = "pocv 2026-11 dispute id v1"
@@ -110,6 +122,8 @@ MAX_DISPUTE_ROUNDS: Final = (MAX_STEPS - 1).bit_length()
 MAX_DISPUTE_RECORD_BYTES: Final = 1 << 20
 #: Hashes in one inclusion proof of a job's tree (steps + 1 <= 2^32 + 1 leaves).
 MAX_OPENING_HASHES: Final = MAX_STEPS.bit_length()
+#: The longest reason text of a dispute outcome before clipping (longer text is refused).
+_MAX_DETAIL_INPUT: Final = 1 << 20
 
 Party = Literal["A", "B"]
 PARTIES: Final[tuple[Party, Party]] = ("A", "B")
@@ -118,64 +132,29 @@ PARTIES: Final[tuple[Party, Party]] = ("A", "B")
 CASES: Final = (
     "exact-mismatch",  # exact kernel: the liar's s_i is not the recomputed one
     "outside-bound",  # tolerance kernel: the liar's s_i is outside the calibrated bound
-    "both-within-bound",  # tolerance kernel: both within the bound: spot-check each party instead
+    "both-within-bound",  # the kernel's rule accepts both parties' s_i: spot-check each party instead
     "bad-init",  # a party's s_0 is not the state the spec derives
     "bad-state",  # a party opened a state of the wrong names, dtypes or shapes
     "bad-opening",  # a party's opening does not verify against its root (or is for another job)
     "refused",  # a party did not answer a round
-    "inconclusive",  # exact kernel, both states accepted although their digests differ (never seen)
+    "inconclusive",  # kept for the wire code; the referee no longer produces it
 )
 _CASE_CODE: Final = {c: i for i, c in enumerate(CASES)}
-_HEX64_RE: Final = re.compile(r"[0-9a-f]{64}")
-_HEX128_RE: Final = re.compile(r"[0-9a-f]{128}")
+_KERNEL_REF_RE: Final = re.compile(r"[a-z][a-z0-9\-]{0,63}@[0-9]{1,10}")
+_DEVICE_RE: Final = re.compile(r"cpu|cuda|cuda:[0-9]{1,3}")
 
 
-# -- small parsing helpers ---------------------------------------------------------------------
+# -- helpers -------------------------------------------------------------------------------------
 
 
-def _load(text: str | bytes, what: str) -> dict[str, Any]:
-    d = load_record_json(text, what, limit=MAX_DISPUTE_RECORD_BYTES)
-    if d.get("version") != 1:
-        raise MalformedError(f"{what} version: expected 1, got {str(d.get('version'))[:40]!r}")
+def _load(text: str | bytes, what: str, allowed: set[str]) -> dict[str, Any]:
+    d = F.load_record_json(text, what, limit=MAX_DISPUTE_RECORD_BYTES)
+    F.known_fields(d, what, allowed)
     return d
 
 
-def _get(d: Mapping[str, Any], key: str, kind: type, what: str) -> Any:
-    if key not in d:
-        raise MalformedError(f"{what} is missing field {key!r}")
-    v = d[key]
-    if not isinstance(v, kind) or (kind is int and isinstance(v, bool)):
-        raise MalformedError(f"{what}.{key}: expected {kind.__name__}, got {type(v).__name__}")
-    return v
-
-
-def _int(d: Mapping[str, Any], key: str, lo: int, hi: int, what: str) -> int:
-    v: int = _get(d, key, int, what)
-    if not lo <= v <= hi:
-        raise MalformedError(f"{what}.{key}: expected an integer in {lo}..{hi}, got {v}")
-    return v
-
-
-def _hex(value: object, what: str) -> bytes:
-    if not isinstance(value, str) or not _HEX64_RE.fullmatch(value):
-        raise MalformedError(f"{what}: expected 64 lowercase hex digits, got {str(value)[:80]!r}")
-    return bytes.fromhex(value)
-
-
-def _digest(value: object, what: str) -> bytes:
-    if not isinstance(value, bytes) or len(value) != DIGEST_SIZE:
-        got = f"{len(value)} bytes" if isinstance(value, bytes) else type(value).__name__
-        raise MalformedError(f"{what}: expected {DIGEST_SIZE} bytes, got {got}")
-    return value
-
-
-def _pubkey(value: object, what: str) -> bytes:
-    if not isinstance(value, str) or not 32 <= len(value) <= 44:
-        raise MalformedError(f"{what}: expected a base58 public key, got {str(value)[:80]!r}")
-    try:
-        return bytes(Pubkey.from_string(value))
-    except ValueError as e:
-        raise MalformedError(f"{what} is not a base58 public key: {e}") from e
+def _tree_size(value: object, what: str) -> int:
+    return F.integer(value, 2, MAX_STEPS + 1, what)
 
 
 def _commitment(value: object, what: str) -> Commitment:
@@ -188,17 +167,15 @@ def _commitment(value: object, what: str) -> Commitment:
     return Commitment.from_json(text)
 
 
-def _clip(detail: str) -> str:
-    raw = detail.encode(errors="replace")
-    if len(raw) <= MAX_DETAIL_BYTES:
-        return detail.encode(errors="replace").decode()
-    return raw[: MAX_DETAIL_BYTES - 3].decode(errors="ignore") + "..."
+def _text(detail: str) -> str:
+    """``detail`` as valid UTF-8 text (an error message may quote a lone surrogate it was given)."""
+    return detail.encode(errors="replace").decode()
 
 
 def dispute_id(job_id: bytes, root_a: bytes, root_b: bytes) -> bytes:
     """``BLAKE3-derive_key(DISPUTE_ID_CONTEXT, job_id || root_a || root_b)``: names a dispute."""
     for name, v in (("job id", job_id), ("root A", root_a), ("root B", root_b)):
-        _digest(v, name)
+        F.fixed_bytes(v, DIGEST_SIZE, name)
     return bytes(blake3(job_id + root_a + root_b, derive_key_context=DISPUTE_ID_CONTEXT).digest())
 
 
@@ -248,17 +225,13 @@ class Query:
 
     def __post_init__(self) -> None:
         for name in ("job_id", "root_a", "root_b"):
-            _digest(getattr(self, name), f"query {name}")
-        if isinstance(self.tree_size, bool) or not isinstance(self.tree_size, int) or not (
-                2 <= self.tree_size <= MAX_STEPS + 1):
-            raise MalformedError(f"query tree_size must be in 2..{MAX_STEPS + 1}, got {self.tree_size!r}")
-        if isinstance(self.round, bool) or not isinstance(self.round, int) or not (
-                0 <= self.round <= MAX_DISPUTE_ROUNDS):
-            raise MalformedError(f"query round must be in 0..{MAX_DISPUTE_ROUNDS}, got {self.round!r}")
+            F.fixed_bytes(getattr(self, name), DIGEST_SIZE, f"query {name}")
+        _tree_size(self.tree_size, "query tree_size")
+        F.integer(self.round, 0, MAX_DISPUTE_ROUNDS, "query round")
         leaves = tuple(self.leaves)
         object.__setattr__(self, "leaves", leaves)
-        if any(isinstance(j, bool) or not isinstance(j, int) or not 0 <= j < self.tree_size for j in leaves):
-            raise MalformedError(f"query leaves must be integers in 0..{self.tree_size - 1}")
+        for j in leaves:
+            F.integer(j, 0, self.tree_size - 1, "query leaf")
         if self.kind == "bisect":
             if len(leaves) != 1 or leaves[0] == 0:
                 raise MalformedError(f"a bisect query opens one leaf in 1..{self.tree_size - 2}, got {leaves}")
@@ -283,18 +256,19 @@ class Query:
 
     @classmethod
     def from_json(cls, text: str | bytes) -> Query:
-        d = _load(text, "dispute-query")
-        leaves = _get(d, "leaves", list, "dispute-query")
+        what = "dispute-query"
+        d = _load(text, what, {"job_id", "root_a", "root_b", "tree_size", "round", "kind", "leaves"})
+        leaves = F.get(d, "leaves", list, what)
         if len(leaves) > 3:
             raise MalformedError(f"a dispute query opens at most 3 leaves, got {len(leaves)}")
-        kind = _get(d, "kind", str, "dispute-query")
+        kind = F.get(d, "kind", str, what)
         if kind not in ("bisect", "step"):
             raise MalformedError(f"query kind must be 'bisect' or 'step', got {kind[:40]!r}")
-        return cls(job_id=_hex(d.get("job_id"), "dispute-query.job_id"),
-                   root_a=_hex(d.get("root_a"), "dispute-query.root_a"),
-                   root_b=_hex(d.get("root_b"), "dispute-query.root_b"),
-                   tree_size=_get(d, "tree_size", int, "dispute-query"),
-                   round=_get(d, "round", int, "dispute-query"), kind=kind, leaves=tuple(leaves))
+        return cls(job_id=F.digest(F.get(d, "job_id", str, what), f"{what}.job_id"),
+                   root_a=F.digest(F.get(d, "root_a", str, what), f"{what}.root_a"),
+                   root_b=F.digest(F.get(d, "root_b", str, what), f"{what}.root_b"),
+                   tree_size=F.get(d, "tree_size", int, what),
+                   round=F.get(d, "round", int, what), kind=kind, leaves=tuple(leaves))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -309,19 +283,16 @@ class Opening:
     proof: tuple[bytes, ...]
 
     def __post_init__(self) -> None:
-        _digest(self.job_id, "opening job_id")
-        _digest(self.root, "opening root")
-        _digest(self.value, "opening value")
-        if isinstance(self.tree_size, bool) or not isinstance(self.tree_size, int) or not (
-                2 <= self.tree_size <= MAX_STEPS + 1):
-            raise MalformedError(f"opening tree_size must be in 2..{MAX_STEPS + 1}, got {self.tree_size!r}")
-        if isinstance(self.leaf, bool) or not isinstance(self.leaf, int) or not 0 <= self.leaf < self.tree_size:
-            raise MalformedError(f"opening leaf must be in 0..{self.tree_size - 1}, got {self.leaf!r}")
+        F.fixed_bytes(self.job_id, DIGEST_SIZE, "opening job_id")
+        F.fixed_bytes(self.root, DIGEST_SIZE, "opening root")
+        F.fixed_bytes(self.value, DIGEST_SIZE, "opening value")
+        _tree_size(self.tree_size, "opening tree_size")
+        F.integer(self.leaf, 0, self.tree_size - 1, "opening leaf")
         proof = tuple(self.proof)
         if len(proof) > MAX_OPENING_HASHES:
             raise LimitExceeded(f"an inclusion proof has at most {MAX_OPENING_HASHES} hashes, got {len(proof)}")
         for j, p in enumerate(proof):
-            _digest(p, f"opening proof hash {j}")
+            F.fixed_bytes(p, DIGEST_SIZE, f"opening proof hash {j}")
         object.__setattr__(self, "proof", proof)
 
     def to_dict(self) -> dict[str, Any]:
@@ -334,16 +305,17 @@ class Opening:
 
     @classmethod
     def from_json(cls, text: str | bytes) -> Opening:
-        d = _load(text, "dispute-opening")
-        proof = _get(d, "proof", list, "dispute-opening")
+        what = "dispute-opening"
+        d = _load(text, what, {"job_id", "root", "tree_size", "leaf", "value", "proof"})
+        proof = F.get(d, "proof", list, what)
         if len(proof) > MAX_OPENING_HASHES:
             raise LimitExceeded(f"an inclusion proof has at most {MAX_OPENING_HASHES} hashes, got {len(proof)}")
-        return cls(job_id=_hex(d.get("job_id"), "dispute-opening.job_id"),
-                   root=_hex(d.get("root"), "dispute-opening.root"),
-                   tree_size=_get(d, "tree_size", int, "dispute-opening"),
-                   leaf=_get(d, "leaf", int, "dispute-opening"),
-                   value=_hex(d.get("value"), "dispute-opening.value"),
-                   proof=tuple(_hex(p, f"dispute-opening.proof[{j}]") for j, p in enumerate(proof)))
+        return cls(job_id=F.digest(F.get(d, "job_id", str, what), f"{what}.job_id"),
+                   root=F.digest(F.get(d, "root", str, what), f"{what}.root"),
+                   tree_size=F.get(d, "tree_size", int, what),
+                   leaf=F.get(d, "leaf", int, what),
+                   value=F.digest(F.get(d, "value", str, what), f"{what}.value"),
+                   proof=tuple(F.digest(p, f"{what}.proof[{j}]") for j, p in enumerate(proof)))
 
 
 @dataclass(frozen=True)
@@ -355,17 +327,27 @@ class Round:
     value_a: bytes
     value_b: bytes
 
+    def __post_init__(self) -> None:
+        F.integer(self.leaf, 1, MAX_STEPS - 1, "dispute round leaf")
+        if not isinstance(self.agree, bool):
+            raise MalformedError(f"dispute round agree: expected a bool, got {type(self.agree).__name__}")
+        F.fixed_bytes(self.value_a, DIGEST_SIZE, "dispute round value_a")
+        F.fixed_bytes(self.value_b, DIGEST_SIZE, "dispute round value_b")
+
     def to_dict(self) -> dict[str, Any]:
         return {"leaf": self.leaf, "agree": self.agree, "value_a": self.value_a.hex(),
                 "value_b": self.value_b.hex()}
 
     @classmethod
     def from_dict(cls, d: object, tree_size: int) -> Round:
+        what = "dispute round"
         if not isinstance(d, dict):
-            raise MalformedError(f"dispute round: expected an object, got {type(d).__name__}")
-        agree = _get(d, "agree", bool, "dispute round")
-        return cls(_int(d, "leaf", 1, tree_size - 2, "dispute round"), agree,
-                   _hex(d.get("value_a"), "dispute round.value_a"), _hex(d.get("value_b"), "dispute round.value_b"))
+            raise MalformedError(f"{what}: expected an object, got {type(d).__name__}")
+        F.known_fields(d, what, {"leaf", "agree", "value_a", "value_b"})
+        return cls(F.integer(F.get(d, "leaf", int, what), 1, tree_size - 2, f"{what}.leaf"),
+                   F.get(d, "agree", bool, what),
+                   F.digest(F.get(d, "value_a", str, what), f"{what}.value_a"),
+                   F.digest(F.get(d, "value_b", str, what), f"{what}.value_b"))
 
 
 def _replay(rounds: Sequence[Round], steps: int) -> tuple[int, int]:
@@ -374,6 +356,8 @@ def _replay(rounds: Sequence[Round], steps: int) -> tuple[int, int]:
         raise LimitExceeded(f"a dispute has at most {MAX_DISPUTE_ROUNDS} rounds, got {len(rounds)}")
     lo, hi = 0, steps
     for r, rnd in enumerate(rounds):
+        if not isinstance(rnd, Round):
+            raise MalformedError(f"dispute round {r}: expected a Round, got {type(rnd).__name__}")
         if hi - lo <= 1:
             raise MalformedError(f"dispute round {r}: the search had already ended at step {hi}")
         m = (lo + hi) // 2
@@ -383,6 +367,16 @@ def _replay(rounds: Sequence[Round], steps: int) -> tuple[int, int]:
             raise MalformedError(f"dispute round {r}: recorded agreement on different leaf values")
         lo, hi = (m, hi) if rnd.agree else (lo, m)
     return lo, hi
+
+
+def _rounds(value: object, steps: int, what: str) -> tuple[Round, ...]:
+    if not isinstance(value, list):
+        raise MalformedError(f"{what}.rounds: expected list, got {type(value).__name__}")
+    if len(value) > MAX_DISPUTE_ROUNDS:
+        raise LimitExceeded(f"a dispute has at most {MAX_DISPUTE_ROUNDS} rounds, got {len(value)}")
+    if steps < 2 and value:
+        raise MalformedError(f"a job of {steps} steps has no bisection rounds")
+    return tuple(Round.from_dict(r, steps + 1) for r in value)
 
 
 # -- the outcome -------------------------------------------------------------------------------
@@ -405,20 +399,19 @@ class DisputeOutcome:
     liars: tuple[Party, ...]
     detail: str
     referee: bytes
-    signature: bytes = bytes(64)
+    signature: bytes = bytes(SIGNATURE_SIZE)
 
     def __post_init__(self) -> None:
-        for name in ("job_id", "root_a", "root_b", "worker_a", "worker_b", "referee"):
-            _digest(getattr(self, name), f"dispute outcome {name}")
-        if not isinstance(self.signature, bytes) or len(self.signature) != 64:
-            raise MalformedError("dispute outcome signature: expected 64 bytes")
-        if not isinstance(self.kernel, str) or not re.fullmatch(r"[a-z][a-z0-9\-]{0,63}@\d{1,10}", self.kernel):
+        for name in ("job_id", "root_a", "root_b"):
+            F.fixed_bytes(getattr(self, name), DIGEST_SIZE, f"dispute outcome {name}")
+        for name in ("worker_a", "worker_b", "referee"):
+            F.fixed_bytes(getattr(self, name), PUBKEY_SIZE, f"dispute outcome {name}")
+        F.fixed_bytes(self.signature, SIGNATURE_SIZE, "dispute outcome signature")
+        if not isinstance(self.kernel, str) or not _KERNEL_REF_RE.fullmatch(self.kernel):
             raise MalformedError(f"dispute outcome kernel: expected name@version, got {str(self.kernel)[:80]!r}")
-        if isinstance(self.steps, bool) or not isinstance(self.steps, int) or not 1 <= self.steps <= MAX_STEPS:
-            raise MalformedError(f"dispute outcome steps must be in 1..{MAX_STEPS}, got {self.steps!r}")
-        if isinstance(self.step, bool) or not isinstance(self.step, int) or not 0 <= self.step <= self.steps:
-            raise MalformedError(f"dispute outcome step must be in 0..{self.steps}, got {self.step!r}")
-        if self.case not in _CASE_CODE:
+        F.integer(self.steps, 1, MAX_STEPS, "dispute outcome steps")
+        F.integer(self.step, 0, self.steps, "dispute outcome step")
+        if not isinstance(self.case, str) or self.case not in _CASE_CODE:
             raise MalformedError(f"dispute outcome case: expected one of {list(CASES)}, got {str(self.case)[:40]!r}")
         liars = tuple(self.liars)
         if any(p not in PARTIES for p in liars) or list(liars) != sorted(set(liars)):
@@ -429,9 +422,8 @@ class DisputeOutcome:
         rounds = tuple(self.rounds)
         _replay(rounds, self.steps)
         object.__setattr__(self, "rounds", rounds)
-        if not isinstance(self.detail, str):
-            raise MalformedError("dispute outcome detail: expected a string")
-        object.__setattr__(self, "detail", _clip(self.detail))
+        F.utf8(self.detail, "dispute outcome detail", _MAX_DETAIL_INPUT)
+        object.__setattr__(self, "detail", F.clip(self.detail, MAX_DETAIL_BYTES))
 
     @property
     def dispute_id(self) -> bytes:
@@ -451,10 +443,11 @@ class DisputeOutcome:
             parts.append(struct.pack("<QB", r.leaf, int(r.agree)) + r.value_a + r.value_b)
         return b"".join(parts)
 
-    def sign(self, key: Keypair) -> DisputeOutcome:
-        unsigned = DisputeOutcome(**{**self._fields(), "referee": bytes(key.pubkey())})
-        sig = bytes(key.sign_message(unsigned.signing_bytes()))
-        return DisputeOutcome(**{**unsigned._fields(), "signature": sig})
+    def sign(self, key: Signer) -> DisputeOutcome:
+        """This outcome, signed by ``key`` as the referee."""
+        unsigned = DisputeOutcome(**{**self._fields(), "referee": bytes(key.pubkey()),
+                                     "signature": bytes(SIGNATURE_SIZE)})
+        return DisputeOutcome(**{**unsigned._fields(), "signature": sign(key, unsigned.signing_bytes())})
 
     def _fields(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in (
@@ -463,23 +456,18 @@ class DisputeOutcome:
 
     def verify_signature(self, expected_referee: bytes | None = None) -> None:
         if expected_referee is not None and expected_referee != self.referee:
-            raise SignatureError(f"dispute outcome signed by {Pubkey.from_bytes(self.referee)}, expected "
-                                 f"{Pubkey.from_bytes(expected_referee)}")
-        try:
-            ok = Signature.from_bytes(self.signature).verify(Pubkey.from_bytes(self.referee), self.signing_bytes())
-        except ValueError as e:  # pragma: no cover - 64 bytes always parse
-            raise SignatureError(f"dispute outcome signature is malformed: {e}") from e
-        if not ok:
-            raise SignatureError(f"dispute outcome signature does not verify under {Pubkey.from_bytes(self.referee)}")
+            raise SignatureError(f"dispute outcome signed by {b58encode(self.referee)}, expected "
+                                 f"{b58encode(expected_referee)}")
+        verify(self.referee, self.signature, self.signing_bytes(), "dispute outcome")
 
     def to_dict(self) -> dict[str, Any]:
         return {"type": "dispute-outcome", "version": 1, "dispute_id": self.dispute_id.hex(),
                 "job_id": self.job_id.hex(), "kernel": self.kernel, "steps": self.steps,
                 "root_a": self.root_a.hex(), "root_b": self.root_b.hex(),
-                "worker_a": str(Pubkey.from_bytes(self.worker_a)), "worker_b": str(Pubkey.from_bytes(self.worker_b)),
+                "worker_a": b58encode(self.worker_a), "worker_b": b58encode(self.worker_b),
                 "rounds": [r.to_dict() for r in self.rounds], "bisection_rounds": len(self.rounds),
                 "step": self.step, "case": self.case, "liars": list(self.liars), "detail": self.detail,
-                "referee": str(Pubkey.from_bytes(self.referee)), "signature": self.signature.hex()}
+                "referee": b58encode(self.referee), "signature": self.signature.hex()}
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
@@ -487,36 +475,52 @@ class DisputeOutcome:
     @classmethod
     def from_json(cls, text: str | bytes) -> DisputeOutcome:
         """Parse, re-validate and verify the referee's signature."""
-        d = _load(text, "dispute-outcome")
-        steps = _int(d, "steps", 1, MAX_STEPS, "dispute-outcome")
-        raw_rounds = _get(d, "rounds", list, "dispute-outcome")
-        if len(raw_rounds) > MAX_DISPUTE_ROUNDS:
-            raise LimitExceeded(f"a dispute has at most {MAX_DISPUTE_ROUNDS} rounds, got {len(raw_rounds)}")
-        if steps < 2 and raw_rounds:
-            raise MalformedError(f"a job of {steps} steps has no bisection rounds")
-        liars = _get(d, "liars", list, "dispute-outcome")
+        what = "dispute-outcome"
+        d = _load(text, what, {*cls._field_names(), "dispute_id", "bisection_rounds"})
+        steps = F.integer(F.get(d, "steps", int, what), 1, MAX_STEPS, f"{what}.steps")
+        rounds = _rounds(F.get(d, "rounds", list, what), steps, what)
+        liars = F.get(d, "liars", list, what)
         if len(liars) > 2:
-            raise MalformedError("dispute-outcome.liars: at most two parties")
-        sig_hex = _get(d, "signature", str, "dispute-outcome")
-        if not _HEX128_RE.fullmatch(sig_hex):
-            raise MalformedError("dispute-outcome.signature: expected 128 lowercase hex digits")
-        o = cls(job_id=_hex(d.get("job_id"), "dispute-outcome.job_id"),
-                kernel=_get(d, "kernel", str, "dispute-outcome"), steps=steps,
-                root_a=_hex(d.get("root_a"), "dispute-outcome.root_a"),
-                root_b=_hex(d.get("root_b"), "dispute-outcome.root_b"),
-                worker_a=_pubkey(d.get("worker_a"), "dispute-outcome.worker_a"),
-                worker_b=_pubkey(d.get("worker_b"), "dispute-outcome.worker_b"),
-                rounds=tuple(Round.from_dict(r, steps + 1) for r in raw_rounds),
-                step=_get(d, "step", int, "dispute-outcome"), case=_get(d, "case", str, "dispute-outcome"),
-                liars=tuple(liars), detail=_get(d, "detail", str, "dispute-outcome"),
-                referee=_pubkey(d.get("referee"), "dispute-outcome.referee"), signature=bytes.fromhex(sig_hex))
+            raise MalformedError(f"{what}.liars: at most two parties")
+        o = cls(job_id=F.digest(F.get(d, "job_id", str, what), f"{what}.job_id"),
+                kernel=F.get(d, "kernel", str, what), steps=steps,
+                root_a=F.digest(F.get(d, "root_a", str, what), f"{what}.root_a"),
+                root_b=F.digest(F.get(d, "root_b", str, what), f"{what}.root_b"),
+                worker_a=F.pubkey(F.get(d, "worker_a", str, what), f"{what}.worker_a"),
+                worker_b=F.pubkey(F.get(d, "worker_b", str, what), f"{what}.worker_b"),
+                rounds=rounds, step=F.get(d, "step", int, what), case=F.get(d, "case", str, what),
+                liars=tuple(liars), detail=F.get(d, "detail", str, what),
+                referee=F.pubkey(F.get(d, "referee", str, what), f"{what}.referee"),
+                signature=F.signature(F.get(d, "signature", str, what), f"{what}.signature"))
         o.verify_signature()
+        derived = {"dispute_id": o.dispute_id.hex(), "bisection_rounds": len(o.rounds)}
+        for name, value in derived.items():
+            if name in d and d[name] != value:
+                raise MalformedError(f"{what}.{name} {str(d[name])[:70]} disagrees with the record ({value})")
         return o
+
+    @staticmethod
+    def _field_names() -> set[str]:
+        return {"job_id", "kernel", "steps", "root_a", "root_b", "worker_a", "worker_b", "rounds", "step",
+                "case", "liars", "detail", "referee", "signature"}
 
 
 # -- the referee -------------------------------------------------------------------------------
 
+#: A party's answer: a parsed record, its bytes (JSON opening or response bundle), or None
+#: (no answer in time: the party loses).
 Answer = Opening | Response | bytes | None
+#: (case, liars, step, detail, the outcome for each party's verdict)
+_Result = tuple[str, tuple[Party, ...], int, str, tuple[Outcome | None, Outcome | None]]
+
+
+class _Lost(Exception):
+    """A party's answer that loses the dispute (internal: becomes an outcome, never escapes)."""
+
+    def __init__(self, reason: Reason, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+        self.detail = detail
 
 
 class Dispute:
@@ -524,8 +528,9 @@ class Dispute:
 
     Usage: ``d = Dispute.open(a, b)``; while not ``d.done``: ``q = d.query()``, hand
     ``q`` to both parties, ``d.submit(answer_a, answer_b)``; then ``d.finish(key)`` gives the
-    signed outcome and the FAIL verdicts. ``to_json``/``from_json`` keep the session in a file
-    between rounds (the rounds are replayed on load, so an edited session cannot skip one).
+    signed outcome and the FAIL verdicts. ``to_json``/``from_json`` give the session as text
+    to keep between rounds (the rounds are replayed on load, so an edited session cannot skip
+    one). :func:`run_dispute` drives the whole loop.
     """
 
     def __init__(self, a: Commitment, b: Commitment, *, device: str = "cpu",
@@ -537,11 +542,13 @@ class Dispute:
                                 f"{b.job_id.hex()[:16]}...")
         if a.root == b.root:
             raise MismatchError(f"both commitments have root {a.root.hex()[:16]}...: nothing to dispute")
+        if not isinstance(device, str) or not _DEVICE_RE.fullmatch(device):
+            raise InputError(f"the referee's device is cpu, cuda or cuda:N, got {str(device)[:40]!r}")
         self.a, self.b = a, b
         self.device = device
         self.rounds: list[Round] = list(rounds)
         self.lo, self.hi = _replay(self.rounds, a.steps)
-        self._result: tuple[str, tuple[Party, ...], int, str, tuple[Outcome | None, Outcome | None]] | None = None
+        self._result: _Result | None = None
 
     @classmethod
     def open(cls, a: Commitment, b: Commitment, *, device: str = "cpu") -> Dispute:
@@ -590,7 +597,7 @@ class Dispute:
         m = q.leaves[0]
         values: dict[Party, bytes] = {}
         lefts: dict[Party, list[bytes]] = {}
-        failed: dict[Party, tuple[str, str]] = {}
+        failed: dict[Party, tuple[Reason, str]] = {}
         for party, ans in zip(PARTIES, (answer_a, answer_b)):
             try:
                 op = self._check_opening(party, m, ans)
@@ -610,21 +617,21 @@ class Dispute:
     def _check_opening(self, party: Party, leaf: int, ans: Answer) -> Opening:
         c = self.commitment(party)
         if ans is None:
-            raise _Lost("REFUSED", f"party {party} did not open leaf {leaf}")
+            raise _Lost(Reason.REFUSED, f"party {party} did not open leaf {leaf}")
         if isinstance(ans, bytes):
             try:
                 ans = Opening.from_json(ans)
             except EvidenceError as e:
-                raise _Lost("MALFORMED", f"party {party}'s opening does not parse: {e}") from e
+                raise _Lost(Reason.MALFORMED, f"party {party}'s opening does not parse: {e}") from e
         if not isinstance(ans, Opening):
-            raise _Lost("MALFORMED", f"party {party} answered a bisect query with a {type(ans).__name__}")
+            raise _Lost(Reason.MALFORMED, f"party {party} answered a bisect query with a {type(ans).__name__}")
         if (ans.job_id, ans.root, ans.tree_size, ans.leaf) != (c.job_id, c.root, c.tree_size, leaf):
-            raise _Lost("BAD_PROOF", f"party {party}'s opening is not leaf {leaf} of its own tree "
-                                     f"(job id, root, tree size or leaf differ)")
+            raise _Lost(Reason.BAD_PROOF, f"party {party}'s opening is not leaf {leaf} of its own tree "
+                                          f"(job id, root, tree size or leaf differ)")
         try:
             verify_inclusion(c.root, c.tree_size, leaf, ans.value, ans.proof)
         except ProofError as e:
-            raise _Lost("BAD_PROOF", f"party {party}'s opening of leaf {leaf}: {e}") from e
+            raise _Lost(Reason.BAD_PROOF, f"party {party}'s opening of leaf {leaf}: {e}") from e
         return ans
 
     # -- (3), (4) the step round ---------------------------------------------------------------
@@ -634,7 +641,7 @@ class Dispute:
         spec = self.a.spec
         kernel = kernel_for(spec)
         opened: dict[Party, Response] = {}
-        failed: dict[Party, tuple[str, str]] = {}
+        failed: dict[Party, tuple[Reason, str]] = {}
         for party, ans in zip(PARTIES, (answer_a, answer_b)):
             try:
                 opened[party] = self._check_step_answer(party, q, ans)
@@ -645,7 +652,7 @@ class Dispute:
             return
         # (4a) s_0 re-derived from the spec
         s0 = state_digest(kernel.init_state(spec, self.device))
-        bad_init = {p: ("BAD_INIT", f"party {p}'s s_0 is not the state the spec derives")
+        bad_init = {p: (Reason.BAD_INIT, f"party {p}'s s_0 is not the state the spec derives")
                     for p in PARTIES if digest_encoded(opened[p].states[0]) != s0}
         if bad_init:
             self._lose(bad_init, i, case="bad-init")
@@ -656,73 +663,64 @@ class Dispute:
         prev_a, prev_b = (digest_encoded(opened[p].states[i - 1]) for p in PARTIES)
         if prev_a != prev_b:  # pragma: no cover - Q(i-1) held, or i-1 = 0 and both s_0 are the spec's
             raise MismatchError(f"parties disagree on s_{i - 1} although the search says they agree")
-        # (4b) the agreed state, then each party's claim
+        # (4b) the agreed state, then each party's claim, judged by the kernel's one rule
         try:
             prev = decode_state(opened["A"].states[i - 1])
         except EvidenceError as e:
-            self._lose({p: ("BAD_STATE", f"agreed s_{i - 1}: {e}") for p in PARTIES}, i, case="bad-state")
+            self._lose({p: (Reason.BAD_STATE, f"agreed s_{i - 1}: {e}") for p in PARTIES}, i, case="bad-state")
             return
-        why = kernel.check_schema(prev, spec)
-        if why is not None:
-            self._lose({p: ("BAD_STATE", f"agreed s_{i - 1}: {why}") for p in PARTIES}, i, case="bad-state")
-            return
-        claims: dict[Party, Any] = {}
-        bad_state: dict[Party, tuple[str, str]] = {}
-        for p in PARTIES:
-            try:
-                claims[p] = decode_state(opened[p].states[i])
-            except EvidenceError as e:
-                bad_state[p] = ("BAD_STATE", f"party {p}'s s_{i}: {e}")
-                continue
-            why = kernel.check_schema(claims[p], spec)
-            if why is not None:
-                bad_state[p] = ("BAD_STATE", f"party {p}'s s_{i}: {why}")
-        if bad_state:
-            self._lose(bad_state, i, case="bad-state")
-            return
-        expected = kernel.step(prev, i, spec, self.device)  # the one recomputed step
-        mismatch: dict[Party, tuple[str, str]] = {}
+        judged: dict[Party, tuple[Reason, str]] = {}
         notes: list[str] = []
         for p in PARTIES:
-            cmp = kernel.compare(expected, claims[p], spec)
+            try:
+                claimed: State = decode_state(opened[p].states[i])
+            except EvidenceError as e:
+                judged[p] = (Reason.BAD_STATE, f"party {p}'s s_{i}: {e}")
+                continue
+            result = kernel.judge(prev, claimed, i, spec, self.device)
             if kernel.mode == "tolerance":
-                notes.append(f"{p}: worst ratio {cmp.worst_ratio:.3g}")
-            if not cmp.ok:
-                mismatch[p] = ("MISMATCH", f"party {p}'s s_{i} is not step {i} of the agreed s_{i - 1}: "
-                                           f"{cmp.detail}")
-        if mismatch:
-            self._lose(mismatch, i, case="exact-mismatch" if kernel.mode == "exact" else "outside-bound")
+                notes.append(f"{p}: worst ratio {result.worst_ratio:.3g}")
+            if result.bad_state:
+                judged[p] = (Reason.BAD_STATE, f"party {p}'s s_{i}: {result.detail}")
+            elif not result.ok:
+                judged[p] = (Reason.MISMATCH, f"party {p}'s s_{i} is not step {i} of the agreed s_{i - 1}: "
+                                              f"{result.detail}")
+        if judged:
+            if any(r is Reason.BAD_STATE for r, _ in judged.values()):
+                case = "bad-state"
+            else:
+                case = "exact-mismatch" if kernel.mode == "exact" else "outside-bound"
+            self._lose(judged, i, case=case)
             return
-        if kernel.mode == "tolerance":
-            why_both = (f"both parties' s_{i} lie within the bound of {spec.kernel_ref} at the first divergent "
-                        f"step ({'; '.join(notes)}): spot-check each party on its own trace")
-            self._result = ("both-within-bound", (), i, why_both, (None, None))
-        else:
-            self._lose({p: ("MISMATCH", f"s_{i} accepted for both parties although their digests differ")
-                        for p in PARTIES}, i, case="inconclusive")
+        # The rule accepts both states: two honest workers of a tolerance kernel (or a near-tie
+        # token). Neither is named; the caller spot-checks each party on its own trace.
+        why = "; ".join(notes) or "both accepted"
+        self._result = ("both-within-bound", (), i,
+                        f"both parties' s_{i} are accepted by {spec.kernel_ref}'s rule at the first divergent step "
+                        f"({why}): spot-check each party on its own trace", (None, None))
 
     def _check_step_answer(self, party: Party, q: Query, ans: Answer) -> Response:
         c = self.commitment(party)
         i = q.step
         if ans is None:
-            raise _Lost("REFUSED", f"party {party} did not open the states of step {i}")
+            raise _Lost(Reason.REFUSED, f"party {party} did not open the states of step {i}")
         if isinstance(ans, bytes):
             try:
                 ans = Response.from_bytes(ans)
             except EvidenceError as e:
-                raise _Lost("MALFORMED", f"party {party}'s step bundle does not parse: {e}") from e
+                raise _Lost(Reason.MALFORMED, f"party {party}'s step bundle does not parse: {e}") from e
         if not isinstance(ans, Response):
-            raise _Lost("MALFORMED", f"party {party} answered the step query with a {type(ans).__name__}")
+            raise _Lost(Reason.MALFORMED, f"party {party} answered the step query with a {type(ans).__name__}")
         if (ans.job_id, ans.root, ans.tree_size) != (c.job_id, c.root, c.tree_size):
-            raise _Lost("BAD_PROOF", f"party {party}'s step bundle is for another job id, root or tree size")
+            raise _Lost(Reason.BAD_PROOF, f"party {party}'s step bundle is for another job id, root or tree size")
         if ans.indices != (i,) or tuple(ans.states) != q.leaves:
-            raise _Lost("MISSING", f"party {party}'s step bundle opens {list(ans.states)} for {list(ans.indices)}, "
-                                   f"expected {list(q.leaves)} for [{i}]")
+            raise _Lost(Reason.MISSING, f"party {party}'s step bundle opens {list(ans.states)} for "
+                                        f"{list(ans.indices)}, expected {list(q.leaves)} for [{i}]")
         digests = {j: digest_encoded(s) for j, s in ans.states.items()}
         try:
             verify_multiproof(c.root, c.tree_size, digests, ans.proof)
-        except ProofError as e:
-            raise _Lost("BAD_PROOF", f"party {party}'s step bundle: {e}") from e
+        except EvidenceError as e:  # ProofError, or a proof over a named limit
+            raise _Lost(Reason.BAD_PROOF, f"party {party}'s step bundle: {e}") from e
         for r, rnd in enumerate(self.rounds):
             # A leaf opened twice cannot change short of a collision: both openings verified
             # against the same root. A contradiction means the recorded session was altered.
@@ -731,18 +729,19 @@ class Dispute:
                                      f"leaf {rnd.leaf} than its verified step bundle: the session was altered")
         return ans
 
-    def _lose(self, failed: Mapping[Party, tuple[str, str]], index: int, *, case: str | None = None) -> None:
+    def _lose(self, failed: Mapping[Party, tuple[Reason, str]], index: int, *, case: str | None = None) -> None:
         if case is None:
             reasons = {r for r, _ in failed.values()}
-            case = "refused" if reasons == {"REFUSED"} else "bad-opening"
+            case = "refused" if reasons == {Reason.REFUSED} else "bad-opening"
         liars = tuple(p for p in PARTIES if p in failed)
-        outcomes = tuple(Outcome(index, *failed[p]) if p in failed else None for p in PARTIES)
-        detail = "; ".join(failed[p][1] for p in liars)
+        outcomes = tuple(Outcome(index, failed[p][0], _text(failed[p][1])) if p in failed else None
+                         for p in PARTIES)
+        detail = _text("; ".join(failed[p][1] for p in liars))
         self._result = (case, liars, index, detail, (outcomes[0], outcomes[1]))
 
     # -- the result ----------------------------------------------------------------------------
 
-    def finish(self, key: Keypair) -> tuple[DisputeOutcome, tuple[Verdict, ...]]:
+    def finish(self, key: Signer) -> tuple[DisputeOutcome, tuple[Verdict, ...]]:
         """The signed outcome and one signed FAIL verdict per liar (for its root)."""
         if self._result is None:
             raise InputError(f"the dispute is not resolved yet: next is round {len(self.rounds)}")
@@ -759,7 +758,7 @@ class Dispute:
                                                kernel=spec.kernel_ref, outcomes=[o], cheat_fraction=1.0, key=key))
         return outcome, tuple(verdicts)
 
-    # -- the session file ----------------------------------------------------------------------
+    # -- the session record --------------------------------------------------------------------
 
     def to_json(self) -> str:
         if self._result is not None:
@@ -771,127 +770,92 @@ class Dispute:
 
     @classmethod
     def from_json(cls, text: str | bytes) -> Dispute:
-        d = _load(text, "dispute-session")
-        a = _commitment(d.get("commitment_a"), "dispute-session.commitment_a")
-        b = _commitment(d.get("commitment_b"), "dispute-session.commitment_b")
-        raw = _get(d, "rounds", list, "dispute-session")
-        if len(raw) > MAX_DISPUTE_ROUNDS:
-            raise LimitExceeded(f"a dispute has at most {MAX_DISPUTE_ROUNDS} rounds, got {len(raw)}")
-        if a.steps < 2 and raw:
-            raise MalformedError(f"a job of {a.steps} steps has no bisection rounds")
-        device = _get(d, "device", str, "dispute-session")
-        if device not in ("cpu", "cuda") and not re.fullmatch(r"cuda:\d{1,3}", device):
-            raise MalformedError(f"dispute-session.device: expected cpu, cuda or cuda:N, got {device[:40]!r}")
-        return cls(a, b, device=device, rounds=[Round.from_dict(r, a.tree_size) for r in raw])
+        what = "dispute-session"
+        d = _load(text, what, {"dispute_id", "device", "commitment_a", "commitment_b", "rounds"})
+        a = _commitment(d.get("commitment_a"), f"{what}.commitment_a")
+        b = _commitment(d.get("commitment_b"), f"{what}.commitment_b")
+        rounds = _rounds(F.get(d, "rounds", list, what), a.steps, what)
+        device = F.get(d, "device", str, what)
+        if not _DEVICE_RE.fullmatch(device):
+            raise MalformedError(f"{what}.device: expected cpu, cuda or cuda:N, got {device[:40]!r}")
+        session = cls(a, b, device=device, rounds=rounds)
+        if "dispute_id" in d and d["dispute_id"] != session.id.hex():
+            raise MalformedError(f"{what}.dispute_id {str(d['dispute_id'])[:70]} is not the id of its commitments")
+        return session
 
 
-class _Lost(Exception):
-    """A party's answer that loses the dispute (internal: becomes an outcome, never escapes)."""
+# -- the whole dispute, between two answer callables ---------------------------------------------
 
-    def __init__(self, reason: str, detail: str) -> None:
-        super().__init__(detail)
-        self.reason = reason
-        self.detail = detail
-
-
-# -- the party side ----------------------------------------------------------------------------
-
-
-def answer_query(prover: Prover, query: Query, *, device: str | None = None) -> Opening | Response:
-    """Answer ``query`` from ``prover``'s trace: an :class:`Opening` or a step bundle.
-
-    Refuses (:class:`MismatchError`) a query for another job or for neither of its roots.
-    """
-    from pocv.store import TraceStore
-
-    c = prover.commitment()
-    if query.job_id != c.job_id or c.root not in (query.root_a, query.root_b):
-        raise MismatchError(f"query is for job {query.job_id.hex()[:16]}... roots {query.root_a.hex()[:16]}.../"
-                            f"{query.root_b.hex()[:16]}...; this trace holds root {c.root.hex()[:16]}...")
-    if query.tree_size != c.tree_size:
-        raise MismatchError(f"query says {query.tree_size} leaves, this trace has {c.tree_size}")
-    if query.kind == "step":
-        states, proof = prover.open(list(query.leaves), device=device)
-        return Response(job_id=c.job_id, root=c.root, tree_size=c.tree_size, indices=(query.step,),
-                        states=states, proof=tuple(proof))
-    from pocv.errors import StorageError
-
-    leaves = TraceStore.open(prover.trace_dir).read_leaves()
-    if len(leaves) != DIGEST_SIZE * c.tree_size:
-        raise StorageError(f"trace holds {len(leaves) // DIGEST_SIZE} leaves, the commitment {c.tree_size}")
-    tree = MerkleTree(leaves)
-    if tree.root != c.root:
-        raise StorageError("trace leaves do not give the committed root: the trace is corrupt")
-    m = query.leaves[0]
-    return Opening(job_id=c.job_id, root=c.root, tree_size=c.tree_size, leaf=m, value=tree.leaf_value(m),
-                   proof=tuple(tree.inclusion_proof(m)))
+#: A party: answers a query (an Opening, a step Response, their bytes, or None for no answer).
+AnswerFn = Callable[[Query], Answer]
+#: Passes one record through a channel and returns what came out: ``exchange(name, data)``;
+#: names are ``session.json``, ``query-RR.json``, ``answer-RR-A.json`` / ``.pocv``, ``outcome.json``.
+Exchange = Callable[[str, bytes], bytes]
 
 
 @dataclass(frozen=True)
 class DisputeResult:
-    """What :func:`run_local` found: the signed outcome, the FAIL verdicts, and (case
-    ``both-within-bound`` with a beacon) the spot-check verdicts of each party."""
+    """What :func:`run_dispute` found: the signed outcome, the FAIL verdicts, and (case
+    ``both-within-bound`` with a ``spot_check``) the spot-check verdict of each party."""
 
     outcome: DisputeOutcome
     verdicts: tuple[Verdict, ...]
     spot_checks: tuple[Verdict, ...] = ()
 
 
-def run_local(
-    prover_a: Prover,
-    prover_b: Prover,
+def _answer_bytes(ans: Answer) -> tuple[bytes, str] | None:
+    if ans is None:
+        return None
+    if isinstance(ans, Opening):
+        return ans.to_json().encode(), "json"
+    if isinstance(ans, Response):
+        return ans.to_bytes(), "pocv"
+    return bytes(ans), "pocv" if not bytes(ans).lstrip().startswith(b"{") else "json"
+
+
+def run_dispute(
+    a: Commitment,
+    b: Commitment,
+    answer_a: AnswerFn,
+    answer_b: AnswerFn,
     *,
-    key: Keypair,
+    key: Signer,
     device: str = "cpu",
-    workdir: str | os.PathLike[str] | None = None,
-    beacon: bytes | None = None,
-    confidence: float = 0.999,
-    cheat_fraction: float = 0.1,
+    exchange: Exchange | None = None,
+    spot_check: Callable[[Commitment], Verdict] | None = None,
 ) -> DisputeResult:
-    """Run a whole dispute between two local traces, as the referee and both parties.
+    """Play a whole dispute between the parties of commitments ``a`` and ``b`` as the referee.
 
-    With ``workdir`` every record goes through a file there (``session.json``,
-    ``query-RR.json``, ``answer-RR-A.json`` or ``.pocv``, ...) and is parsed back, exactly as
-    the ``pocv dispute`` commands exchange them between processes. If the kernel is in
-    tolerance mode and both parties are within the bound at the first divergent step, each
-    party is spot-checked on its own trace with ``beacon`` (when given).
+    ``answer_a``/``answer_b`` answer each :class:`Query` (``Prover.answer`` of a local trace,
+    or a call to a remote party); None is no answer. With ``exchange`` every record (session,
+    query, answers, outcome) is serialized, passed through ``exchange(name, data)`` and parsed
+    back from what it returns, exactly as ``pocv dispute`` exchanges them between processes.
+    When the kernel's rule accepts both parties' states (``both-within-bound``),
+    ``spot_check(commitment)`` (if given) is called for each party and its verdicts returned.
+    Touches no file itself.
     """
-    from pocv.store import atomic_write
 
-    d = Dispute.open(prover_a.commitment(), prover_b.commitment(), device=device)
-    wd = Path(workdir) if workdir is not None else None
+    def via(name: str, data: bytes) -> bytes:
+        return data if exchange is None else exchange(name, data)
 
-    def via_file(name: str, data: bytes) -> bytes:
-        if wd is None:
-            return data
-        atomic_write(wd / name, data, durable=False)
-        return (wd / name).read_bytes()
-
+    d = Dispute.open(a, b, device=device)
     while not d.done:
         r = len(d.rounds)
-        if wd is not None:
-            d = Dispute.from_json(via_file("session.json", d.to_json().encode()))
-        q = Query.from_json(via_file(f"query-{r:02d}.json", d.query().to_json().encode()))
-        answers: list[bytes] = []
-        for party, prover in zip(PARTIES, (prover_a, prover_b)):
-            ans = answer_query(prover, q, device=None)
-            raw = ans.to_json().encode() if isinstance(ans, Opening) else ans.to_bytes()
-            ext = "json" if isinstance(ans, Opening) else "pocv"
-            answers.append(via_file(f"answer-{r:02d}-{party}.{ext}", raw))
+        if exchange is not None:
+            d = Dispute.from_json(via("session.json", d.to_json().encode()))
+        q = Query.from_json(via(f"query-{r:02d}.json", d.query().to_json().encode()))
+        answers: list[Answer] = []
+        for party, answer in zip(PARTIES, (answer_a, answer_b)):
+            ans = answer(q)
+            raw = _answer_bytes(ans) if exchange is not None else None
+            answers.append(ans if raw is None else via(f"answer-{r:02d}-{party}.{raw[1]}", raw[0]))
         d.submit(answers[0], answers[1])
     outcome, verdicts = d.finish(key)
-    via_file("outcome.json", outcome.to_json().encode())
-    spot: list[Verdict] = []
-    if outcome.case == "both-within-bound" and beacon is not None:
-        from pocv.check import Verifier
-
-        v = Verifier(key=key, device=device)
-        for prover in (prover_a, prover_b):
-            c = prover.commitment()
-            ch = v.challenge(c, beacon=beacon, confidence=confidence, cheat_fraction=cheat_fraction,
-                             beacon_source="dispute fallback")
-            spot.append(v.check(c, ch, prover.respond(ch)))
-    return DisputeResult(outcome, verdicts, tuple(spot))
+    outcome = DisputeOutcome.from_json(via("outcome.json", outcome.to_json().encode()))
+    spot: tuple[Verdict, ...] = ()
+    if outcome.case == "both-within-bound" and spot_check is not None:
+        spot = (spot_check(a), spot_check(b))
+    return DisputeResult(outcome, verdicts, spot)
 
 
 # -- equivocation ------------------------------------------------------------------------------
@@ -918,17 +882,17 @@ class Equivocation:
 
     @classmethod
     def from_json(cls, text: str | bytes) -> Equivocation:
-        d = _load(text, "equivocation")
+        d = _load(text, "equivocation", {"first", "second"})
         return detect_equivocation(_commitment(d.get("first"), "equivocation.first"),
                                    _commitment(d.get("second"), "equivocation.second"))
 
-    def verdicts(self, key: Keypair) -> tuple[Verdict, Verdict]:
+    def verdicts(self, key: Signer) -> tuple[Verdict, Verdict]:
         """A signed FAIL verdict for each of the two roots (either may be the bonded one)."""
         out = []
         for c in (self.first, self.second):
             other = self.second if c is self.first else self.first
-            o = Outcome(0, "MISMATCH", f"equivocation: worker {Pubkey.from_bytes(self.worker)} also signed root "
-                                       f"{other.root.hex()} for this job")
+            o = Outcome(0, Reason.MISMATCH, f"equivocation: worker {b58encode(self.worker)} also signed root "
+                                            f"{other.root.hex()} for this job")
             out.append(Verdict.create(job_id=self.job_id, root=c.root,
                                       beacon=dispute_id(self.job_id, self.first.root, self.second.root),
                                       kernel=c.spec.kernel_ref, outcomes=[o], cheat_fraction=1.0, key=key))

@@ -50,6 +50,10 @@ def _check_param(key: object, value: object) -> None:
             raise SpecError(f"parameter {key!r} must be within +-2^53, got {value}")
         return
     if isinstance(value, str):
+        try:
+            value.encode()
+        except UnicodeEncodeError as e:  # a lone surrogate has no UTF-8 form, so no canonical JSON
+            raise SpecError(f"parameter {key!r} is not valid UTF-8 text: {e.reason} at {e.start}") from None
         if len(value) > MAX_PARAM_STR:
             raise SpecError(f"parameter {key!r} is at most {MAX_PARAM_STR} characters, got {len(value)}")
         return

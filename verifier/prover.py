@@ -9,6 +9,7 @@ keep from the nearest checkpoint (at most c-1 steps each), with one multiproof f
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -30,6 +31,8 @@ from pocv.trace import DEFAULT_CHECKPOINT_EVERY, TraceStore
 
 if TYPE_CHECKING:
     from pocv.kernels.base import Kernel
+
+log = logging.getLogger(__name__)
 
 #: progress(step_done, steps_total) is called at most this often (in steps) during a run
 PROGRESS_EVERY = 64
@@ -69,6 +72,7 @@ class Prover:
         with deterministic():
             resume = store.resume_point()
             if resume is None:
+                log.info("run %s: %d steps on %s, trace %s", spec.kernel_ref, spec.steps, device, self.trace_dir)
                 start = 0
                 state = kernel.init_state(spec, device)
                 encoded = encode_state(state)
@@ -79,6 +83,7 @@ class Prover:
                 tree.append(digest)
             else:
                 start, encoded = resume
+                log.info("run %s: resuming after step %d of %d (trace %s)", spec.kernel_ref, start, n, self.trace_dir)
                 state = {k: v.to(device) for k, v in decode_state(encoded).items()}
                 leaves = store.read_leaves()
                 tree = IncrementalTree.from_values(
@@ -103,6 +108,7 @@ class Prover:
         commitment = Commitment.create(spec=spec, root=tree.root(), key=self.key,
                                        fingerprint=fingerprint(), environment=env)
         atomic_write(store.commitment_path, commitment.to_json().encode())
+        log.info("run %s: committed root %s", spec.kernel_ref, commitment.root.hex())
         return commitment
 
     def _step(self, kernel: Kernel, state: State, i: int, spec: JobSpec, device: str) -> dict[str, Tensor]:
@@ -191,7 +197,49 @@ class Prover:
                         raise StorageError(f"state {j} recomputed from checkpoint {base} does not match "
                                            "its committed leaf: the trace or the device is not reproducible")
                     out[j] = encoded
+                    if self.progress is not None:
+                        self.progress(len(out), len(needed))
         return out
 
+    # -- dispute queries -------------------------------------------------------------------
 
-__all__ = ["Prover"]
+    def answer(self, query: Query, *, device: str | None = None) -> Opening | Response:
+        """Answer a dispute referee's ``query`` from this trace (:mod:`pocv.dispute`).
+
+        A bisect query gets an :class:`~pocv.dispute.Opening` (one leaf value and its inclusion
+        proof), a step query a response bundle opening ``s_0``, ``s_(i-1)`` and ``s_i`` with one
+        multiproof. Refuses (:class:`MismatchError`) a query for another job, for neither of
+        this trace's roots, or of another tree size.
+        """
+        from pocv.dispute import Opening
+
+        c = self.commitment()
+        if query.job_id != c.job_id or c.root not in (query.root_a, query.root_b):
+            raise MismatchError(f"query is for job {query.job_id.hex()[:16]}... roots {query.root_a.hex()[:16]}.../"
+                                f"{query.root_b.hex()[:16]}...; this trace holds root {c.root.hex()[:16]}...")
+        if query.tree_size != c.tree_size:
+            raise MismatchError(f"query says {query.tree_size} leaves, this trace has {c.tree_size}")
+        if query.kind == "step":
+            states, proof = self.open(list(query.leaves), device=device)
+            return Response(job_id=c.job_id, root=c.root, tree_size=c.tree_size, indices=(query.step,),
+                            states=states, proof=tuple(proof))
+        leaves = TraceStore.open(self.trace_dir).read_leaves()
+        if len(leaves) != DIGEST_SIZE * c.tree_size:
+            raise StorageError(f"trace holds {len(leaves) // DIGEST_SIZE} leaves, the commitment {c.tree_size}")
+        tree = MerkleTree(leaves)
+        if tree.root != c.root:
+            raise StorageError("trace leaves do not give the committed root: the trace is corrupt")
+        m = query.leaves[0]
+        return Opening(job_id=c.job_id, root=c.root, tree_size=c.tree_size, leaf=m, value=tree.leaf_value(m),
+                       proof=tuple(tree.inclusion_proof(m)))
+
+
+def answer_query(prover: Prover, query: Query, *, device: str | None = None) -> Opening | Response:
+    """``prover.answer(query, device=device)``: a dispute party's answer from its own trace."""
+    return prover.answer(query, device=device)
+
+
+if TYPE_CHECKING:  # typing only: pocv.dispute is imported when a query is answered
+    from pocv.dispute import Opening, Query
+
+__all__ = ["Prover", "answer_query"]

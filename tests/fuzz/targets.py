@@ -158,7 +158,7 @@ def seeds() -> dict[str, list[bytes]]:
     from solders.keypair import Keypair
 
     from pocv import JobSpec, Prover, Verifier
-    from pocv.dispute import Dispute, Opening, answer_query, detect_equivocation
+    from pocv.dispute import Dispute, Opening, detect_equivocation
     from pocv.encoding import encode_state
     from pocv.merkle import MerkleTree
 
@@ -175,7 +175,8 @@ def seeds() -> dict[str, list[bytes]]:
     mlp_state = encode_state(kernel_for(mlp).init_state(mlp))
 
     # a second root for the same job by the same worker: a dispute and an equivocation
-    from tests.soundness.simulator import make_liar, skip
+    from pocv.prover import answer_query
+    from pocv.testing import make_liar, skip
 
     liar = make_liar(skip(0).at(7), trace_dir=tmp / "l", key=key, checkpoint_every=4)
     c2 = liar.run(spec)

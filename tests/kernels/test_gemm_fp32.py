@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -110,6 +112,22 @@ def test_freivalds_vectors_are_fresh_randomness(monkeypatch: pytest.MonkeyPatch)
     assert seq[0] == seq[1] == seq[2]
     assert seq[3] == seq[4] == seq[5]
     assert seq[2] != seq[3]
+
+
+def test_freivalds_vectors_are_never_shared_between_jobs_nor_shown() -> None:
+    """Two jobs of the same seed and n (another step count) draw their own r; a FAIL's detail
+    carries nothing computed from r (issue 15, class 9)."""
+    k, sp, s = setup(64)
+    other = dataclasses.replace(sp, steps=sp.steps + 1)
+    assert other.seed == sp.seed and other.job_id != sp.job_id
+    k._vectors.clear()
+    k.freivalds_ratio(s, k.step(s, 4, sp), sp)
+    k.freivalds_ratio(s, k.step(s, 4, other), other)
+    keys = list(k._vectors)
+    assert len(keys) == 2 and k._vectors[keys[0]][0] is not k._vectors[keys[1]][0]
+    bad = {"x": k.step(s, 4, sp)["x"] * 1.5}
+    fr = k.verify_step(s, bad, 4, sp)
+    assert not fr.ok and f"{fr.worst_ratio:.3g}" not in fr.detail and "random r" in fr.detail
 
 
 def test_freivalds_needs_only_reading_not_recompute() -> None:

@@ -54,10 +54,10 @@ def test_demo_over_the_real_engine(tmp_path: object) -> None:
 
     from solders.keypair import Keypair
 
-    from pocv.demo import LazyProver
     from pocv.jobs import JobSpec
     from pocv.market.demo import engine_callbacks
     from pocv.prover import Prover
+    from pocv.testing import LazyProver
 
     root = Path(str(tmp_path))
     made: list[str] = []

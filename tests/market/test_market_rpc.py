@@ -14,9 +14,9 @@ from pocv.market import programs as P
 from pocv.market.backend import LiteSVMBackend
 from pocv.market.escrow import Escrow, EscrowAddresses, EscrowError, sign_and_send
 from pocv.market.indexer import Indexer, reputations
-from pocv.market.loopback import LoopbackServer
 from pocv.market.rpc import RpcBackend, resolve_url
 from pocv.market.tokens import create_mint, fund
+from pocv.testing.rpc import LoopbackServer
 from tests.market.conftest import LAMPORTS, TOKENS, World
 
 

@@ -24,7 +24,7 @@ from solders.keypair import Keypair
 from pocv import JobSpec, Verifier
 from pocv.kernels import resolve_spec
 from pocv.kernels._tolerance import torch_threads
-from tests.soundness.simulator import VariantProver, implementations
+from pocv.testing import VariantProver, implementations
 
 
 @dataclass

@@ -28,10 +28,12 @@ from solders.keypair import Keypair
 
 from pocv import JobSpec, Prover, Verifier
 from pocv.bundle import Response
-from pocv.encoding import DIGEST_SIZE, decode_state, digest_encoded
+from pocv.encoding import decode_state, digest_encoded
 from pocv.kernels import resolve_spec
+from pocv.limits import DIGEST_SIZE
 from pocv.merkle import MerkleTree
-from pocv.records import Commitment, Verdict, save_keypair
+from pocv.records import Commitment, Verdict
+from pocv.store import save_keypair
 
 SPEC = resolve_spec(JobSpec(kernel="gemm-int8", steps=300, seed=3, params={"n": 512, "layers": 6}))  # ~2-3 s of steps on 2 cores
 EVERY = 8

@@ -11,26 +11,28 @@ from pathlib import Path
 import pytest
 from solders.keypair import Keypair
 
-from pocv import JobSpec, Prover
+from pocv import JobSpec, Prover, Verifier
 from pocv.bundle import Response
 from pocv.dispute import (
     MAX_DISPUTE_ROUNDS,
     Dispute,
     DisputeOutcome,
+    DisputeResult,
     Equivocation,
     Opening,
     Query,
-    answer_query,
     detect_equivocation,
     max_rounds,
-    run_local,
+    run_dispute,
 )
 from pocv.encoding import digest_encoded, encode_state
 from pocv.errors import MalformedError, MismatchError, PocvError, SignatureError
 from pocv.kernels import kernel_for, resolve_spec
 from pocv.merkle import MerkleTree
-from pocv.records import Commitment, Verdict, save_keypair
-from tests.soundness.simulator import LyingProver, VariantProver, fabricate, make_liar, noise, skip
+from pocv.prover import answer_query
+from pocv.records import Commitment, Verdict
+from pocv.store import atomic_write, save_keypair
+from pocv.testing import LyingProver, VariantProver, fabricate, make_liar, noise, skip
 
 REFEREE = Keypair.from_seed(bytes([9]) * 32)
 GEMM = {"kernel": "gemm-int8", "seed": 4, "params": {"n": 16}}
@@ -38,6 +40,29 @@ GEMM = {"kernel": "gemm-int8", "seed": 4, "params": {"n": 16}}
 
 def gemm(steps: int) -> JobSpec:
     return resolve_spec(JobSpec(steps=steps, **GEMM))  # type: ignore[arg-type]
+
+
+def run_local(a: Prover, b: Prover, *, key: Keypair, device: str = "cpu", workdir: Path | None = None,
+              beacon: bytes | None = None) -> DisputeResult:
+    """Both parties local: what ``pocv dispute run`` does. With ``workdir`` every record goes
+    through a file there and is parsed back (run_dispute's exchange hook); with ``beacon`` a
+    both-within-bound dispute spot-checks each party on its own trace."""
+
+    def through_file(name: str, data: bytes) -> bytes:
+        assert workdir is not None
+        atomic_write(workdir / name, data, durable=False)
+        return (workdir / name).read_bytes()
+
+    provers = {a.commitment().root: a, b.commitment().root: b}
+
+    def spot_check(c: Commitment) -> Verdict:
+        v = Verifier(key=key, device=device)
+        ch = v.challenge(c, beacon=beacon, beacon_source="dispute fallback")  # type: ignore[arg-type]
+        return v.check(c, ch, provers[c.root].respond(ch))
+
+    return run_dispute(a.commitment(), b.commitment(), a.answer, b.answer, key=key, device=device,
+                       exchange=through_file if workdir is not None else None,
+                       spot_check=spot_check if beacon is not None else None)
 
 
 # -- in-memory parties: the exhaustive round counts ----------------------------------------------
@@ -366,7 +391,7 @@ def test_tolerance_liar_within_the_bound_falls_back_to_spot_checks(tmp_path) -> 
 
 
 def test_tolerance_downgrade_is_outside_the_bound(tmp_path) -> None:
-    from tests.soundness.simulator import downgrade
+    from pocv.testing import downgrade
 
     a = Prover(trace_dir=tmp_path / "a", key=Keypair(), checkpoint_every=1)
     b = make_liar(downgrade(0, "bf16").at(5), trace_dir=tmp_path / "b")

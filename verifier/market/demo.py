@@ -11,8 +11,9 @@ callbacks, so the market layer stays free of kernels and provers:
 
 :func:`engine_callbacks` builds both from the real engine, given a prover factory.
 
-Without callbacks, clearly labelled stand-ins are used (a fixed "honest" root; the stand-in
-verifier fails any other root), which exercise every chain step but no computation.
+Without callbacks, the clearly labelled stand-ins of :mod:`pocv.testing.market` are used (a
+fixed "honest" root; the stand-in verifier fails any other root), which exercise every chain
+step but no computation.
 
 The round: a consumer, an honest worker, a cheating worker and a verifier get SOL and tokens;
 both workers publish offers; the consumer posts a job and the matcher picks the honest worker;
@@ -25,7 +26,6 @@ and every token and lamport is accounted for.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final, Protocol, TextIO
@@ -43,7 +43,7 @@ from pocv.market.escrow import Escrow, JobTerms, check_beacon, create_nonce, fin
 from pocv.market.indexer import Indexer, reputations
 from pocv.market.market import JobRequest, Offer, match, publish_offer
 from pocv.market.tokens import create_mint, fund, token_balance
-from pocv.records import Challenge, Commitment, Outcome, Verdict, meta_hash
+from pocv.records import Challenge, Commitment, Verdict, meta_hash
 
 CommitFn = Callable[[JobSpec, Keypair, bool], Commitment]
 VerifyFn = Callable[[Commitment, bytes, str, Keypair], Verdict]
@@ -65,25 +65,6 @@ CHEAT_UNDERCUT: Final = 3 * 10**TOKEN_DECIMALS
 BOND: Final = 10 * 10**TOKEN_DECIMALS
 DEADLINE_S: Final = 3_600
 PARTY_NAMES: Final = ("consumer", "honest worker", "cheating worker", "verifier")
-
-
-def _stand_in_root(spec: JobSpec) -> bytes:
-    return bytes(blake3(spec.canonical_json(), derive_key_context="pocv demo stand-in root").digest())
-
-
-def stand_in_commit(spec: JobSpec, key: Keypair, honest: bool) -> Commitment:
-    """Stand-in for the prover: the 'honest' root is a fixed digest of the spec, a cheater's differs."""
-    root = _stand_in_root(spec) if honest else os.urandom(32)
-    return Commitment.create(spec=spec, root=root, key=key, fingerprint={"device": "stand-in"})
-
-
-def stand_in_verify(commitment: Commitment, beacon: bytes, source: str, key: Keypair) -> Verdict:
-    """Stand-in for the verifier: PASS iff the root is the stand-in honest root."""
-    ok = commitment.root == _stand_in_root(commitment.spec)
-    outcomes = [Outcome(1 + int.from_bytes(beacon[:4], "little") % commitment.steps, "OK" if ok else "MISMATCH",
-                        "" if ok else "stand-in: root differs from the reference run")]
-    return Verdict.create(job_id=commitment.job_id, root=commitment.root, beacon=beacon,
-                          kernel=commitment.spec.kernel_ref, outcomes=outcomes, cheat_fraction=0.1, key=key)
 
 
 def engine_callbacks(make_prover: Callable[[Keypair, bool], ProverLike], *, confidence: float = 0.999,
@@ -132,8 +113,15 @@ def run_market_demo(*, spec: JobSpec | None = None, commit: CommitFn | None = No
     ``keys`` may name any of "consumer", "honest worker", "cheating worker", "verifier" (fresh
     keys otherwise). Job 1 runs ``spec``; job 2 the same kernel and size with ``seed + 1``."""
     spec = spec or resolve_spec(JobSpec(kernel="gemm-int8", steps=64, seed=2026, params={"n": 64}))
-    commit_fn = commit or stand_in_commit
-    verify_fn = verify or stand_in_verify
+    commit_fn: CommitFn
+    verify_fn: VerifyFn
+    if commit is None or verify is None:  # no computation: the labelled stand-ins
+        from pocv.testing import market as stand_in
+
+        commit_fn = commit or stand_in.stand_in_commit
+        verify_fn = verify or stand_in.stand_in_verify
+    else:
+        commit_fn, verify_fn = commit, verify
     be: Backend = backend or LiteSVMBackend()
 
     def say(line: str) -> None:
