@@ -23,6 +23,13 @@ The opened leaves are ``{0} | {i-1, i for each challenged i}``: ``s_0`` is alway
 the verifier can check it against the one it derives from the spec. Every count and length is
 checked against a named limit and against the bytes actually left in the file before anything
 is allocated, so a bundle claiming 2^40 bytes is refused at once.
+
+A verifier reads with :class:`Expected`, which holds what its own challenge requires, and every
+count is bounded by that before anything it counts is read (docs/protocol.md §8): the file size
+by the largest honest answer, the indices by the challenge's, each opened leaf by the set the
+challenge opens (a state that was not asked for is refused before its bytes are read), each
+state's length by the job's exact state size, and the proof count by the exact multiproof size
+of the leaves opened. An honest bundle is read in one pass holding at most its 2k+1 states.
 """
 
 from __future__ import annotations
@@ -34,9 +41,9 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import BinaryIO, Final
 
-from pocv.errors import InputError, LimitExceeded, MalformedError, MismatchError
+from pocv.errors import InputError, LimitExceeded, MalformedError, MismatchError, ProofError
 from pocv.limits import DIGEST_SIZE, MAX_CHALLENGES, MAX_STATE_BYTES
-from pocv.merkle import MAX_PROOF_HASHES, MAX_TREE_SIZE
+from pocv.merkle import MAX_PROOF_HASHES, MAX_TREE_SIZE, multiproof_size
 
 MAGIC: Final = b"POCVRSP\x00"
 BUNDLE_VERSION: Final = 1
@@ -53,6 +60,19 @@ class Expected:
     root: bytes
     tree_size: int
     state_bytes: int  # every state of this job encodes to exactly this many bytes
+    #: the challenged steps, when the verifier reads a response to its own challenge
+    indices: tuple[int, ...] | None = None
+
+    def max_bundle_bytes(self) -> int:
+        """The size of the largest honest answer to this challenge (header, indices, the
+        2k+1 states and the longest multiproof), or MAX_BUNDLE_BYTES without indices."""
+        if self.indices is None:
+            return MAX_BUNDLE_BYTES
+        k = len(self.indices)
+        leaves = Response.opened_leaves(self.indices)
+        header = len(MAGIC) + 4 + 32 + DIGEST_SIZE + 8 + 4 + 8 * k + 4 + 4
+        states = len(leaves) * (16 + self.state_bytes)
+        return header + states + DIGEST_SIZE * multiproof_size(leaves, self.tree_size)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -140,6 +160,9 @@ class _Reader:
 def _parse(f: BinaryIO, size: int, expect: Expected | None = None) -> Response:
     if size > MAX_BUNDLE_BYTES:
         raise LimitExceeded(f"a bundle is at most {MAX_BUNDLE_BYTES} bytes, got {size}")
+    if expect is not None and size > expect.max_bundle_bytes():
+        raise LimitExceeded(f"an honest answer to this challenge is at most {expect.max_bundle_bytes()} bytes, "
+                            f"the bundle has {size}")
     r = _Reader(f, size)
     magic = r.take(len(MAGIC), "magic")
     if magic != MAGIC:
@@ -160,7 +183,12 @@ def _parse(f: BinaryIO, size: int, expect: Expected | None = None) -> Response:
     k = r.u32("index count")
     if not 1 <= k <= MAX_CHALLENGES:
         raise LimitExceeded(f"bundle index count must be in 1..{MAX_CHALLENGES}, got {k}")
+    if expect is not None and expect.indices is not None and k != len(expect.indices):
+        raise MismatchError(f"response answers {k} steps, the challenge asks {len(expect.indices)}")
     indices = struct.unpack(f"<{k}Q", r.take(8 * k, "indices"))
+    if expect is not None and expect.indices is not None and tuple(indices) != tuple(expect.indices):
+        raise MismatchError("response answers other indices than the challenge")
+    wanted = None if expect is None or expect.indices is None else set(Response.opened_leaves(expect.indices))
     prev = 0
     for i in indices:
         if not prev < i < tree_size:
@@ -178,6 +206,8 @@ def _parse(f: BinaryIO, size: int, expect: Expected | None = None) -> Response:
             raise MalformedError(f"bundle leaf indices must ascend strictly within 0..{tree_size - 1}; "
                                  f"got {leaf} after {last}")
         last = leaf
+        if wanted is not None and leaf not in wanted:
+            raise MalformedError(f"response opens leaf {leaf}, which the challenge does not ask for")
         length = r.u64("state length")
         if length > max_state:
             raise LimitExceeded(f"a state of this job is at most {max_state} bytes, bundle claims {length}")
@@ -185,6 +215,11 @@ def _parse(f: BinaryIO, size: int, expect: Expected | None = None) -> Response:
     p = r.u32("proof length")
     if p > MAX_PROOF_HASHES:
         raise LimitExceeded(f"a multiproof has at most {MAX_PROOF_HASHES} hashes, bundle claims {p}")
+    if expect is not None:  # the exact size follows from the leaves opened: never read more
+        need = multiproof_size(list(states), tree_size)
+        if p != need:
+            raise ProofError(f"multiproof has wrong size: expected {need} hashes for the {len(states)} "
+                             f"opened leaves, got {p}")
     raw = r.take(DIGEST_SIZE * p, "proof")
     proof = tuple(raw[j : j + DIGEST_SIZE] for j in range(0, len(raw), DIGEST_SIZE))
     if r.left:

@@ -6,7 +6,7 @@ docs/protocol.md §9:
 
 (1) the commitment's signature verifies and its job id is the id of its spec;
 (2) the challenge belongs to the commitment and its indices are the ones its beacon derives;
-(3) the response bundle parses within every limit;
+(3) the response bundle parses within the bounds this challenge sets (pocv.bundle.Expected);
 (4) the response is for this job id, root, tree size and challenge;
 (5) it opens exactly leaf 0 and i-1, i for each challenged i (fewer: those steps are MISSING);
 (6) the multiproof over the opened states' digests leads to the committed root;
@@ -29,7 +29,7 @@ from pocv.bundle import Expected, Response
 from pocv.challenge import derive_indices, detection_probability, sample_size
 from pocv.device import resolve_device
 from pocv.encoding import decode_state, digest_encoded, encoded_size, state_digest
-from pocv.errors import EvidenceError, InputError, MismatchError, Reason, VerificationFailed
+from pocv.errors import EvidenceError, InputError, MismatchError, ProofError, Reason, VerificationFailed
 from pocv.jobs import JobSpec
 from pocv.kernels import kernel_for
 from pocv.kernels.base import Kernel
@@ -129,10 +129,11 @@ class Verifier:
             return all_fail(Reason.REFUSED, "no response")
         # (3) parse
         if not isinstance(response, Response):
-            # every state of this job has exactly this many bytes: a bundle claiming more for one is
-            # refused before it is read, and one for another job before any state is read
+            # (3) is bounded by this challenge before anything is read: the bundle's size by the
+            # largest honest answer, its indices by the challenge's, each opened leaf by the set the
+            # challenge opens, each state by the job's state size, the proof by the exact multiproof
             expect = Expected(job_id=commitment.job_id, root=commitment.root, tree_size=commitment.tree_size,
-                              state_bytes=encoded_size(kernel.schema(spec)))
+                              state_bytes=encoded_size(kernel.schema(spec)), indices=indices)
             try:
                 if isinstance(response, bytes | bytearray | memoryview):
                     response = Response.from_bytes(bytes(response), expect=expect)
@@ -143,6 +144,8 @@ class Verifier:
                                      f"{type(response).__name__} (open the file yourself)")
             except MismatchError as e:
                 return all_fail(Reason.WRONG_JOB, str(e))
+            except ProofError as e:
+                return all_fail(Reason.BAD_PROOF, str(e))
             except EvidenceError as e:
                 return all_fail(Reason.MALFORMED, str(e))
         # (4) for this job and challenge
