@@ -73,11 +73,14 @@ def kernel_for(spec: JobSpec) -> Kernel:
 
 
 def resolve_spec(spec: JobSpec) -> JobSpec:
-    """``spec`` with its kernel version fixed (the current one if it names none) and the
-    kernel's parameter defaults filled in and checked. A resolved spec resolves to itself."""
+    """``spec`` with its kernel version fixed (the current one if it names none), the kernel's
+    parameter defaults filled in and checked, and the job's sizes checked against the limits
+    (``Kernel.check_limits``). A resolved spec resolves to itself."""
     kern = get_kernel(spec.kernel, spec.version or None)
     params = kern.check_params(dict(spec.params))
-    return dataclasses.replace(spec, version=kern.version, params=params)
+    resolved = dataclasses.replace(spec, version=kern.version, params=params)
+    kern.check_limits(resolved)  # a job no honest worker can answer is refused here, sizes named
+    return resolved
 
 
 __all__ = ["get_kernel", "kernel_for", "kernel_names", "register", "resolve_spec"]

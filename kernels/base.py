@@ -28,9 +28,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal, final
 
-from pocv.encoding import State, Tensor, state_digest, state_schema
+from pocv.bundle import MAX_BUNDLE_BYTES, answer_bytes_bound
+from pocv.challenge import sample_size
+from pocv.encoding import State, Tensor, encoded_size, state_digest, state_schema
 from pocv.errors import EvidenceError, SpecError
 from pocv.jobs import JobSpec, ParamValue
+from pocv.limits import DEFAULT_CHEAT_FRACTION, DEFAULT_CONFIDENCE, MAX_STATE_BYTES
 
 log = logging.getLogger(__name__)
 
@@ -141,6 +144,22 @@ class Kernel(ABC):
             return Comparison(False, f"the kernel's verify_step returned {type(result).__name__}, not a Comparison",
                               bad_state=True)
         return result
+
+    def check_limits(self, spec: JobSpec) -> None:
+        """Refuse (SpecError, sizes in the message) a job no honest worker can answer: a state
+        over MAX_STATE_BYTES, or an honest answer at the default p and f over MAX_BUNDLE_BYTES.
+        :func:`pocv.kernels.resolve_spec` calls this; the bounds are the parser's (pocv.bundle)."""
+        state = encoded_size(self.schema(spec))
+        if state > MAX_STATE_BYTES:
+            raise SpecError(f"{self.name}@{self.version} with {dict(spec.params)} has states of {state:,} bytes; "
+                            f"a state is at most {MAX_STATE_BYTES:,} bytes")
+        k = min(sample_size(DEFAULT_CONFIDENCE, DEFAULT_CHEAT_FRACTION), spec.steps)
+        need = answer_bytes_bound(k, state, spec.steps + 1)
+        if need > MAX_BUNDLE_BYTES:
+            raise SpecError(f"{self.name}@{self.version} with {dict(spec.params)}: an honest answer to a "
+                            f"challenge at p = {DEFAULT_CONFIDENCE}, f = {DEFAULT_CHEAT_FRACTION} (k = {k}) "
+                            f"opens {min(2 * k + 1, spec.steps + 1)} states of {state:,} bytes, up to {need:,} "
+                            f"bytes; a response is at most {MAX_BUNDLE_BYTES:,} bytes")
 
     def check_schema(self, state: State, spec: JobSpec) -> str | None:
         """None if ``state`` has exactly the expected names, dtypes and shapes, else why not."""

@@ -62,6 +62,20 @@ def test_bad_specs(case: str) -> None:
         resolve_spec(JobSpec.from_json(json.dumps(d)))  # kernel-dependent cases fail on resolving
 
 
+@pytest.mark.parametrize(("kernel", "params", "match"), [
+    ("mlp-sgd", {"width": 4096, "depth": 8}, r"133 states of 1,074,005,000 bytes.*at most 68,719,476,736"),
+    ("transformer-decode", {"width": 1024, "depth": 8, "batch": 256, "context": 4096},
+     r"states of 68,728,128,247 bytes; a state is at most 4,294,967,296"),
+])
+def test_jobs_no_honest_worker_can_answer_are_refused_with_their_sizes(kernel: str, params: dict[str, int],
+                                                                        match: str) -> None:
+    # issue 15 class 7: legal parameters whose states or honest answer exceed the limits
+    with pytest.raises(SpecError, match=match):
+        resolve_spec(JobSpec(kernel=kernel, steps=1000, seed=1, params=params))
+    few = resolve_spec(JobSpec(kernel="mlp-sgd", steps=30, seed=1, params={"width": 1024, "depth": 8}))
+    assert few.params["width"] == 1024  # a smaller state of the same kernel resolves
+
+
 def test_a_spec_is_plain_data_until_resolved() -> None:
     raw = JobSpec.from_json(json.dumps({"kernel": "nope", "steps": 1, "seed": 0, "params": {"m": 3}}))
     assert raw.kernel == "nope" and not raw.resolved  # parsing consults no kernel

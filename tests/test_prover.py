@@ -117,3 +117,17 @@ def test_progress_is_reported(tmp_path) -> None:
     seen: list[tuple[int, int]] = []
     Prover(trace_dir=tmp_path / "t", key=KEY, progress=lambda d, n: seen.append((d, n))).run(SMALL)
     assert seen[-1] == (SMALL.steps, SMALL.steps)
+
+
+def test_a_worker_answers_at_most_max_answer_steps(tmp_path) -> None:
+    # issue 15 class 8: a hostile verifier cannot make the worker redo the whole job
+    p = Prover(trace_dir=tmp_path / "t", key=KEY, max_answer=8)
+    c = p.run(SMALL)
+    v = Verifier(key=Keypair())
+    ch = v.challenge(c, beacon=bytes(32), k=8)
+    assert v.check(c, ch, p.respond(ch)).passed
+    greedy = v.challenge(c, beacon=bytes(32), k=SMALL.steps)
+    with pytest.raises(InputError, match=f"asks for {SMALL.steps} steps; this worker answers at most 8"):
+        p.respond(greedy)
+    with pytest.raises(InputError, match="max_answer"):
+        Prover(trace_dir=tmp_path / "u", key=KEY, max_answer=0)

@@ -63,7 +63,7 @@ class Expected:
     #: the challenged steps, when the verifier reads a response to its own challenge
     indices: tuple[int, ...] | None = None
 
-    def max_bundle_bytes(self) -> int:
+    def max_bundle_bytes(self) -> int:  # the parser's bound; answer_bytes_bound is the spec's
         """The size of the largest honest answer to this challenge (header, indices, the
         2k+1 states and the longest multiproof), or MAX_BUNDLE_BYTES without indices."""
         if self.indices is None:
@@ -73,6 +73,15 @@ class Expected:
         header = len(MAGIC) + 4 + 32 + DIGEST_SIZE + 8 + 4 + 8 * k + 4 + 4
         states = len(leaves) * (16 + self.state_bytes)
         return header + states + DIGEST_SIZE * multiproof_size(leaves, self.tree_size)
+
+
+def answer_bytes_bound(k: int, state_bytes: int, tree_size: int) -> int:
+    """An upper bound on an honest answer to any k-step challenge of a job: 2k+1 states and the
+    longest multiproof they can need. Spec validation and the parser's exact bound
+    (:meth:`Expected.max_bundle_bytes`) use the same layout arithmetic."""
+    opened = min(2 * k + 1, tree_size)
+    header = len(MAGIC) + 4 + 32 + DIGEST_SIZE + 8 + 4 + 8 * k + 4 + 4
+    return header + opened * (16 + state_bytes) + DIGEST_SIZE * opened * max(1, (tree_size - 1).bit_length())
 
 
 @dataclass(frozen=True, kw_only=True)

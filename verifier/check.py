@@ -25,7 +25,7 @@ import logging
 from collections.abc import Callable, Sequence
 from typing import BinaryIO
 
-from pocv.bundle import Expected, Response
+from pocv.bundle import MAX_BUNDLE_BYTES, Expected, Response, answer_bytes_bound
 from pocv.challenge import derive_indices, detection_probability, sample_size
 from pocv.device import resolve_device
 from pocv.encoding import decode_state, digest_encoded, encoded_size, state_digest
@@ -73,11 +73,18 @@ class Verifier:
         if not isinstance(beacon, bytes) or len(beacon) != 32:
             raise InputError("a challenge needs a 32-byte beacon the worker could not know before committing")
         commitment.verify_signature()
+        kernel = kernel_for(commitment.spec)
+        kernel.check_limits(commitment.spec)
         explicit = k is not None
         if k is None:
             k = sample_size(confidence, cheat_fraction)
         elif not 0 <= cheat_fraction <= 1:
             raise InputError(f"cheat fraction f must be in [0, 1], got {cheat_fraction}")
+        answer = answer_bytes_bound(min(k, commitment.steps), encoded_size(kernel.schema(commitment.spec)),
+                                    commitment.tree_size)
+        if answer > MAX_BUNDLE_BYTES:  # no honest worker could answer: refuse to ask
+            raise InputError(f"a challenge of {k} steps needs an answer of up to {answer:,} bytes; a response is "
+                             f"at most {MAX_BUNDLE_BYTES:,} bytes: ask for a lower confidence or a higher f")
         indices = derive_indices(commitment.job_id, commitment.root, beacon, commitment.steps, k)
         if explicit:  # record what k really gives, not a confidence it does not reach
             full = len(indices) >= commitment.steps
@@ -99,6 +106,7 @@ class Verifier:
         commitment.verify_signature()
         spec = commitment.spec
         kernel = kernel_for(spec)
+        kernel.check_limits(spec)  # a job no honest worker can answer is not a job (SpecError)
         # (2) the challenge: issued by this verifier, for this commitment, with the k it promises
         challenge.verify_signature(expected_verifier=self.public_key)
         if challenge.k < commitment.steps and challenge.detection < challenge.confidence - 1e-9:

@@ -33,6 +33,10 @@ MAX_META_BYTES: Final = 64 * 1024
 #: 4 GiB: one encoded state
 MAX_STATE_BYTES: Final = 1 << 32
 
+#: the most challenged steps a worker answers by default: a verifier asking for more would make
+#: the worker redo the job (p = 0.999999 at f = 0.01 needs 1,375); a job's terms may allow more
+DEFAULT_MAX_ANSWER: Final = 2048
+
 #: p: catch a worker who faked a fraction f of the steps with at least this probability
 DEFAULT_CONFIDENCE: Final = 0.999
 #: f: the fraction of faked steps the default challenge is sized for (k = 66 with p = 0.999)

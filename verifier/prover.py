@@ -23,7 +23,7 @@ from pocv.errors import EvidenceError, InputError, MismatchError, StorageError
 from pocv.jobs import JobSpec
 from pocv.kernels import kernel_for, resolve_spec
 from pocv.keys import Signer
-from pocv.limits import DIGEST_SIZE
+from pocv.limits import DEFAULT_MAX_ANSWER, DIGEST_SIZE
 from pocv.merkle import IncrementalTree, MerkleTree
 from pocv.records import Challenge, Commitment
 from pocv.store import atomic_write
@@ -49,7 +49,14 @@ class Prover:
         key: Signer,
         checkpoint_every: int = DEFAULT_CHECKPOINT_EVERY,
         progress: Progress | None = None,
+        max_answer: int = DEFAULT_MAX_ANSWER,
     ) -> None:
+        """``max_answer``: the most challenged steps this worker answers (the job's terms or the
+        worker's offer set it); a challenge asking for more is refused, so a hostile verifier
+        cannot make the worker redo the whole job."""
+        if isinstance(max_answer, bool) or not isinstance(max_answer, int) or max_answer < 1:
+            raise InputError(f"max_answer must be a positive integer, got {max_answer!r}")
+        self.max_answer = max_answer
         self.trace_dir = Path(trace_dir)
         self.key = key
         self.checkpoint_every = checkpoint_every
@@ -145,6 +152,9 @@ class Prover:
                 f"this trace holds job {commitment.job_id.hex()[:16]}... root {commitment.root.hex()[:16]}...")
         if challenge.steps != commitment.steps:
             raise MismatchError(f"challenge says {challenge.steps} steps, the job has {commitment.steps}")
+        if challenge.k > self.max_answer:
+            raise InputError(f"the challenge asks for {challenge.k} steps; this worker answers at most "
+                             f"{self.max_answer} (max_answer, set by the job's terms)")
         expected = derive_indices(challenge.job_id, challenge.root, challenge.beacon, commitment.steps, challenge.k)
         if challenge.indices != expected:
             raise MismatchError("challenge indices are not the ones its beacon derives")
