@@ -10,7 +10,7 @@ from solders.keypair import Keypair
 
 from pocv import Prover, VerificationFailed, Verifier
 from pocv.bundle import Response
-from pocv.errors import MismatchError, SignatureError
+from pocv.errors import MismatchError, SignatureError, UnsignedResponse
 from pocv.kernels import kernel_for
 from pocv.records import Commitment
 from tests.helpers import SMALL, StepCheater, flip_one, replay, widen_dtype
@@ -167,3 +167,54 @@ def test_wrong_initial_state_is_bad_init(tmp_path, verifier_key) -> None:
     c = p.run(SMALL)
     v, ch, resp = _round(p, c, verifier_key)
     assert {o.reason for o in v.check(c, ch, resp).outcomes} == {"BAD_INIT"}
+
+
+# -- who answered: signed bundles (issue 15, class 6) ---------------------------------------------
+
+
+def test_a_relay_that_corrupts_a_signed_bundle_cannot_make_evidence(honest, verifier_key, tmp_path) -> None:
+    prover, c = honest
+    v, ch, resp = _round(prover, c, verifier_key, k=5)
+    assert resp.signed_by(c.worker)
+    good = v.check(c, ch, resp.to_bytes())
+    assert good.passed and good.bundle_signed and good.bundle == resp.digest()
+    data = bytearray(resp.to_bytes())
+    data[200] ^= 1  # one bit of a state, flipped in transit
+    verdict = v.check(c, ch, bytes(data))
+    assert not verdict.passed and not verdict.bundle_signed and not verdict.is_evidence
+    assert verdict.bundle != good.bundle  # the verdict names the bytes it judged
+    with pytest.raises(UnsignedResponse, match="did not sign") as e:
+        v.verify(c, ch, bytes(data))
+    assert e.value.verdict == verdict
+    path = tmp_path / "r.pocv"  # the same through a file object
+    path.write_bytes(bytes(data[:-40]))  # truncated as well: does not parse, no valid trailer
+    with path.open("rb") as f:
+        cut = v.check(c, ch, f)
+    assert {o.reason for o in cut.outcomes} == {"MALFORMED"} and not cut.is_evidence
+
+
+def test_a_cheater_signs_its_cheat_and_the_verdict_is_evidence(tmp_path, verifier_key) -> None:
+    cheat = StepCheater(trace_dir=tmp_path / "t", key=Keypair(), checkpoint_every=8, when=lambda i: True,
+                        fake=flip_one)
+    c = cheat.run(SMALL)
+    v = Verifier(key=verifier_key)
+    ch = v.challenge(c, beacon=BEACON, k=4)
+    verdict = v.check(c, ch, cheat.respond(ch))
+    assert not verdict.passed and verdict.bundle_signed and verdict.is_evidence
+    with pytest.raises(VerificationFailed):
+        v.verify(c, ch, cheat.respond(ch))
+    # a bundle the worker signed that does not even parse is still its signed word
+    body = Response(job_id=c.job_id, root=c.root, tree_size=c.tree_size, indices=ch.indices, states={},
+                    proof=())
+    garbage = body.signed(cheat.key)
+    malformed = v.check(c, ch, garbage.to_bytes())
+    assert {o.reason for o in malformed.outcomes} == {"MALFORMED"}
+    assert malformed.bundle_signed and malformed.is_evidence
+
+
+def test_a_bundle_signed_by_someone_else_is_not_the_workers(honest, verifier_key) -> None:
+    prover, c = honest
+    v, ch, resp = _round(prover, c, verifier_key, k=5)
+    other = dataclasses.replace(resp, worker=bytes(32), signature=bytes(64)).signed(Keypair())
+    verdict = v.check(c, ch, other.to_bytes())
+    assert verdict.passed and not verdict.bundle_signed  # a PASS stands; the states proved themselves

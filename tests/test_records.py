@@ -77,7 +77,7 @@ def test_verdict_roundtrip_result_and_signature(verifier_key: Keypair) -> None:
         v.verify_signature(expected_verifier=bytes(Keypair().pubkey()))
 
 
-@pytest.mark.parametrize(("field", "value"), [("detection", 1.0), ("checked", 7), ("failed", 0), ("version", 2),
+@pytest.mark.parametrize(("field", "value"), [("detection", 1.0), ("checked", 7), ("failed", 0), ("version", 1),
                                               ("extra", 1)])
 def test_verdict_unsigned_fields_must_agree(verifier_key: Keypair, field: str, value: object) -> None:
     d = json.loads(_verdict(verifier_key, ("OK", "MISMATCH")).to_json())
@@ -148,3 +148,21 @@ def test_record_parsers_never_crash(text: str) -> None:
             cls.from_json(text)
         except EvidenceError:
             pass
+
+
+def test_a_verdict_binds_the_bundle_it_judged(verifier_key: Keypair) -> None:
+    # issue 15 class 6: the digest and whether the worker signed it are signed with the verdict
+    base = {"job_id": SPEC.job_id, "root": bytes(32), "beacon": bytes(32), "kernel": SPEC.kernel_ref,
+            "outcomes": [Outcome(1, "MISMATCH", "x")], "cheat_fraction": 0.1, "key": verifier_key, "steps": 9}
+    signed = Verdict.create(**base, bundle=bytes([5]) * 32, bundle_signed=True)
+    unsigned = Verdict.create(**base, bundle=bytes([5]) * 32, bundle_signed=False)
+    assert signed.is_evidence and not unsigned.is_evidence  # a FAIL on an unsigned bundle: retry
+    assert signed.signing_bytes() != unsigned.signing_bytes()
+    back = Verdict.from_json(signed.to_json())
+    assert back.bundle == bytes([5]) * 32 and back.bundle_signed
+    d = json.loads(signed.to_json())
+    d["bundle_signed"] = False  # flipping what was bound breaks the signature
+    with pytest.raises(SignatureError):
+        Verdict.from_json(json.dumps(d))
+    refused = Verdict.create(**{**base, "outcomes": [Outcome(1, "REFUSED", "no response")]})
+    assert refused.is_evidence  # no bundle came at all: the refusal is the worker's

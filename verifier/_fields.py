@@ -73,7 +73,7 @@ def integer(value: object, lo: int, hi: int, what: str) -> int:
 def fraction(value: object, what: str) -> float:
     """A finite number in [0, 1] (int or float; never a bool)."""
     if isinstance(value, bool) or not isinstance(value, int | float) or not (
-            math.isfinite(float(value)) and 0 <= value <= 1):
+            (isinstance(value, int) or math.isfinite(value)) and 0 <= value <= 1):
         raise MalformedError(f"{what}: expected a number in [0, 1], got {str(value)[:40]}")
     return value
 

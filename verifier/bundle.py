@@ -1,9 +1,9 @@
 """The response bundle: a worker's answer to a challenge, as one self-contained binary file.
 
-Format 1 (all integers little-endian; no pickle, nothing executable)::
+Format 2 (all integers little-endian; no pickle, nothing executable)::
 
     magic        8 bytes  b"POCVRSP\\x00"
-    version      u16      1
+    version      u16      2
     flags        u16      0 (reserved; must be zero)
     job_id       32 bytes
     root         32 bytes
@@ -17,7 +17,14 @@ Format 1 (all integers little-endian; no pickle, nothing executable)::
       state      bytes    canonical state encoding (pocv.encoding)
     p            u32      number of multiproof hashes, <= MAX_PROOF_HASHES
     proof        p * 32 bytes, in pocv.merkle's multiproof order
+    -- the body ends here; the trailer signs it --
+    worker       32 bytes ed25519 public key of the worker (the commitment's)
+    signature    64 bytes over BUNDLE_DOMAIN || BLAKE3(body)
     (end of file: trailing bytes are an error)
+
+The worker signs what it sends, so a relay that corrupts a bundle breaks the signature: a FAIL
+on a bundle that is not signed by the committing worker is a transport failure to retry, not
+evidence against the worker. The verdict names the digest of the body it judged.
 
 The opened leaves are ``{0} | {i-1, i for each challenged i}``: ``s_0`` is always opened so
 the verifier can check it against the one it derives from the spec. Every count and length is
@@ -34,6 +41,7 @@ of the leaves opened. An honest bundle is read in one pass holding at most its 2
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import struct
 from collections.abc import Mapping
@@ -41,12 +49,18 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import BinaryIO, Final
 
-from pocv.errors import InputError, LimitExceeded, MalformedError, MismatchError, ProofError
-from pocv.limits import DIGEST_SIZE, MAX_CHALLENGES, MAX_STATE_BYTES
+from blake3 import blake3
+
+from pocv.errors import EvidenceError, InputError, LimitExceeded, MalformedError, MismatchError, ProofError
+from pocv.keys import Signer, sign, verify
+from pocv.limits import DIGEST_SIZE, MAX_CHALLENGES, MAX_STATE_BYTES, PUBKEY_SIZE, SIGNATURE_SIZE
 from pocv.merkle import MAX_PROOF_HASHES, MAX_TREE_SIZE, multiproof_size
 
 MAGIC: Final = b"POCVRSP\x00"
-BUNDLE_VERSION: Final = 1
+BUNDLE_VERSION: Final = 2
+BUNDLE_DOMAIN: Final = b"pocv bundle v2\x00"
+#: the signature trailer: worker public key and signature
+TRAILER_BYTES: Final = PUBKEY_SIZE + SIGNATURE_SIZE
 #: The largest bundle accepted: every challenged pair of states at the largest state size
 #: would be far more; 64 GiB bounds what a verifier will ever read from one worker.
 MAX_BUNDLE_BYTES: Final = 64 << 30
@@ -72,7 +86,7 @@ class Expected:
         leaves = Response.opened_leaves(self.indices)
         header = len(MAGIC) + 4 + 32 + DIGEST_SIZE + 8 + 4 + 8 * k + 4 + 4
         states = len(leaves) * (16 + self.state_bytes)
-        return header + states + DIGEST_SIZE * multiproof_size(leaves, self.tree_size)
+        return header + states + DIGEST_SIZE * multiproof_size(leaves, self.tree_size) + TRAILER_BYTES
 
 
 def answer_bytes_bound(k: int, state_bytes: int, tree_size: int) -> int:
@@ -81,7 +95,8 @@ def answer_bytes_bound(k: int, state_bytes: int, tree_size: int) -> int:
     (:meth:`Expected.max_bundle_bytes`) use the same layout arithmetic."""
     opened = min(2 * k + 1, tree_size)
     header = len(MAGIC) + 4 + 32 + DIGEST_SIZE + 8 + 4 + 8 * k + 4 + 4
-    return header + opened * (16 + state_bytes) + DIGEST_SIZE * opened * max(1, (tree_size - 1).bit_length())
+    proof = DIGEST_SIZE * opened * max(1, (tree_size - 1).bit_length())
+    return header + opened * (16 + state_bytes) + proof + TRAILER_BYTES
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -92,6 +107,9 @@ class Response:
     indices: tuple[int, ...]
     states: Mapping[int, bytes]  # leaf index -> canonical state bytes
     proof: tuple[bytes, ...]
+    #: the signing worker's public key and its signature of the body (zeros: unsigned)
+    worker: bytes = bytes(PUBKEY_SIZE)
+    signature: bytes = bytes(SIGNATURE_SIZE)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "indices", tuple(self.indices))
@@ -110,6 +128,29 @@ class Response:
     # -- writing ---------------------------------------------------------------------------
 
     def write_to(self, f: BinaryIO) -> None:
+        self._write_body(f)
+        f.write(self.worker + self.signature)
+
+    def digest(self) -> bytes:
+        """BLAKE3 of the body (everything but the trailer): what the worker signs and the
+        verdict names."""
+        known = self.__dict__.get("_digest")
+        if known is not None:
+            return bytes(known)
+        h = _Hasher()
+        self._write_body(h)  # type: ignore[arg-type]
+        return h.digest()
+
+    def signed(self, key: Signer) -> Response:
+        """This bundle signed by ``key`` (the committing worker)."""
+        signature = sign(key, BUNDLE_DOMAIN + self.digest())
+        return dataclasses.replace(self, worker=bytes(key.pubkey()), signature=signature)
+
+    def signed_by(self, worker: bytes, digest: bytes | None = None) -> bool:
+        """Whether the trailer is ``worker``'s valid signature of this body."""
+        return signature_ok(worker, self.worker, self.signature, digest or self.digest())
+
+    def _write_body(self, f: BinaryIO) -> None:
         f.write(MAGIC + struct.pack("<HH", BUNDLE_VERSION, 0) + self.job_id + self.root)
         f.write(struct.pack(f"<QI{len(self.indices)}Q", self.tree_size, len(self.indices), *self.indices))
         f.write(struct.pack("<I", len(self.states)))
@@ -145,10 +186,65 @@ class Response:
         return _parse(f, size, expect)
 
 
+class _Hasher:
+    """A write-only sink that hashes what is written (to digest a body without holding it)."""
+
+    def __init__(self) -> None:
+        self.h = blake3()
+
+    def write(self, data: bytes) -> int:
+        self.h.update(data)
+        return len(data)
+
+    def digest(self) -> bytes:
+        return bytes(self.h.digest())
+
+
+def signature_ok(expected: bytes, worker: bytes, signature: bytes, digest: bytes) -> bool:
+    """Whether ``signature`` by ``worker`` (which must be ``expected``) signs ``digest``."""
+    if worker != expected:
+        return False
+    try:
+        verify(worker, signature, BUNDLE_DOMAIN + digest, "bundle")
+    except EvidenceError:
+        return False
+    return True
+
+
+def probe_signature(data: bytes | BinaryIO, size: int) -> tuple[bytes, bytes, bytes] | None:
+    """(body digest, worker, signature) of raw bundle bytes that may not parse, read in
+    bounded chunks; None if there is no room for a trailer. A file object is read from its
+    current position and left where it was."""
+    if size < TRAILER_BYTES:
+        return None
+    if isinstance(data, bytes | bytearray | memoryview):
+        raw = bytes(data)
+        body, trailer = raw[: size - TRAILER_BYTES], raw[size - TRAILER_BYTES : size]
+        return bytes(blake3(body).digest()), trailer[:PUBKEY_SIZE], trailer[PUBKEY_SIZE:]
+    start = data.tell()
+    try:
+        h, left = blake3(), size - TRAILER_BYTES
+        while left:
+            chunk = data.read(min(left, 1 << 20))
+            if not chunk:
+                return None
+            h.update(chunk)
+            left -= len(chunk)
+        trailer = data.read(TRAILER_BYTES)
+        if len(trailer) != TRAILER_BYTES:
+            return None
+        return bytes(h.digest()), trailer[:PUBKEY_SIZE], trailer[PUBKEY_SIZE:]
+    finally:
+        data.seek(start)
+
+
 class _Reader:
+    """Reads the body, hashing every byte it hands out (the digest the trailer signs)."""
+
     def __init__(self, f: BinaryIO, size: int) -> None:
         self.f = f
         self.left = size
+        self.hash = blake3()
 
     def take(self, n: int, what: str) -> bytes:
         if n > self.left:
@@ -157,6 +253,7 @@ class _Reader:
         if len(out) != n:  # pragma: no cover - the file shrank while being read
             raise MalformedError(f"bundle truncated: expected {n} bytes of {what}, got {len(out)}")
         self.left -= n
+        self.hash.update(out)
         return out
 
     def u32(self, what: str) -> int:
@@ -172,7 +269,10 @@ def _parse(f: BinaryIO, size: int, expect: Expected | None = None) -> Response:
     if expect is not None and size > expect.max_bundle_bytes():
         raise LimitExceeded(f"an honest answer to this challenge is at most {expect.max_bundle_bytes()} bytes, "
                             f"the bundle has {size}")
-    r = _Reader(f, size)
+    if size < TRAILER_BYTES:
+        raise MalformedError(f"bundle truncated: expected at least the {TRAILER_BYTES}-byte signature trailer, "
+                             f"got {size} bytes")
+    r = _Reader(f, size - TRAILER_BYTES)
     magic = r.take(len(MAGIC), "magic")
     if magic != MAGIC:
         raise MalformedError(f"not a pocv response bundle: expected magic {MAGIC!r}, got {magic!r}")
@@ -233,5 +333,11 @@ def _parse(f: BinaryIO, size: int, expect: Expected | None = None) -> Response:
     proof = tuple(raw[j : j + DIGEST_SIZE] for j in range(0, len(raw), DIGEST_SIZE))
     if r.left:
         raise MalformedError(f"bundle has {r.left} trailing bytes")
-    return Response(job_id=job_id, root=root, tree_size=tree_size, indices=tuple(indices),
-                    states=states, proof=proof)
+    digest = bytes(r.hash.digest())
+    trailer = f.read(TRAILER_BYTES)
+    if len(trailer) != TRAILER_BYTES:  # pragma: no cover - the file shrank while being read
+        raise MalformedError("bundle truncated: no signature trailer")
+    response = Response(job_id=job_id, root=root, tree_size=tree_size, indices=tuple(indices),
+                        states=states, proof=proof, worker=trailer[:PUBKEY_SIZE], signature=trailer[PUBKEY_SIZE:])
+    object.__setattr__(response, "_digest", digest)  # computed while reading: saves a second pass
+    return response

@@ -21,19 +21,28 @@ A response that fails (3)-(7) is the worker's fault and gives a FAIL verdict; in
 
 from __future__ import annotations
 
+import io
 import logging
 from collections.abc import Callable, Sequence
 from typing import BinaryIO
 
-from pocv.bundle import MAX_BUNDLE_BYTES, Expected, Response, answer_bytes_bound
+from pocv.bundle import MAX_BUNDLE_BYTES, Expected, Response, answer_bytes_bound, probe_signature, signature_ok
 from pocv.challenge import derive_indices, detection_probability, sample_size
 from pocv.device import resolve_device
 from pocv.encoding import decode_state, digest_encoded, encoded_size, state_digest
-from pocv.errors import EvidenceError, InputError, MismatchError, ProofError, Reason, VerificationFailed
+from pocv.errors import (
+    EvidenceError,
+    InputError,
+    MismatchError,
+    ProofError,
+    Reason,
+    UnsignedResponse,
+    VerificationFailed,
+)
 from pocv.jobs import JobSpec
 from pocv.kernels import kernel_for
 from pocv.kernels.base import Kernel
-from pocv.keys import Signer
+from pocv.keys import Signer, b58encode
 from pocv.limits import DEFAULT_CHEAT_FRACTION, DEFAULT_CONFIDENCE
 from pocv.merkle import verify_multiproof
 from pocv.records import Challenge, Commitment, Outcome, Verdict
@@ -120,15 +129,25 @@ class Verifier:
         if derived != challenge.indices:
             raise MismatchError("challenge indices are not the ones its beacon derives")
         indices = challenge.indices
+        judged = {"bundle": bytes(32), "bundle_signed": False}  # what (9) names: set once read
 
         def verdict(outcomes: Sequence[Outcome]) -> Verdict:
             # (9)
             failed = sum(not o.ok for o in outcomes)
-            log.info("check job %s: %s, %d of %d challenged steps rejected", commitment.job_id.hex()[:16],
-                     "FAIL" if failed else "PASS", failed, len(outcomes))
+            log.info("check job %s: %s, %d of %d challenged steps rejected%s", commitment.job_id.hex()[:16],
+                     "FAIL" if failed else "PASS", failed, len(outcomes),
+                     "" if judged["bundle_signed"] else " (bundle not signed by the worker)")
             return Verdict.create(job_id=commitment.job_id, root=commitment.root, beacon=challenge.beacon,
                                   kernel=spec.kernel_ref, outcomes=outcomes, steps=commitment.steps,
-                                  cheat_fraction=challenge.cheat_fraction, key=self.key)
+                                  cheat_fraction=challenge.cheat_fraction, key=self.key,
+                                  bundle=bytes(judged["bundle"]), bundle_signed=bool(judged["bundle_signed"]))
+
+        def note_probe(raw: bytes | BinaryIO, size: int) -> None:
+            # a bundle that does not parse: is it still the worker's signed word? (else: transport)
+            probe = probe_signature(raw, size)
+            if probe is not None:
+                judged["bundle"] = probe[0]
+                judged["bundle_signed"] = signature_ok(commitment.worker, probe[1], probe[2], probe[0])
 
         def all_fail(reason: Reason, detail: str) -> Verdict:
             return verdict([Outcome(i, reason, detail) for i in indices])
@@ -142,20 +161,31 @@ class Verifier:
             # challenge opens, each state by the job's state size, the proof by the exact multiproof
             expect = Expected(job_id=commitment.job_id, root=commitment.root, tree_size=commitment.tree_size,
                               state_bytes=encoded_size(kernel.schema(spec)), indices=indices)
+            raw: bytes | BinaryIO
+            if isinstance(response, bytes | bytearray | memoryview):
+                raw, size, start = bytes(response), len(response), 0
+            elif hasattr(response, "read") and hasattr(response, "seek"):
+                raw, start = response, response.tell()
+                size = response.seek(0, io.SEEK_END) - start
+                response.seek(start)
+            else:
+                raise InputError(f"a response is a Response, bytes or a seekable binary file object, got "
+                                 f"{type(response).__name__} (open the file yourself)")
             try:
-                if isinstance(response, bytes | bytearray | memoryview):
-                    response = Response.from_bytes(bytes(response), expect=expect)
-                elif hasattr(response, "read"):
-                    response = Response.read_from(response, expect=expect)
+                if isinstance(raw, bytes):
+                    response = Response.from_bytes(raw, expect=expect)
                 else:
-                    raise InputError(f"a response is a Response, bytes or a binary file object, got "
-                                     f"{type(response).__name__} (open the file yourself)")
-            except MismatchError as e:
-                return all_fail(Reason.WRONG_JOB, str(e))
-            except ProofError as e:
-                return all_fail(Reason.BAD_PROOF, str(e))
+                    response = Response.read_from(raw, size, expect=expect)
             except EvidenceError as e:
-                return all_fail(Reason.MALFORMED, str(e))
+                if not isinstance(raw, bytes):
+                    raw.seek(start)
+                if size <= max(expect.max_bundle_bytes(), 0):  # never hash more than an honest answer
+                    note_probe(raw, size)
+                reason = (Reason.WRONG_JOB if isinstance(e, MismatchError) else
+                          Reason.BAD_PROOF if isinstance(e, ProofError) else Reason.MALFORMED)
+                return all_fail(reason, str(e))
+        judged["bundle"] = response.digest()
+        judged["bundle_signed"] = response.signed_by(commitment.worker, judged["bundle"])
         # (4) for this job and challenge
         if (response.job_id, response.root, response.tree_size) != (
                 commitment.job_id, commitment.root, commitment.tree_size):
@@ -204,8 +234,14 @@ class Verifier:
     # -- raising form ----------------------------------------------------------------------
 
     def verify(self, commitment: Commitment, challenge: Challenge, response: ResponseInput) -> Verdict:
-        """Like :meth:`check`, but raise :class:`VerificationFailed` (carrying the verdict) on FAIL."""
+        """Like :meth:`check`, but raise on FAIL: :class:`VerificationFailed` when the verdict is
+        evidence against the worker, :class:`UnsignedResponse` (a transient error: fetch the
+        bundle again) when the failed bundle was not signed by the committing worker. Both
+        carry the signed verdict."""
         v = self.check(commitment, challenge, response)
+        if not v.passed and not v.is_evidence:
+            raise UnsignedResponse(f"FAIL on a response bundle that {b58encode(commitment.worker)} did not sign: "
+                                   f"possibly corrupted in transit; fetch it again", v)
         if not v.passed:
             first = v.failures[0]
             raise VerificationFailed(

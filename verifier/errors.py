@@ -124,6 +124,16 @@ class ChainError(TransientError):
     """The chain backend refused, failed or timed out."""
 
 
+class UnsignedResponse(TransientError):
+    """A FAIL on a response bundle the committing worker did not sign: it may be a relay's
+    corruption, so it is not evidence against the worker; fetch the bundle again. Carries the
+    (signed) verdict, whose ``bundle_signed`` is False."""
+
+    def __init__(self, message: str, verdict: Verdict) -> None:
+        super().__init__(message)
+        self.verdict = verdict
+
+
 __all__ = [
     "ChainError",
     "EncodingError",
@@ -140,6 +150,7 @@ __all__ = [
     "StateError",
     "StorageError",
     "TransientError",
+    "UnsignedResponse",
     "VerificationFailed",
     "WrongRecordError",
 ]

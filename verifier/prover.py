@@ -160,7 +160,7 @@ class Prover:
             raise MismatchError("challenge indices are not the ones its beacon derives")
         states, proof = self.open(Response.opened_leaves(list(challenge.indices)), device=device)
         return Response(job_id=commitment.job_id, root=commitment.root, tree_size=commitment.tree_size,
-                        indices=challenge.indices, states=states, proof=tuple(proof))
+                        indices=challenge.indices, states=states, proof=tuple(proof)).signed(self.key)
 
     def open(self, leaves: Sequence[int], *, device: str | None = None) -> tuple[dict[int, bytes], list[bytes]]:
         """Canonical bytes of the states at ``leaves`` and one multiproof for all of them.

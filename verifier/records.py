@@ -34,7 +34,8 @@ from pocv.limits import (
 
 COMMITMENT_DOMAIN: Final = b"pocv commitment v1\x00"
 CHALLENGE_DOMAIN: Final = b"pocv challenge v1\x00"
-VERDICT_DOMAIN: Final = b"pocv verdict v1\x00"
+VERDICT_DOMAIN: Final = b"pocv verdict v2\x00"
+VERDICT_VERSION: Final = 2
 
 _KERNEL_REF_RE: Final = re.compile(r"[a-z][a-z0-9\-]{0,63}@[0-9]{1,10}")
 
@@ -322,6 +323,10 @@ class Verdict:
     verifier: bytes  # ed25519 public key
     signature: bytes = bytes(64)
     steps: int = 0  # steps of the job (0: not recorded); every step checked means detection 1
+    #: BLAKE3 of the response bundle's body that was judged (zeros: no bundle, e.g. refused)
+    bundle: bytes = bytes(DIGEST_SIZE)
+    #: whether that bundle carried the committing worker's valid signature
+    bundle_signed: bool = False
 
     def __post_init__(self) -> None:
         F.fixed_bytes(self.job_id, DIGEST_SIZE, "verdict job_id")
@@ -347,6 +352,9 @@ class Verdict:
                 raise MalformedError(f"verdict outcome index {o.index} is outside 1..{self.steps or MAX_STEPS}")
             seen.add(o.index)
         F.fraction(self.cheat_fraction, "verdict cheat_fraction")
+        F.fixed_bytes(self.bundle, DIGEST_SIZE, "verdict bundle digest")
+        if not isinstance(self.bundle_signed, bool):
+            raise MalformedError(f"verdict bundle_signed must be a bool, got {type(self.bundle_signed).__name__}")
 
     @property
     def passed(self) -> bool:
@@ -370,6 +378,14 @@ class Verdict:
     def failures(self) -> tuple[Outcome, ...]:
         return tuple(o for o in self.outcomes if not o.ok)
 
+    @property
+    def is_evidence(self) -> bool:
+        """Whether this verdict holds against the worker: a PASS, a FAIL on a bundle the
+        committing worker signed, or a refusal (no bundle came). A FAIL on an unsigned or
+        mis-signed bundle may be a relay's corruption: a transport failure to retry."""
+        return (self.passed or self.bundle_signed
+                or all(o.reason is Reason.REFUSED for o in self.failures))
+
     def signing_bytes(self) -> bytes:
         ref = self.kernel.encode()
         parts = [
@@ -382,6 +398,8 @@ class Verdict:
             ref,
             struct.pack("<dQ", float(self.cheat_fraction), self.steps),
             self.verifier,
+            self.bundle,
+            struct.pack("<B", 1 if self.bundle_signed else 0),
             struct.pack("<I", len(self.outcomes)),
         ]
         for o in self.outcomes:
@@ -402,9 +420,12 @@ class Verdict:
         cheat_fraction: float,
         key: Signer,
         steps: int = 0,
+        bundle: bytes = bytes(DIGEST_SIZE),
+        bundle_signed: bool = False,
     ) -> Verdict:
         unsigned = cls(job_id=job_id, root=root, beacon=beacon, kernel=kernel, outcomes=tuple(outcomes),
-                       cheat_fraction=cheat_fraction, verifier=bytes(key.pubkey()), steps=steps)
+                       cheat_fraction=cheat_fraction, verifier=bytes(key.pubkey()), steps=steps, bundle=bundle,
+                       bundle_signed=bundle_signed)
         sig = sign(key, unsigned.signing_bytes())
         return dataclasses.replace(unsigned, signature=sig)
 
@@ -418,7 +439,7 @@ class Verdict:
     def to_dict(self) -> dict[str, Any]:
         return {
             "type": "verdict",
-            "version": 1,
+            "version": VERDICT_VERSION,
             "result": "PASS" if self.passed else "FAIL",
             "job_id": self.job_id.hex(),
             "root": self.root.hex(),
@@ -431,6 +452,8 @@ class Verdict:
             "failed": len(self.failures),
             "outcomes": [{"index": o.index, "reason": o.reason.value, "detail": o.detail} for o in self.outcomes],
             "verifier": b58encode(self.verifier),
+            "bundle": self.bundle.hex(),
+            "bundle_signed": self.bundle_signed,
             "signature": self.signature.hex(),
         }
 
@@ -440,7 +463,7 @@ class Verdict:
     @classmethod
     def from_json(cls, text: str | bytes) -> Verdict:
         """Parse and verify the signature (and that ``result`` agrees with the outcomes)."""
-        d = F.load_record_json(text, "verdict")
+        d = F.load_record_json(text, "verdict", version=VERDICT_VERSION)
         F.known_fields(d, "verdict", _fields_of(cls, "result", "detection", "checked", "failed"))
         raw = F.get(d, "outcomes", list, "verdict")
         if len(raw) > MAX_CHALLENGES:
@@ -461,6 +484,8 @@ class Verdict:
             verifier=F.pubkey(F.get(d, "verifier", str, "verdict"), "verdict.verifier"),
             signature=F.signature(F.get(d, "signature", str, "verdict"), "verdict.signature"),
             steps=d.get("steps", 0),
+            bundle=F.digest(F.get(d, "bundle", str, "verdict"), "verdict.bundle"),
+            bundle_signed=F.get(d, "bundle_signed", bool, "verdict"),
         )
         v.verify_signature()
         if d.get("result") != ("PASS" if v.passed else "FAIL"):
@@ -472,5 +497,5 @@ class Verdict:
         return v
 
 
-__all__ = ["CHALLENGE_DOMAIN", "COMMITMENT_DOMAIN", "VERDICT_DOMAIN", "Challenge", "Commitment", "Outcome",
-           "Verdict", "meta_hash", "parse_beacon"]
+__all__ = ["CHALLENGE_DOMAIN", "COMMITMENT_DOMAIN", "VERDICT_DOMAIN", "VERDICT_VERSION", "Challenge", "Commitment",
+           "Outcome", "Verdict", "meta_hash", "parse_beacon"]

@@ -197,11 +197,14 @@ def test_a_commitment_naming_another_kernel_version_is_refused(tmp_path) -> None
     key = Keypair()
     prover = Prover(trace_dir=tmp_path / "t", key=key, checkpoint_every=8)
     c = prover.run(GEMM)
-    # records parse without loading kernels: a made-up version is refused where the step is judged
+    # records parse without loading kernels: a made-up version is refused as soon as the verifier
+    # needs the kernel, when it challenges (and again when it checks)
     made_up = Commitment.create(spec=dataclasses.replace(c.spec, version=2), root=c.root, key=key)
     assert Commitment.from_json(made_up.to_json()) == made_up
     v = Verifier(key=Keypair())
-    ch = v.challenge(made_up, beacon=bytes(32), k=2)
+    with pytest.raises(SpecError, match="no version 2"):
+        v.challenge(made_up, beacon=bytes(32), k=2)
+    ch = v.challenge(c, beacon=bytes(32), k=2)
     with pytest.raises(SpecError, match="no version 2"):
         v.check(made_up, ch, None)
     doc = json.loads(c.to_json())
