@@ -54,6 +54,14 @@ log = logging.getLogger(__name__)
 ResponseInput = Response | bytes | bytearray | memoryview | BinaryIO | None
 
 
+class _Judged:
+    """The bundle a verdict names: its body's digest and whether the worker signed it."""
+
+    def __init__(self) -> None:
+        self.digest = bytes(32)
+        self.signed = False
+
+
 class Verifier:
     """Challenges a commitment and checks the worker's response on ``device``."""
 
@@ -129,25 +137,25 @@ class Verifier:
         if derived != challenge.indices:
             raise MismatchError("challenge indices are not the ones its beacon derives")
         indices = challenge.indices
-        judged = {"bundle": bytes(32), "bundle_signed": False}  # what (9) names: set once read
+        judged = _Judged()  # what (9) names: set once the bundle is read
 
         def verdict(outcomes: Sequence[Outcome]) -> Verdict:
             # (9)
             failed = sum(not o.ok for o in outcomes)
             log.info("check job %s: %s, %d of %d challenged steps rejected%s", commitment.job_id.hex()[:16],
                      "FAIL" if failed else "PASS", failed, len(outcomes),
-                     "" if judged["bundle_signed"] else " (bundle not signed by the worker)")
+                     "" if judged.signed else " (bundle not signed by the worker)")
             return Verdict.create(job_id=commitment.job_id, root=commitment.root, beacon=challenge.beacon,
                                   kernel=spec.kernel_ref, outcomes=outcomes, steps=commitment.steps,
                                   cheat_fraction=challenge.cheat_fraction, key=self.key,
-                                  bundle=bytes(judged["bundle"]), bundle_signed=bool(judged["bundle_signed"]))
+                                  bundle=judged.digest, bundle_signed=judged.signed)
 
         def note_probe(raw: bytes | BinaryIO, size: int) -> None:
             # a bundle that does not parse: is it still the worker's signed word? (else: transport)
             probe = probe_signature(raw, size)
             if probe is not None:
-                judged["bundle"] = probe[0]
-                judged["bundle_signed"] = signature_ok(commitment.worker, probe[1], probe[2], probe[0])
+                judged.digest = probe[0]
+                judged.signed = signature_ok(commitment.worker, probe[1], probe[2], probe[0])
 
         def all_fail(reason: Reason, detail: str) -> Verdict:
             return verdict([Outcome(i, reason, detail) for i in indices])
@@ -184,8 +192,8 @@ class Verifier:
                 reason = (Reason.WRONG_JOB if isinstance(e, MismatchError) else
                           Reason.BAD_PROOF if isinstance(e, ProofError) else Reason.MALFORMED)
                 return all_fail(reason, str(e))
-        judged["bundle"] = response.digest()
-        judged["bundle_signed"] = response.signed_by(commitment.worker, judged["bundle"])
+        judged.digest = response.digest()
+        judged.signed = response.signed_by(commitment.worker, judged.digest)
         # (4) for this job and challenge
         if (response.job_id, response.root, response.tree_size) != (
                 commitment.job_id, commitment.root, commitment.tree_size):
