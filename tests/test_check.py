@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 
 import pytest
 from solders.keypair import Keypair
 
 from pocv import Prover, VerificationFailed, Verifier
 from pocv.bundle import Response
-from pocv.errors import MismatchError, SignatureError, UnsignedResponse
+from pocv.errors import MalformedError, MismatchError, SignatureError, UnsignedResponse
 from pocv.kernels import kernel_for
 from pocv.records import Commitment
 from tests.helpers import SMALL, StepCheater, flip_one, replay, widen_dtype
@@ -218,3 +219,35 @@ def test_a_bundle_signed_by_someone_else_is_not_the_workers(honest, verifier_key
     other = dataclasses.replace(resp, worker=bytes(32), signature=bytes(64)).signed(Keypair())
     verdict = v.check(c, ch, other.to_bytes())
     assert verdict.passed and not verdict.bundle_signed  # a PASS stands; the states proved themselves
+
+
+# -- only the current challenge (issue 15, class 5) -----------------------------------------------
+
+
+def test_a_verifier_judges_only_its_current_challenge(honest, verifier_key) -> None:
+    prover, c = honest
+    v = Verifier(key=verifier_key)
+    first = v.challenge(c, beacon=BEACON, k=3)
+    second = v.challenge(c, beacon=bytes(reversed(BEACON)), k=3)  # re-issued: the first is retired
+    assert first.indices != second.indices
+    with pytest.raises(MismatchError, match="retired"):
+        v.check(c, first, prover.respond(first))  # an old challenge that may miss the faked steps
+    assert v.check(c, second, prover.respond(second)).passed
+    again = Verifier(key=verifier_key)  # another book (another process): knows no challenge yet
+    assert again.check(c, first, prover.respond(first)).passed
+
+
+@pytest.mark.parametrize("source", ["verifier nonce", "drand round 7", "slot:10:after:10", "slot:9:after:10",
+                                    "nonce:", "dispute:xyz", "nonce:1 ", ""])
+def test_a_beacon_says_where_it_came_from_checkably(honest, verifier_key, source: str) -> None:
+    _, c = honest
+    with pytest.raises(MalformedError, match="beacon"):
+        Verifier(key=verifier_key).challenge(c, beacon=BEACON, k=2, beacon_source=source)
+
+
+def test_default_and_chain_beacon_sources(honest, verifier_key) -> None:
+    _, c = honest
+    v = Verifier(key=verifier_key)
+    assert re.fullmatch(r"nonce:[0-9]+", v.challenge(c, beacon=BEACON, k=2).beacon_source)
+    assert v.challenge(c, beacon=BEACON, k=2, beacon_source="slot:11:after:10").beacon_source == "slot:11:after:10"
+    assert v.challenge(c, beacon=BEACON, k=2, beacon_source="dispute:" + "ab" * 32).k == 2

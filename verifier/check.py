@@ -5,7 +5,8 @@ per challenged step); ``Verifier.verify`` is the raising form. The numbered step
 docs/protocol.md §9:
 
 (1) the commitment's signature verifies and its job id is the id of its spec;
-(2) the challenge belongs to the commitment and its indices are the ones its beacon derives;
+(2) the challenge belongs to the commitment, its indices are the ones its beacon derives, and
+    it is the current one this verifier issued for the commitment (its ChallengeBook);
 (3) the response bundle parses within the bounds this challenge sets (pocv.bundle.Expected);
 (4) the response is for this job id, root, tree size and challenge;
 (5) it opens exactly leaf 0 and i-1, i for each challenged i (fewer: those steps are MISSING);
@@ -23,8 +24,11 @@ from __future__ import annotations
 
 import io
 import logging
+import time
 from collections.abc import Callable, Sequence
-from typing import BinaryIO
+from typing import BinaryIO, Protocol
+
+from blake3 import blake3
 
 from pocv.bundle import MAX_BUNDLE_BYTES, Expected, Response, answer_bytes_bound, probe_signature, signature_ok
 from pocv.challenge import derive_indices, detection_probability, sample_size
@@ -54,6 +58,39 @@ log = logging.getLogger(__name__)
 ResponseInput = Response | bytes | bytearray | memoryview | BinaryIO | None
 
 
+class ChallengeBook(Protocol):
+    """Where a verifier keeps the challenge it issued last for each commitment (job id, root).
+
+    A verifier judges only its current challenge: issuing a new one for a commitment retires
+    the earlier ones, so a worker cannot answer an older challenge that happens to miss its
+    faked steps. ``pocv.store.ChallengeFile`` keeps the book on disk for the CLI.
+    """
+
+    def issue(self, challenge: Challenge) -> None: ...
+
+    def current(self, job_id: bytes, root: bytes) -> bytes | None:
+        """The digest (``challenge_digest``) of the current challenge, or None if none is known."""
+        ...
+
+
+def challenge_digest(challenge: Challenge) -> bytes:
+    """BLAKE3 of a challenge's signing bytes: names one issued challenge."""
+    return bytes(blake3(challenge.signing_bytes()).digest())
+
+
+class MemoryBook:
+    """A :class:`ChallengeBook` in memory, the default: one per Verifier."""
+
+    def __init__(self) -> None:
+        self._current: dict[tuple[bytes, bytes], bytes] = {}
+
+    def issue(self, challenge: Challenge) -> None:
+        self._current[(challenge.job_id, challenge.root)] = challenge_digest(challenge)
+
+    def current(self, job_id: bytes, root: bytes) -> bytes | None:
+        return self._current.get((job_id, root))
+
+
 class _Judged:
     """The bundle a verdict names: its body's digest and whether the worker signed it."""
 
@@ -66,9 +103,11 @@ class Verifier:
     """Challenges a commitment and checks the worker's response on ``device``."""
 
     def __init__(self, *, key: Signer, device: str = "cpu",
-                 progress: Callable[[int, int], None] | None = None) -> None:
-        """``progress(done, total)`` is called after each challenged step is judged."""
+                 progress: Callable[[int, int], None] | None = None, book: ChallengeBook | None = None) -> None:
+        """``progress(done, total)`` is called after each challenged step is judged; ``book``
+        keeps the challenge issued last per commitment (default: in memory, this instance)."""
         self.progress = progress
+        self.book: ChallengeBook = MemoryBook() if book is None else book
         self.key = key
         self.device = resolve_device(device)  # InputError now, not a crash mid-check
 
@@ -84,9 +123,16 @@ class Verifier:
         confidence: float = DEFAULT_CONFIDENCE,
         cheat_fraction: float = DEFAULT_CHEAT_FRACTION,
         k: int | None = None,
-        beacon_source: str = "verifier nonce",
+        beacon_source: str | None = None,
     ) -> Challenge:
-        """Indices from (job id, root, beacon); k from (p, f) unless given."""
+        """Indices from (job id, root, beacon); k from (p, f) unless given. The challenge becomes
+        this verifier's current one for the commitment (earlier ones are retired).
+
+        ``beacon_source`` says where the beacon came from, checkably (docs/protocol.md §7.1):
+        ``slot:<s>:after:<c>`` for a chain slot hash, ``dispute:<id>``; by default
+        ``nonce:<now>``, a verifier nonce drawn now, after the commitment was received."""
+        if beacon_source is None:
+            beacon_source = f"nonce:{int(time.time())}"
         if not isinstance(beacon, bytes) or len(beacon) != 32:
             raise InputError("a challenge needs a 32-byte beacon the worker could not know before committing")
         commitment.verify_signature()
@@ -106,9 +152,11 @@ class Verifier:
         if explicit:  # record what k really gives, not a confidence it does not reach
             full = len(indices) >= commitment.steps
             confidence = 1.0 if full else detection_probability(len(indices), cheat_fraction, commitment.steps)
-        return Challenge(job_id=commitment.job_id, root=commitment.root, steps=commitment.steps,
-                         beacon=beacon, indices=indices, confidence=confidence,
-                         cheat_fraction=cheat_fraction, beacon_source=beacon_source).signed(self.key)
+        challenge = Challenge(job_id=commitment.job_id, root=commitment.root, steps=commitment.steps,
+                              beacon=beacon, indices=indices, confidence=confidence,
+                              cheat_fraction=cheat_fraction, beacon_source=beacon_source).signed(self.key)
+        self.book.issue(challenge)
+        return challenge
 
     # -- result form -----------------------------------------------------------------------
 
@@ -136,6 +184,10 @@ class Verifier:
                                  challenge.k)
         if derived != challenge.indices:
             raise MismatchError("challenge indices are not the ones its beacon derives")
+        current = self.book.current(commitment.job_id, commitment.root)
+        if current is not None and current != challenge_digest(challenge):
+            raise MismatchError("this challenge was retired: a newer challenge was issued for this commitment, "
+                                "and a verifier judges only its current one")
         indices = challenge.indices
         judged = _Judged()  # what (9) names: set once the bundle is read
 

@@ -33,7 +33,14 @@ from pocv.limits import (
 )
 
 COMMITMENT_DOMAIN: Final = b"pocv commitment v1\x00"
-CHALLENGE_DOMAIN: Final = b"pocv challenge v1\x00"
+CHALLENGE_DOMAIN: Final = b"pocv challenge v2\x00"
+CHALLENGE_VERSION: Final = 2
+
+#: where a challenge's beacon came from, in a form a third party can check (docs/protocol.md §7.1):
+#: ``nonce:<unix seconds>``  a verifier nonce drawn at that time, after the commitment was received;
+#: ``slot:<s>:after:<c>``    the hash of chain slot s, after the slot c the commitment landed in;
+#: ``dispute:<64 hex>``      a referee's fallback spot check in the dispute of that id.
+BEACON_SOURCE_RE: Final = re.compile(r"nonce:[0-9]{1,12}|slot:[0-9]{1,20}:after:[0-9]{1,20}|dispute:[0-9a-f]{64}")
 VERDICT_DOMAIN: Final = b"pocv verdict v2\x00"
 VERDICT_VERSION: Final = 2
 
@@ -177,7 +184,7 @@ class Challenge:
     indices: tuple[int, ...]
     confidence: float  # p: probability of catching a worker who faked cheat_fraction of steps
     cheat_fraction: float  # f
-    beacon_source: str = "verifier nonce"
+    beacon_source: str = "nonce:0"
     verifier: bytes = bytes(32)
     signature: bytes = bytes(64)
 
@@ -198,7 +205,13 @@ class Challenge:
         object.__setattr__(self, "indices", idx)
         F.fraction(self.confidence, "challenge confidence")
         F.fraction(self.cheat_fraction, "challenge cheat_fraction")
-        F.utf8(self.beacon_source, "challenge beacon_source", 200)
+        if not isinstance(self.beacon_source, str) or not BEACON_SOURCE_RE.fullmatch(self.beacon_source):
+            raise MalformedError(f"challenge beacon_source must be nonce:<unix seconds>, slot:<s>:after:<c> or "
+                                 f"dispute:<id>, got {str(self.beacon_source)[:80]!r}")
+        if self.beacon_source.startswith("slot:"):
+            _, slot, _, after = self.beacon_source.split(":")
+            if int(slot) <= int(after):
+                raise MalformedError(f"challenge beacon slot {slot} is not after the commit slot {after}")
 
     @property
     def k(self) -> int:
@@ -242,7 +255,7 @@ class Challenge:
     def to_dict(self) -> dict[str, Any]:
         return {
             "type": "challenge",
-            "version": 1,
+            "version": CHALLENGE_VERSION,
             "job_id": self.job_id.hex(),
             "root": self.root.hex(),
             "steps": self.steps,
@@ -262,7 +275,7 @@ class Challenge:
     @classmethod
     def from_json(cls, text: str | bytes) -> Challenge:
         """Parse and verify the issuer's signature."""
-        d = F.load_record_json(text, "challenge")
+        d = F.load_record_json(text, "challenge", version=CHALLENGE_VERSION)
         F.known_fields(d, "challenge", _fields_of(cls, "detection"))
         indices = F.get(d, "indices", list, "challenge")
         if len(indices) > MAX_CHALLENGES:
@@ -497,5 +510,5 @@ class Verdict:
         return v
 
 
-__all__ = ["CHALLENGE_DOMAIN", "COMMITMENT_DOMAIN", "VERDICT_DOMAIN", "VERDICT_VERSION", "Challenge", "Commitment",
-           "Outcome", "Verdict", "meta_hash", "parse_beacon"]
+__all__ = ["BEACON_SOURCE_RE", "CHALLENGE_DOMAIN", "CHALLENGE_VERSION", "COMMITMENT_DOMAIN", "VERDICT_DOMAIN",
+           "VERDICT_VERSION", "Challenge", "Commitment", "Outcome", "Verdict", "meta_hash", "parse_beacon"]

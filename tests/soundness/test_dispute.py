@@ -57,7 +57,7 @@ def run_local(a: Prover, b: Prover, *, key: Keypair, device: str = "cpu", workdi
 
     def spot_check(c: Commitment) -> Verdict:
         v = Verifier(key=key, device=device)
-        ch = v.challenge(c, beacon=beacon, beacon_source="dispute fallback")  # type: ignore[arg-type]
+        ch = v.challenge(c, beacon=beacon)  # type: ignore[arg-type]
         return v.check(c, ch, provers[c.root].respond(ch))
 
     return run_dispute(a.commitment(), b.commitment(), a.answer, b.answer, key=key, device=device,

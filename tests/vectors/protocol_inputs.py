@@ -127,7 +127,7 @@ def challenges() -> dict[str, Challenge]:
         "three-of-eight": _challenge("gemm-int8-n16-l1", ROOT_A, BEACON, 3, 0.25),
         "every-step": _challenge("gemm-int8-n16-l1", ROOT_A, BEACON, 8, 0.1),
         "unicode-beacon-source": _challenge("mlp-sgd-small", ROOT_C, BEACON_2, 4, 0.1,
-                                            beacon_source="drand round 12345 — Grüße"),
+                                            beacon_source="slot:12346:after:12345"),
         "max-steps": big,
     }
 
@@ -227,7 +227,7 @@ def bundle_run() -> dict[str, Any]:
                                        fingerprint=FINGERPRINT, environment=ENVIRONMENT)
         verifier = Verifier(key=key("verifier"))
         challenge = verifier.challenge(commitment, beacon=BUNDLE_BEACON, k=BUNDLE_K,
-                                       cheat_fraction=BUNDLE_CHEAT_FRACTION, beacon_source="protocol vectors")
+                                       cheat_fraction=BUNDLE_CHEAT_FRACTION, beacon_source="nonce:1790000000")
         response: Response = prover.respond(challenge)
         verdict = verifier.check(commitment, challenge, response)
     return {"root": run.root, "commitment": commitment, "challenge": challenge, "response": response,

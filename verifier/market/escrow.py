@@ -381,7 +381,7 @@ class ChainBeacon:
 
     @property
     def source(self) -> str:
-        return f"solana slot hash of slot {self.slot} (commit landed in slot {self.commit_slot})"
+        return f"slot:{self.slot}:after:{self.commit_slot}"  # checkable: the hash of that slot, after the commit
 
 
 def memo_of(rec: TxRecord) -> tuple[memos.Memo, tuple[Pubkey, ...]] | None:
