@@ -251,3 +251,17 @@ def test_default_and_chain_beacon_sources(honest, verifier_key) -> None:
     assert re.fullmatch(r"nonce:[0-9]+", v.challenge(c, beacon=BEACON, k=2).beacon_source)
     assert v.challenge(c, beacon=BEACON, k=2, beacon_source="slot:11:after:10").beacon_source == "slot:11:after:10"
     assert v.challenge(c, beacon=BEACON, k=2, beacon_source="dispute:" + "ab" * 32).k == 2
+
+
+def test_the_challenge_book_on_disk_is_shared_between_verifiers(honest, verifier_key, tmp_path) -> None:
+    from pocv.store import ChallengeFile
+
+    prover, c = honest
+    book = tmp_path / "book"
+    issuer = Verifier(key=verifier_key, book=ChallengeFile(book))
+    first = issuer.challenge(c, beacon=BEACON, k=3)
+    second = issuer.challenge(c, beacon=bytes(reversed(BEACON)), k=3)
+    later = Verifier(key=verifier_key, book=ChallengeFile(book))  # `pocv verify`, another process
+    with pytest.raises(MismatchError, match="retired"):
+        later.check(c, first, prover.respond(first))
+    assert later.check(c, second, prover.respond(second)).passed

@@ -18,6 +18,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO, Final
 
+from blake3 import blake3
+
 from pocv.bundle import Expected, Response
 from pocv.errors import InputError, LimitExceeded, StorageError, WrongRecordError
 from pocv.jobs import JobSpec
@@ -213,6 +215,36 @@ def save_response(response: Response, path: str | os.PathLike[str]) -> None:
         response.write_to(f)
 
 
+class ChallengeFile:
+    """A verifier's challenge book on disk (``pocv.check.ChallengeBook``): one small file per
+    commitment holding the digest of the challenge issued last, written atomically, so
+    ``pocv challenge`` and a later ``pocv verify`` agree on which challenge is current."""
+
+    def __init__(self, directory: str | os.PathLike[str]) -> None:
+        self.directory = Path(directory)
+
+    def _path(self, job_id: bytes, root: bytes) -> Path:
+        return self.directory / f"{job_id.hex()}-{root.hex()}.current"
+
+    def issue(self, challenge: Challenge) -> None:
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        except OSError as e:
+            raise StorageError(f"cannot create the challenge book {str(self.directory)!r}: {e.strerror}") from e
+        digest = blake3(challenge.signing_bytes()).hexdigest()
+        atomic_write(self._path(challenge.job_id, challenge.root), digest.encode(), mode=0o600)
+
+    def current(self, job_id: bytes, root: bytes) -> bytes | None:
+        path = self._path(job_id, root)
+        if not path.exists():
+            return None
+        text = read_file(path, limit=256, what="challenge book entry").decode(errors="replace").strip()
+        try:
+            return bytes.fromhex(text)
+        except ValueError:
+            raise StorageError(f"challenge book entry {str(path)!r} is corrupt") from None
+
+
 def load_keypair(path: str | os.PathLike[str]) -> Keypair:
     """Load a Solana CLI keypair file (a JSON array of the 64 bytes ``seed || public key``)."""
     data = read_file(path, limit=MAX_KEYPAIR_BYTES, what="keypair file")
@@ -228,5 +260,6 @@ def save_keypair(key: Signer, path: str | os.PathLike[str]) -> None:
     atomic_write(output_path(path, what="keypair file"), as_keypair(key).to_solana_json().encode(), mode=0o600)
 
 
-__all__ = ["atomic_write", "atomic_writer", "identify", "load_challenge", "load_commitment", "load_keypair",
-           "load_response", "load_spec", "load_verdict", "open_input", "output_path", "read_file", "save_keypair"]
+__all__ = ["ChallengeFile", "atomic_write", "atomic_writer", "identify", "load_challenge", "load_commitment",
+           "load_keypair", "load_response", "load_spec", "load_verdict", "open_input", "output_path", "read_file",
+           "save_keypair", "save_response"]
