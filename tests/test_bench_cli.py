@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from pocv.bench_cli import bench_dir
 from pocv.cli import main
+from pocv.cli._bench import bench_dir
 
 
 def _have_matplotlib() -> bool:
@@ -72,7 +72,7 @@ def test_report_only_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
 
 
 def test_missing_bench_dir(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
-    import pocv.bench_cli as bc
+    import pocv.cli._bench as bc
 
     monkeypatch.setattr(bc, "bench_dir", lambda: None)
     assert main(["bench", "--report-only"]) == 3
@@ -84,7 +84,7 @@ def _stand_in_bench(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, suite: str,
     """A bench/ of the real report.py, an empty conftest and one suite file, in place of the real one."""
     import shutil
 
-    import pocv.bench_cli as bc
+    import pocv.cli._bench as bc
 
     real = bench_dir()
     assert real is not None
@@ -107,8 +107,9 @@ def test_failing_suite_exits_3(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
     summary = json.loads(out.out)  # pytest's own output went to stderr
     assert summary["ok"] is False
     assert [(r["suite"], r["status"], r["returncode"]) for r in summary["suites"]] == [("merkle", "failed", 1)]
-    assert (fake / "REPORT.md").is_file()  # the default results directory's report sits in bench/
-    assert (fake / "results").is_dir()
+    report = Path(summary["report"])  # a partial run: its report is in its scratch directory
+    assert report.is_file() and report.parent.parent == fake / "out"
+    assert not (fake / "REPORT.md").exists() and not (fake / "results").exists()  # the committed ones: untouched
     assert main(["bench", "--suite", "kernels"]) == 3  # selected by name but not present
     assert "not present" in capsys.readouterr().err
 
@@ -152,7 +153,7 @@ def test_peer_section_renders_itself(tmp_path: Path) -> None:
     peers = sorted(p.stem.removeprefix("peer_") for p in real.glob("peer_*.py"))
     if not peers:
         pytest.skip("no peer suite in bench/")
-    import pocv.bench_cli as bc
+    import pocv.cli._bench as bc
 
     module = bc._load_report_module(real)
     (tmp_path / f"{peers[0]}.json").write_text(json.dumps({"machine": MACHINE}))  # an empty run: layout not found
@@ -175,12 +176,15 @@ def test_quick_and_strict(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsy
         "    quick = os.environ['POCV_BENCH_QUICK'] == '1'\n"
         "    (out / 'other.json').write_text(json.dumps({'machine': {'quick': quick}, 'y': {'ratio': 3, 'target_min': 5}}))\n")
     assert main(["bench", "--suite", "core", "--quick"]) == 0  # a missed target alone is not an error
-    text = (fake / "REPORT.md").read_text()
+    out = capsys.readouterr()
+    text = Path(out.out.strip()).read_text()  # stdout: the report's path (a scratch one: a partial run)
     assert "**quick run**" in text and "| y | 3 | >= 5 | **missed** |" in text
+    assert "partial run (--quick)" in out.err
     assert main(["bench", "--suite", "core", "--strict"]) == 1
-    err = capsys.readouterr().err
-    assert "1 target(s) missed (--strict)" in err
-    assert "**quick run**" not in (fake / "REPORT.md").read_text()
+    out = capsys.readouterr()
+    assert "1 target(s) missed (--strict)" in out.err
+    assert "**quick run**" not in Path(out.out.strip()).read_text()
+    assert not (fake / "REPORT.md").exists()
 
 
 def test_every_bench_suite_collects() -> None:
@@ -195,7 +199,7 @@ def test_every_bench_suite_collects() -> None:
                            "-m", "bench or not bench", str(real)], cwd=real.parent, capture_output=True, text=True,
                           timeout=300, check=False)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    import pocv.bench_cli as bc
+    import pocv.cli._bench as bc
 
     for suite, (name, _) in bc.SUITES.items():
         assert (real / name).is_file(), f"suite {suite}: {name} missing"
@@ -203,12 +207,77 @@ def test_every_bench_suite_collects() -> None:
 
 def test_a_suite_skipped_as_a_whole_is_not_a_failure(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                        capsys: pytest.CaptureFixture[str]) -> None:
-    """A peer whose library is missing skips at import (pytest exit 5): status skipped, exit 0."""
-    _stand_in_bench(tmp_path, monkeypatch, "test_bench_toploc.py",
-                    "import pytest\npytest.importorskip('no_such_peer_library', reason='peer not installed')\n")
-    assert main(["bench", "--suite", "toploc", "--output", "json"]) == 0
-    out = capsys.readouterr()
-    summary = json.loads(out.out)
-    assert [(r["suite"], r["status"], r["returncode"]) for r in summary["suites"]] == [("toploc", "skipped", 5)]
-    assert summary["ok"] is True
-    assert "skipped, no test ran" in out.err and "peer not installed" in out.err
+    """A peer whose library is missing skips at import (pytest exit 5): status skipped, it says what is
+    missing and exits 3; the committed results and report stay as they were."""
+    fake = _stand_in_bench(tmp_path, monkeypatch, "test_bench_toploc.py",
+                           "import pytest\npytest.importorskip('no_such_peer_library', reason='peer not installed')\n")
+    committed = _committed(fake)
+    for args in (["--suite", "toploc"], [], ["--update-report"]):
+        assert main(["bench", *args, "--output", "json"]) == 3
+        out = capsys.readouterr()
+        summary = json.loads(out.out)
+        assert [(r["suite"], r["status"], r["returncode"]) for r in summary["suites"]] == [("toploc", "skipped", 5)]
+        assert summary["ok"] is False
+        assert "could not run" in out.err and "peer not installed" in out.err
+        assert _snapshot(fake) == committed, args
+
+
+def _committed(fake: Path) -> dict[str, bytes]:
+    """A committed report and results in a stand-in bench/; returns their bytes."""
+    (fake / "results").mkdir()
+    (fake / "results" / "core.json").write_text(json.dumps(CORE))
+    (fake / "results" / "toploc.json").write_text(json.dumps({"machine": MACHINE, "z": {"ratio": 1, "target_max": 2}}))
+    (fake / "REPORT.md").write_text("the committed report\n")
+    return _snapshot(fake)
+
+
+def _snapshot(fake: Path) -> dict[str, bytes]:
+    files = [fake / "REPORT.md", *sorted((fake / "results").iterdir())]
+    return {str(f.relative_to(fake)): f.read_bytes() for f in files}
+
+
+CORE_SUITE = ("import json, os, pathlib\n"
+              "def test_writes(benchmark):\n"
+              "    benchmark(int)\n"
+              "    out = pathlib.Path(os.environ['POCV_BENCH_OUT'])\n"
+              "    out.mkdir(parents=True, exist_ok=True)\n"
+              "    (out / 'core.json').write_text(json.dumps({'machine': {'cpu': 'New CPU'}, 'y': {'ratio': 7}}))\n")
+
+
+def test_partial_run_leaves_the_committed_report(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    """--suite S and --quick write to a scratch directory; --update-report merges the suites that passed
+    into bench/results (the others' figures stay) and rewrites bench/REPORT.md."""
+    fake = _stand_in_bench(tmp_path, monkeypatch, "test_bench_core.py", CORE_SUITE)
+    committed = _committed(fake)
+    for args in (["--suite", "core"], ["--quick"], ["--suite", "core", "--quick"]):
+        assert main(["bench", *args]) == 0, args
+        out = capsys.readouterr()
+        assert _snapshot(fake) == committed, args
+        scratch = Path(out.out.strip())
+        assert scratch.parent.parent == fake / "out" and "New CPU" in scratch.read_text()
+    assert main(["bench", "--suite", "core", "--update-report"]) == 0
+    assert Path(capsys.readouterr().out.strip()) == fake / "REPORT.md"
+    assert json.loads((fake / "results" / "core.json").read_text())["y"] == {"ratio": 7}
+    assert (fake / "results" / "toploc.json").read_bytes() == committed["results/toploc.json"]  # kept
+    assert "New CPU" in (fake / "REPORT.md").read_text()
+
+
+def test_complete_run_updates_the_committed_report(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """Every suite present ran, full size, none skipped: the committed report is rewritten."""
+    fake = _stand_in_bench(tmp_path, monkeypatch, "test_bench_core.py", CORE_SUITE)
+    _committed(fake)
+    assert main(["bench"]) == 0
+    assert Path(capsys.readouterr().out.strip()) == fake / "REPORT.md"
+    assert "New CPU" in (fake / "REPORT.md").read_text()
+
+
+def test_out_dir_keeps_everything_there(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                        capsys: pytest.CaptureFixture[str]) -> None:
+    fake = _stand_in_bench(tmp_path, monkeypatch, "test_bench_core.py", CORE_SUITE)
+    committed = _committed(fake)
+    out = tmp_path / "elsewhere"
+    assert main(["bench", "--out", str(out)]) == 0
+    assert Path(capsys.readouterr().out.strip()) == out / "REPORT.md"
+    assert (out / "core.json").is_file() and _snapshot(fake) == committed

@@ -1,5 +1,5 @@
-"""``python -m verifier`` is ``pocv``."""
+"""``python -m pocv`` is ``pocv``."""
 
 from pocv.cli import main
 
-raise SystemExit(main())
+raise SystemExit(main(None))

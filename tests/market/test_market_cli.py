@@ -11,8 +11,9 @@ from typing import Any
 import pytest
 from solders.keypair import Keypair
 
-from pocv.market.cli import main
-from pocv.records import Outcome, Verdict, load_keypair
+from pocv.cli import main
+from pocv.records import Outcome, Verdict
+from pocv.store import load_keypair
 
 
 @pytest.fixture
@@ -115,25 +116,18 @@ def test_bad_inputs_are_one_line_errors(cli: Any) -> None:
 
 
 def test_cli_help_for_every_subcommand(capsys: pytest.CaptureFixture[str]) -> None:
-    import argparse
-
-    from pocv.market.cli import add_market_parser
-
-    p = argparse.ArgumentParser(prog="pocv")
-    add_market_parser(p.add_subparsers(dest="command"))
     for sub in ("offer", "post", "match", "commit", "settle", "status", "history"):
-        with pytest.raises(SystemExit) as e:
-            p.parse_args(["market", sub, "--help"])
-        assert e.value.code == 0
-        assert "--output" in capsys.readouterr().out
+        assert main(["market", sub, "--help"]) == 0
+        out = capsys.readouterr().out
+        assert "--output" in out and "-u URL_OR_MONIKER, --url URL_OR_MONIKER" in out
 
 
 def test_cli_over_rpc_url(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """The same commands with --url against the loopback JSON-RPC server (mint and funds set up first)."""
     from pocv.market.backend import LiteSVMBackend
-    from pocv.market.loopback import LoopbackServer
     from pocv.market.rpc import RpcBackend
     from pocv.market.tokens import create_mint, fund
+    from pocv.testing.rpc import LoopbackServer
 
     with LoopbackServer(LiteSVMBackend()) as url:
         be = RpcBackend(url, poll_s=0.001)

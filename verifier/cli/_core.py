@@ -1,0 +1,442 @@
+"""The protocol commands: run, challenge, respond, verify; and keygen, kernels, calibrate, demo.
+
+Building these parsers imports nothing heavy; each handler imports what it needs (torch through
+the prover, verifier and kernels) when it runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import secrets
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, BinaryIO, Final
+
+from pocv.cli._common import (
+    EXIT_FAIL,
+    EXIT_OK,
+    RECORD,
+    REPORT,
+    HelpFormatter,
+    add_output_option,
+    add_verbosity,
+    emit_record,
+    exit_code,
+    is_stdout,
+    keypair_help,
+    note,
+    output_target,
+    parse_hash,
+    progress_for,
+    resolve_keypair,
+    wrap,
+    write_stdout,
+)
+from pocv.errors import InputError, UnsignedResponse, VerificationFailed, WrongRecordError
+
+if TYPE_CHECKING:  # typing only: these load torch
+    from pocv.records import Commitment, Verdict
+
+#: how much of a response file is read to recognise another pocv record given in its place
+MAX_SNIFF_BYTES: Final = 4 * 1024 * 1024
+
+
+
+# -- shared -----------------------------------------------------------------------------------------
+
+
+def _result(args: argparse.Namespace, record: str, text: str, target: Path | None) -> None:
+    """The command's record as JSON (to ``-o FILE`` or stdout), or its text summary on stdout
+    (the record still goes to ``-o FILE`` when one is given)."""
+    if args.output == "json":
+        emit_record(record, target)
+        return
+    if target is not None:
+        emit_record(record, target)
+    write_stdout(text)
+
+
+def _expected_job(args: argparse.Namespace, commitment: Commitment) -> str:
+    """With --job the commitment must be for that job; without, a note saying which job this is."""
+    from pocv.errors import MismatchError  # the commitment is for another job
+    from pocv.store import load_spec  # refuses another kind of record
+
+    if args.job is None:
+        return (f"pocv {args.command}: note: no --job given; this is the job the commitment names: "
+                f"{commitment.spec.kernel_ref}, {commitment.steps} steps, params {dict(commitment.spec.params)}, "
+                f"job id {commitment.job_id.hex()[:16]}...")
+    spec = load_spec(args.job)
+    if spec.job_id != commitment.job_id:
+        raise MismatchError(f"the commitment is for job {commitment.job_id.hex()[:16]}... "
+                            f"({commitment.spec.kernel_ref}, {commitment.steps} steps), not the ordered job "
+                            f"{spec.job_id.hex()[:16]}... ({spec.kernel_ref}, {spec.steps} steps)")
+    return ""
+
+
+def _positive(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected a number of at least 1, got {v}")
+    return v
+
+
+def _add(sub: Any, name: str, help: str, description: str, output: str) -> argparse.ArgumentParser:
+    p: argparse.ArgumentParser = sub.add_parser(name, help=help, description=wrap(description),
+                                                formatter_class=HelpFormatter)
+    add_output_option(p, output)
+    add_verbosity(p)
+    return p
+
+
+def _out_option(p: argparse.ArgumentParser, what: str, *, required: bool = False) -> None:
+    p.add_argument("-o", "--out", metavar="FILE", required=required,
+                   help=f"write {what} to FILE atomically (a regular file or a new path; a symlink is "
+                        f"followed to its target); - is stdout")
+
+
+# -- run ----------------------------------------------------------------------------------------------
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from pocv.kernels import resolve_spec  # the kernel's version and defaults, for the progress label
+    from pocv.prover import Prover  # torch: the worker runs the kernel
+    from pocv.store import load_spec  # refuses another kind of record
+
+    spec = resolve_spec(load_spec(args.job))
+    target = output_target(args.out, "commitment")
+    key = resolve_keypair(args.keypair, "worker")
+    prover = Prover(trace_dir=args.trace, key=key, checkpoint_every=args.checkpoint_every,
+                    progress=progress_for(args, f"run {spec.kernel_ref}"))
+    commitment = prover.run(spec, device=args.device)
+    _result(args, commitment.to_json(), f"committed job {commitment.job_id.hex()} ({commitment.spec.kernel_ref}, "
+            f"{commitment.steps} steps)\nroot {commitment.root.hex()}\ntrace {args.trace}", target)
+    return EXIT_OK
+
+
+# -- challenge -----------------------------------------------------------------------------------------
+
+
+def _cmd_challenge(args: argparse.Namespace) -> int:
+    from pocv.check import Verifier  # the verifier's module (torch: it also recomputes steps)
+    from pocv.store import load_commitment  # refuses another kind of record
+
+    commitment = load_commitment(args.commitment)
+    extra = _expected_job(args, commitment)
+    # the source defaults to nonce:<now> (the library's): a nonce the verifier draws or picks now
+    beacon = secrets.token_bytes(32) if args.beacon == "random" else parse_hash(args.beacon, "beacon")
+    source = args.beacon_source
+    target = output_target(args.out, "challenge")
+    verifier = Verifier(key=resolve_keypair(args.keypair, "verifier"))
+    ch = verifier.challenge(commitment, beacon=beacon, confidence=args.confidence,
+                            cheat_fraction=args.cheat_fraction, k=args.count, beacon_source=source)
+    _result(args, ch.to_json(), f"challenge {ch.k} of {ch.steps} steps; detection >= {ch.detection:.6f} "
+            f"for f = {ch.cheat_fraction}; beacon {ch.beacon.hex()}", target)
+    if extra:
+        note(extra)
+    return EXIT_OK
+
+
+# -- respond --------------------------------------------------------------------------------------------
+
+
+def _cmd_respond(args: argparse.Namespace) -> int:
+    from pocv.cli._common import binary_output  # stdout's buffer or an atomic file
+    from pocv.prover import Prover  # torch: states are recomputed from checkpoints
+    from pocv.store import load_challenge  # refuses another kind of record
+
+    challenge = load_challenge(args.challenge)
+    target = output_target(args.out, "response bundle")
+    key = resolve_keypair(args.keypair, "worker")
+    prover = Prover(trace_dir=args.trace, key=key,  # the bundle is signed by the committing worker
+                    progress=progress_for(args, "respond", unit="state"))  # per opened state
+    worker = prover.commitment().worker
+    if bytes(key.pubkey()) != worker:
+        from pocv.keys import b58encode  # base58, as Solana prints keys
+
+        raise InputError(f"-k {key.pubkey()} is not the worker that signed this trace's commitment "
+                         f"({b58encode(worker)}): a verifier would not take the bundle as the worker's")
+    t0 = time.perf_counter()
+    response = prover.respond(challenge, device=args.device)
+    with binary_output(target) as f:
+        response.write_to(f)
+    size = len(response.to_bytes()) if target is None else target.stat().st_size
+    where = "-" if target is None else args.out
+    summary = {"response": where, "indices": len(response.indices), "states": len(response.states),
+               "proof_hashes": len(response.proof), "bytes": size, "seconds": round(time.perf_counter() - t0, 3)}
+    text = (json.dumps(summary, indent=2) if args.output == "json" else
+            f"wrote {where}: {len(response.states)} states for {len(response.indices)} steps, "
+            f"{len(response.proof)} proof hashes, {size} bytes")
+    if target is None:
+        note(text)  # stdout carries the bundle
+    else:
+        write_stdout(text)
+    return EXIT_OK
+
+
+# -- verify ----------------------------------------------------------------------------------------------
+
+
+def open_response(path: str) -> BinaryIO:
+    """The response bundle at ``path``, open for reading: a regular file (a FIFO is refused, not
+    waited on) that is not recognisably another pocv record (WrongRecordError)."""
+    from pocv.store import identify, open_input  # regular files only; another record is recognised
+
+    f = open_input(path, what="response bundle")
+    try:
+        head = f.read(64)
+        if head.lstrip()[:1] == b"{":
+            kind = identify(head + f.read(MAX_SNIFF_BYTES - len(head)))
+            if kind is not None:
+                raise WrongRecordError(f"{path!r} is a {kind}, expected a response bundle")
+        f.seek(0)
+        return f
+    except BaseException:
+        f.close()
+        raise
+
+
+def verdict_text(verdict: Verdict) -> str:
+    head = (f"{'PASS' if verdict.passed else 'FAIL'} job {verdict.job_id.hex()[:16]}... ({verdict.kernel}): "
+            f"{len(verdict.outcomes) - len(verdict.failures)}/{len(verdict.outcomes)} challenged steps verified; "
+            f"detection >= {verdict.detection:.6f} for f = {verdict.cheat_fraction}")
+    lines = [head] + [f"  step {o.index}: {o.reason} {o.detail}".rstrip() for o in verdict.failures[:10]]
+    if len(verdict.failures) > 10:
+        lines.append(f"  ... {len(verdict.failures) - 10} more")
+    return "\n".join(lines)
+
+
+def _cmd_verify(args: argparse.Namespace) -> int:
+    from pocv.check import Verifier  # torch: the verifier recomputes the challenged steps
+    from pocv.store import load_challenge, load_commitment  # refuse another kind of record
+
+    commitment = load_commitment(args.commitment)
+    extra = _expected_job(args, commitment)
+    challenge = load_challenge(args.challenge)
+    target = output_target(args.out, "verdict")
+    key = resolve_keypair(args.keypair, "verifier")
+    verifier = Verifier(key=key, device=args.device, progress=progress_for(args, "verify"))  # checks --device
+    failure: VerificationFailed | UnsignedResponse | None = None
+    with open_response(args.response) as f:  # before anything is signed: another record is refused
+        try:
+            verdict = verifier.verify(commitment, challenge, f)
+        except (VerificationFailed, UnsignedResponse) as e:  # a signed FAIL verdict all the same
+            verdict, failure = e.verdict, e
+    code = EXIT_OK if failure is None else exit_code(failure)  # decided before any output is written
+    _result(args, verdict.to_json(), verdict_text(verdict), target)
+    if isinstance(failure, UnsignedResponse):
+        note(f"pocv verify: {failure}")
+    if extra:
+        note(extra)
+    return code
+
+
+# -- keygen, kernels ----------------------------------------------------------------------------------------
+
+
+def _cmd_keygen(args: argparse.Namespace) -> int:
+    from pocv.keys import Keypair  # cryptography loads with the key
+    from pocv.store import save_keypair  # written atomically, owner-only
+
+    key = Keypair()
+    if is_stdout(args.out):
+        write_stdout(key.to_solana_json())
+        note(f"pubkey: {key.pubkey()}")
+        return EXIT_OK
+    target = output_target(args.out, "keypair file")
+    assert target is not None
+    if target.exists() and not args.force:
+        raise InputError(f"{args.out!r} exists; pass --force to overwrite it")
+    save_keypair(key, target)
+    if args.output == "json":
+        write_stdout(json.dumps({"pubkey": str(key.pubkey()), "keypair": args.out}))
+    else:
+        write_stdout(str(key.pubkey()))
+    return EXIT_OK
+
+
+def _cmd_kernels(args: argparse.Namespace) -> int:
+    from pocv.kernels import get_kernel, kernel_names  # each kernel's module loads torch
+
+    info = [get_kernel(n).describe() for n in kernel_names()]
+    if args.output == "json":
+        write_stdout(json.dumps(info, indent=2))
+        return EXIT_OK
+    lines = []
+    for k in info:
+        params = ", ".join(f"{p}={v['default']}" for p, v in k["params"].items())
+        ref = f"{k['name']}@{k['version']}"
+        lines.append(f"{ref:<22} {k['mode']:<9} {','.join(k['devices']):<9} {params}\n    {k['summary']}")
+    write_stdout("\n".join(lines))
+    return EXIT_OK
+
+
+# -- calibrate ----------------------------------------------------------------------------------------------
+
+
+def _param(text: str) -> tuple[str, int]:
+    key, sep, value = text.partition("=")
+    try:
+        if not sep or not key:
+            raise ValueError
+        return key, int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected NAME=INT, got {text!r}") from None
+
+
+def _trials(text: str) -> int:
+    v = _positive(text)
+    if v > 100_000:  # pocv.kernels.calibrate.MAX_TRIALS (not imported here: it loads torch)
+        raise argparse.ArgumentTypeError(f"at most 100000 trials, got {v}")
+    return v
+
+
+def _cmd_calibrate(args: argparse.Namespace) -> int:
+    import inspect  # only to see whether calibrate() reports progress
+
+    from pocv.kernels import calibrate as cal  # torch and numpy: the kernels run here
+
+    kwargs: dict[str, Any] = {"trials": args.trials, "max_walk": args.max_walk, "seed": args.seed,
+                              "params": dict(args.param), "margin": args.margin}
+    if "progress" in inspect.signature(cal.calibrate).parameters:
+        kwargs["progress"] = progress_for(args, f"calibrate {args.kernel}", unit="trial")
+    target = output_target(args.out, "calibration report")
+    report = cal.calibrate(args.kernel, **kwargs)
+    if args.output == "json":
+        emit_record(json.dumps(report, indent=2), target)
+    else:
+        if target is not None:
+            emit_record(json.dumps(report, indent=2), target)
+        write_stdout(cal._format(report))
+    return EXIT_FAIL if cal.report_failed(report) else EXIT_OK
+
+
+# -- demo -------------------------------------------------------------------------------------------------------
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from pocv.demo import run_demo  # the whole protocol, and the embedded chain unless --no-market
+
+    result: Any = run_demo(steps=args.steps, n=args.n, output=args.output, keep=args.keep, market=not args.no_market)
+    if isinstance(result, bool):
+        return EXIT_OK if result else EXIT_FAIL
+    if isinstance(result, int):
+        return result
+    ok = result.get("ok") if isinstance(result, dict) else getattr(result, "ok", None)
+    return EXIT_OK if ok else EXIT_FAIL
+
+
+# -- parsers --------------------------------------------------------------------------------------------------------
+
+
+def add_core_parsers(sub: Any) -> None:
+    p = _add(sub, "run", "run a job, commit to every state, sign the root",
+             "Run the job spec JOB (JSON: kernel, steps, seed, params) and write its trace and signed "
+             "commitment. A killed run resumes where it stopped. Progress on stderr.", RECORD)
+    p.add_argument("job", metavar="JOB", help="job spec JSON file")
+    p.add_argument("--trace", required=True, metavar="DIR",
+                   help="trace directory (created; resumed if it holds this job)")
+    p.add_argument("-k", "--keypair", metavar="FILE", help=keypair_help("worker"))
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default cpu)")
+    p.add_argument("--checkpoint-every", type=_positive, default=16, metavar="C",
+                   help="keep every C-th state (default 16): more disk, faster answers")
+    _out_option(p, "the commitment JSON")
+    p.set_defaults(_handler=_cmd_run)
+
+    p = _add(sub, "challenge", "derive the steps to open from a beacon",
+             "Draw k distinct steps from (job id, root, BEACON). k follows from -p and -f "
+             "(k = ceil(ln(1-p)/ln(1-f))) unless -n gives it. The beacon must be one the worker could not "
+             "know before committing.", RECORD)
+    p.add_argument("commitment", metavar="COMMITMENT", help="commitment JSON (from pocv run)")
+    p.add_argument("--beacon", required=True, metavar="HASH|random",
+                   help="32 bytes as 64 hex digits or base58 (e.g. a blockhash after the commitment landed), "
+                        "or random for a fresh verifier nonce")
+    p.add_argument("--beacon-source", default=None, metavar="SOURCE",
+                   help="where the beacon came from, recorded checkably: nonce:UNIX_SECONDS (a verifier nonce; "
+                        "default: nonce and the time now), slot:S:after:C (the blockhash of slot S, after the "
+                        "commitment landed in slot C) or dispute:ID")
+    p.add_argument("-p", "--confidence", type=float, default=0.999,
+                   help="detection probability wanted (default 0.999)")
+    p.add_argument("-f", "--cheat-fraction", type=float, default=0.1,
+                   help="smallest fraction of faked steps to catch (default 0.1)")
+    p.add_argument("-n", "--count", type=_positive, default=None, metavar="K", help="challenge exactly K steps")
+    p.add_argument("-k", "--keypair", metavar="FILE",
+                   help=keypair_help("verifier") + "; pocv verify accepts only challenges signed by its own key")
+    p.add_argument("--job", metavar="JOB", help="the job spec that was ordered: refuse a commitment for another job")
+    _out_option(p, "the challenge JSON")
+    p.set_defaults(_handler=_cmd_challenge)
+
+    p = _add(sub, "respond", "open the challenged states with a multiproof",
+             "Answer CHALLENGE from the trace: the states i-1 and i of every challenged step, s_0, and one "
+             "Merkle multiproof, in one binary bundle. Progress (per opened state) on stderr.", RECORD)
+    p.add_argument("trace", metavar="TRACE", help="trace directory of a completed run")
+    p.add_argument("challenge", metavar="CHALLENGE", help="challenge JSON (from pocv challenge)")
+    p.add_argument("-k", "--keypair", metavar="FILE",
+                   help=keypair_help("worker") + "; must be the key that signed the commitment (it signs the bundle)")
+    _out_option(p, "the binary response bundle (with -o - the bundle goes to stdout, the summary to stderr)",
+                required=True)
+    p.add_argument("--device", default=None, help="device to recompute on (default: the one the run used)")
+    p.set_defaults(_handler=_cmd_respond)
+
+    p = _add(sub, "verify", "check a response and sign the verdict",
+             "Check RESPONSE against COMMITMENT and CHALLENGE: every opening against the root, s_0 against the "
+             "spec, each challenged step recomputed. Prints the signed verdict; exits 0 on PASS, 1 on FAIL. "
+             "A response that does not parse is the worker's FAIL; a file that is another pocv record is "
+             "refused (exit 3) and nothing is signed. Progress (per checked step) on stderr.", RECORD)
+    p.add_argument("commitment", metavar="COMMITMENT", help="commitment JSON (from pocv run)")
+    p.add_argument("challenge", metavar="CHALLENGE", help="challenge JSON signed by this verifier")
+    p.add_argument("response", metavar="RESPONSE", help="response bundle (from pocv respond)")
+    p.add_argument("-k", "--keypair", metavar="FILE", help=keypair_help("verifier"))
+    p.add_argument("--job", metavar="JOB", help="the job spec that was ordered: refuse a commitment for another job")
+    p.add_argument("--device", default="cpu", help="device to recompute on (default cpu)")
+    _out_option(p, "the verdict JSON")
+    p.set_defaults(_handler=_cmd_verify)
+
+    p = _add(sub, "keygen", "make an ed25519 key (Solana CLI keypair file)",
+             "Make a new ed25519 keypair and write it as a Solana CLI keypair file (readable by its owner "
+             "only). Prints the public key (base58).", RECORD)
+    p.add_argument("-o", "--out", required=True, metavar="FILE",
+                   help="keypair file to write atomically (a symlink is followed to its target); - prints the "
+                        "keypair JSON on stdout")
+    p.add_argument("--force", action="store_true", help="overwrite FILE if it exists")
+    p.set_defaults(_handler=_cmd_keygen)
+
+    p = _add(sub, "kernels", "list the job kernels",
+             "List every job kernel: name@version, exact or tolerance, devices, parameters and their defaults.",
+             REPORT)
+    p.set_defaults(_handler=_cmd_kernels)
+
+    p = _add(sub, "calibrate", "measure honest deviation of a kernel and the bound it needs",
+             "Run the honest implementations of KERNEL (thread counts, op orders, a float64 reference, every "
+             "CUDA device) against each other over random steps, report the percentiles of the deviation in "
+             "units of the kernel's bound, and check that precision downgrades (TF32, fp16, bf16) are caught. "
+             "Exits 1 on a false FAIL or a missed downgrade.", REPORT)
+    p.add_argument("kernel", metavar="KERNEL", help="kernel name, e.g. gemm-fp32 (see pocv kernels)")
+    p.add_argument("--trials", type=_trials, default=20, help="random states to compare at (default 20)")
+    p.add_argument("--max-walk", type=_positive, default=8, help="random steps walked before each trial (default 8)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random states (default 0)")
+    p.add_argument("--margin", type=float, default=4.0,
+                   help="suggested tau = margin x the largest honest ratio (default 4)")
+    p.add_argument("--param", type=_param, action="append", default=[], metavar="NAME=INT",
+                   help="kernel parameter (repeatable)")
+    _out_option(p, "the report JSON")
+    p.set_defaults(_handler=_cmd_calibrate)
+
+    p = _add(sub, "demo", "an honest and a cheating worker, end to end, on embedded defaults",
+             "A whole marketplace round on the embedded Solana chain (LiteSVM): workers offer, a consumer posts "
+             "a job in escrow, the honest worker is matched, runs and commits, the verifier challenges with a "
+             "beacon taken from the chain after the commit, verifies and settles; then a cheating worker (who "
+             "skips 20%% of its steps) is caught and its bond slashed. Balances are printed before and after. "
+             "No GPU, network or validator needed.", REPORT)
+    p.add_argument("--no-market", action="store_true",
+                   help="protocol only: run, challenge (verifier nonce), respond, verify; no chain")
+    p.add_argument("--steps", type=_positive, default=200, help="steps per job (default 200)")
+    p.add_argument("--n", type=_positive, default=256, help="gemm-int8 matrix size (default 256)")
+    p.add_argument("--keep", metavar="DIR", default=None, help="keep the traces and records in DIR")
+    p.set_defaults(_handler=_cmd_demo)
+
+
+__all__ = ["add_core_parsers", "open_response", "verdict_text"]
