@@ -23,3 +23,9 @@ def worker_key() -> Keypair:
 @pytest.fixture
 def verifier_key() -> Keypair:
     return Keypair.from_seed(bytes([2]) * 32)
+
+
+@pytest.fixture(autouse=True)
+def _own_challenge_book(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test gets its own verifier challenge book (pocv challenge / verify), never ~/.local/state."""
+    monkeypatch.setenv("POCV_CHALLENGE_BOOK", str(tmp_path_factory.mktemp("book")))

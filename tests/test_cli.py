@@ -792,3 +792,21 @@ def test_calibrate_cli(capsys, tmp_path) -> None:
     assert pocv_here(capsys, "calibrate", "gemm-int8", "--trials", "0").returncode == 2
     r = pocv_here(capsys, "calibrate", "nope", "--trials", "1")
     assert r.returncode == 3 and "unknown kernel" in r.stderr
+
+
+def test_verify_judges_only_the_challenge_issued_last(flow, tmp_path) -> None:
+    # issue 15 class 5: re-issuing a challenge for a commitment retires the earlier one
+    book = tmp_path / "book"
+    args = ("-k", flow["vkey"], "--book", book, "-n", "3")
+    r1 = pocv("challenge", flow["commitment"], "--beacon", "01" * 32, *args, "-o", tmp_path / "c1.json")
+    r2 = pocv("challenge", flow["commitment"], "--beacon", "02" * 32, *args, "-o", tmp_path / "c2.json")
+    assert r1.returncode == 0 and r2.returncode == 0, r1.stderr + r2.stderr
+    for name in ("c1", "c2"):
+        r = pocv("respond", flow["trace"], tmp_path / f"{name}.json", "-k", flow["wkey"], "-o", tmp_path / f"{name}.pocv")
+        assert r.returncode == 0, r.stderr
+    old = pocv("verify", flow["commitment"], tmp_path / "c1.json", tmp_path / "c1.pocv", "-k", flow["vkey"],
+               "--book", book)
+    assert old.returncode == 3 and "retired" in old.stderr and old.stdout == ""  # nothing signed
+    new = pocv("verify", flow["commitment"], tmp_path / "c2.json", tmp_path / "c2.pocv", "-k", flow["vkey"],
+               "--book", book)
+    assert new.returncode == 0, new.stderr

@@ -108,7 +108,7 @@ def _protocol_demo(spec: JobSpec, workdir: Path, output: str, keep: str | None, 
 
 
 def _market_demo(spec: JobSpec, workdir: Path, output: str, out: Any) -> DemoResult:
-    from pocv.market.demo import engine_callbacks, run_market_demo
+    from pocv.market.demo import engine_callbacks, run_market_demo  # solders loads only for the market round
 
     sys.stderr.write(f"pocv demo: {spec.kernel_ref} n={spec.params['n']}, {spec.steps} steps per job, "
                      "settled on the embedded Solana chain (LiteSVM)\n")

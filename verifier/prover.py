@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 from pocv.bundle import Response
 from pocv.challenge import derive_indices
 from pocv.device import deterministic, environment, fingerprint, resolve_device
+from pocv.dispute import Opening, Query
 from pocv.encoding import State, Tensor, decode_state, digest_encoded, encode_state, state_digest
 from pocv.errors import EvidenceError, InputError, MismatchError, StorageError
 from pocv.jobs import JobSpec
@@ -221,8 +222,6 @@ class Prover:
         multiproof. Refuses (:class:`MismatchError`) a query for another job, for neither of
         this trace's roots, or of another tree size.
         """
-        from pocv.dispute import Opening
-
         c = self.commitment()
         if query.job_id != c.job_id or c.root not in (query.root_a, query.root_b):
             raise MismatchError(f"query is for job {query.job_id.hex()[:16]}... roots {query.root_a.hex()[:16]}.../"
@@ -248,8 +247,5 @@ def answer_query(prover: Prover, query: Query, *, device: str | None = None) -> 
     """``prover.answer(query, device=device)``: a dispute party's answer from its own trace."""
     return prover.answer(query, device=device)
 
-
-if TYPE_CHECKING:  # typing only: pocv.dispute is imported when a query is answered
-    from pocv.dispute import Opening, Query
 
 __all__ = ["Prover", "answer_query"]

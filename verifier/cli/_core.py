@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import secrets
 import time
 from pathlib import Path
@@ -120,6 +121,24 @@ def _cmd_run(args: argparse.Namespace) -> int:
 # -- challenge -----------------------------------------------------------------------------------------
 
 
+#: where the verifier's challenge book lives unless --book or POCV_CHALLENGE_BOOK says otherwise
+DEFAULT_BOOK = "~/.local/state/pocv/challenges"
+
+
+def _book(args: argparse.Namespace) -> Any:
+    from pocv.store import ChallengeFile  # light: files only
+
+    where = args.book or os.environ.get("POCV_CHALLENGE_BOOK") or DEFAULT_BOOK
+    return ChallengeFile(Path(where).expanduser())
+
+
+def _book_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--book", metavar="DIR", default=None,
+                   help="the verifier's challenge book: pocv challenge records the challenge issued last per "
+                        "commitment, pocv verify judges only that one (default: $POCV_CHALLENGE_BOOK or "
+                        f"{DEFAULT_BOOK})")
+
+
 def _cmd_challenge(args: argparse.Namespace) -> int:
     from pocv.check import Verifier  # the verifier's module (torch: it also recomputes steps)
     from pocv.store import load_commitment  # refuses another kind of record
@@ -130,7 +149,7 @@ def _cmd_challenge(args: argparse.Namespace) -> int:
     beacon = secrets.token_bytes(32) if args.beacon == "random" else parse_hash(args.beacon, "beacon")
     source = args.beacon_source
     target = output_target(args.out, "challenge")
-    verifier = Verifier(key=resolve_keypair(args.keypair, "verifier"))
+    verifier = Verifier(key=resolve_keypair(args.keypair, "verifier"), book=_book(args))
     ch = verifier.challenge(commitment, beacon=beacon, confidence=args.confidence,
                             cheat_fraction=args.cheat_fraction, k=args.count, beacon_source=source)
     _result(args, ch.to_json(), f"challenge {ch.k} of {ch.steps} steps; detection >= {ch.detection:.6f} "
@@ -218,7 +237,8 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     challenge = load_challenge(args.challenge)
     target = output_target(args.out, "verdict")
     key = resolve_keypair(args.keypair, "verifier")
-    verifier = Verifier(key=key, device=args.device, progress=progress_for(args, "verify"))  # checks --device
+    verifier = Verifier(key=key, device=args.device, progress=progress_for(args, "verify"),  # checks --device
+                        book=_book(args))
     failure: VerificationFailed | UnsignedResponse | None = None
     with open_response(args.response) as f:  # before anything is signed: another record is refused
         try:
@@ -366,6 +386,7 @@ def add_core_parsers(sub: Any) -> None:
     p.add_argument("-k", "--keypair", metavar="FILE",
                    help=keypair_help("verifier") + "; pocv verify accepts only challenges signed by its own key")
     p.add_argument("--job", metavar="JOB", help="the job spec that was ordered: refuse a commitment for another job")
+    _book_option(p)
     _out_option(p, "the challenge JSON")
     p.set_defaults(_handler=_cmd_challenge)
 
@@ -392,6 +413,7 @@ def add_core_parsers(sub: Any) -> None:
     p.add_argument("-k", "--keypair", metavar="FILE", help=keypair_help("verifier"))
     p.add_argument("--job", metavar="JOB", help="the job spec that was ordered: refuse a commitment for another job")
     p.add_argument("--device", default="cpu", help="device to recompute on (default cpu)")
+    _book_option(p)
     _out_option(p, "the verdict JSON")
     p.set_defaults(_handler=_cmd_verify)
 

@@ -7,7 +7,7 @@
 * :mod:`~pocv.market.backend` -- the chain interface and the embedded LiteSVM backend;
   :mod:`~pocv.market.rpc` -- any cluster over JSON-RPC (solana-py ``AsyncClient``);
   :mod:`pocv.testing.rpc` -- a JSON-RPC server over LiteSVM for loopback tests.
-* :mod:`~pocv.market.cli` -- ``pocv market``; :mod:`~pocv.market.demo` -- the demo round.
+* :mod:`pocv.cli._market` -- ``pocv market``; :mod:`~pocv.market.demo` -- the demo round.
 
 This package imports no kernels itself; the names below are what a scheduler needs.
 """

@@ -81,7 +81,7 @@ def engine_callbacks(make_prover: Callable[[Keypair, bool], ProverLike], *, conf
         return c
 
     def verify(c: Commitment, beacon: bytes, source: str, key: Keypair) -> Verdict:
-        from pocv.check import Verifier
+        from pocv.check import Verifier  # the verifier (torch) loads only when a round is judged
 
         v = Verifier(key=key)
         challenge = v.challenge(c, beacon=beacon, confidence=confidence, cheat_fraction=cheat_fraction,
@@ -116,7 +116,7 @@ def run_market_demo(*, spec: JobSpec | None = None, commit: CommitFn | None = No
     commit_fn: CommitFn
     verify_fn: VerifyFn
     if commit is None or verify is None:  # no computation: the labelled stand-ins
-        from pocv.testing import market as stand_in
+        from pocv.testing import market as stand_in  # the labelled stand-ins, only without an engine
 
         commit_fn = commit or stand_in.stand_in_commit
         verify_fn = verify or stand_in.stand_in_verify

@@ -56,9 +56,9 @@ from blake3 import blake3
 
 from pocv.bundle import Response
 from pocv.challenge import derive_indices
-from pocv.encoding import State, Tensor
+from pocv.encoding import State, Tensor, decode_state, state_digest
 from pocv.jobs import JobSpec
-from pocv.kernels import kernel_for, resolve_spec
+from pocv.kernels import get_kernel, kernel_for, resolve_spec
 from pocv.kernels.base import Kernel
 from pocv.keys import Keypair, Signer
 from pocv.merkle import MerkleTree
@@ -382,8 +382,6 @@ class LyingProver(Prover):
     def history_state(self, j: int, device: str) -> dict[str, Tensor]:
         """s_j as this worker committed it (from the trace: the checkpoint and its own steps)."""
         store = TraceStore.open(self.trace_dir)
-        from pocv.encoding import decode_state
-
         base = store.nearest_checkpoint(j)
         state: dict[str, Tensor] = dict(decode_state(store.read_checkpoint(base)))
         kernel = kernel_for(store.spec)
@@ -451,7 +449,6 @@ class VariantProver(Prover):
 
 def implementations(kernel_name: str) -> list[str]:
     """The honest implementations :class:`VariantProver` can run for a kernel."""
-    from pocv.kernels import get_kernel
 
     k = get_kernel(kernel_name)
     out = ["default"]
@@ -540,7 +537,6 @@ def grind_root_only(spec: JobSpec, f: float, k: int, *, max_rolls: int, seed: in
 
 def fabricated_leaves(spec: JobSpec, f: float, seed: int, salt: int) -> bytes:
     """Leaf values of a fabricate(f) run whose garbage is salted by ``salt`` (in memory, no trace)."""
-    from pocv.encoding import state_digest
 
     kernel = kernel_for(spec)
     faked = pick_steps(spec.steps, f, seed)
