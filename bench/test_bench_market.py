@@ -23,10 +23,10 @@ from bench.conftest import quick, write_result
 from pocv.market import programs as P
 from pocv.market.backend import Backend, LiteSVMBackend
 from pocv.market.escrow import Escrow, JobTerms, create_nonce, find_commit
-from pocv.testing.rpc import LoopbackServer
 from pocv.market.rpc import RpcBackend
 from pocv.market.tokens import create_mint, fund
 from pocv.records import Outcome, Verdict
+from pocv.testing.rpc import LoopbackServer
 
 pytestmark = pytest.mark.bench
 

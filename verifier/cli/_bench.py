@@ -59,6 +59,7 @@ SUITES: Final[dict[str, tuple[str, tuple[str, ...]]]] = {
     "gpu": ("test_bench_gpu.py", ("--benchmark-only",)),
     "toploc": ("test_bench_toploc.py", ("--benchmark-only",)),
     "ezkl": ("test_bench_ezkl.py", ("--benchmark-only",)),
+    "startup": ("test_bench_startup.py", ("--benchmark-only",)),
 }
 PYTEST_ARGS: Final = ("-p", "no:cacheprovider", "-q", "-rs")
 #: environment variables passed to the suites (read by bench/conftest.py): results directory, quick mode
