@@ -810,3 +810,32 @@ def test_verify_judges_only_the_challenge_issued_last(flow, tmp_path) -> None:
     new = pocv("verify", flow["commitment"], tmp_path / "c2.json", tmp_path / "c2.pocv", "-k", flow["vkey"],
                "--book", book)
     assert new.returncode == 0, new.stderr
+
+
+def test_messages_are_one_bounded_line(flow, tmp_path, capsys) -> None:
+    # issue 15 class 10: a hostile 60 KB value never becomes a 60 KB error line
+    spec = json.loads(flow["job"].read_text())
+    spec["kernel"] = "x" * 60_000  # the library's message quotes what came; the CLI cuts the line
+    (tmp_path / "big.json").write_text(json.dumps(spec))
+    r = pocv_here(capsys, "run", tmp_path / "big.json", "--trace", tmp_path / "t", "-k", flow["wkey"])
+    assert r.returncode == 3
+    assert r.stderr.count("\n") == 1 and len(r.stderr) < 700, len(r.stderr)
+
+
+def test_a_fail_says_why_on_stderr_in_one_line(flow, tmp_path) -> None:
+    from pocv.bundle import Response
+    from pocv.store import load_keypair
+
+    resp = Response.from_bytes(flow["response"].read_bytes())
+    states = dict(resp.states)
+    leaf = max(states)
+    states[leaf] = states[leaf][:-1] + bytes([states[leaf][-1] ^ 1])  # the worker's own cheat, signed
+    bad = Response(job_id=resp.job_id, root=resp.root, tree_size=resp.tree_size, indices=resp.indices,
+                   states=states, proof=resp.proof).signed(load_keypair(flow["wkey"]))
+    (tmp_path / "bad.pocv").write_bytes(bad.to_bytes())
+    r = pocv("verify", flow["commitment"], flow["challenge"], tmp_path / "bad.pocv", "-k", flow["vkey"])
+    assert r.returncode == 1
+    assert json.loads(r.stdout)["result"] == "FAIL"  # the verdict on stdout
+    lines = [ln for ln in r.stderr.splitlines() if ln.startswith("pocv verify: FAIL")]
+    assert len(lines) == 1 and "BAD_PROOF" in lines[0], r.stderr
+    assert "Warning" not in r.stderr

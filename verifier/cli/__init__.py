@@ -28,6 +28,7 @@ from pocv.cli._common import (
     debug_wanted,
     exit_code,
     exit_epilog,
+    one_line,
     setup_logging,
     stdout_gone,
     verbosity,
@@ -119,11 +120,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             sys.stderr.write(f"{name}: interrupted\n")
         elif code == EXIT_INTERNAL:
             hint = "" if debug else "; POCV_DEBUG=1 or -vv shows the traceback"
-            sys.stderr.write(f"{name}: internal error: {type(e).__name__}: {str(e)[:300]} (a bug in pocv{hint})\n")
+            sys.stderr.write(f"{name}: internal error: {type(e).__name__}: {one_line(str(e), 300)} "
+                             f"(a bug in pocv{hint})\n")
         else:
             if debug:
                 traceback.print_exc(file=sys.stderr)
-            sys.stderr.write(f"{name}: error: {e}\n")
+            sys.stderr.write(f"{name}: error: {one_line(str(e))}\n")
         return code
 
 

@@ -243,6 +243,16 @@ def binary_output(target: Path | None) -> Iterator[BinaryIO]:
         yield f
 
 
+#: the longest message line pocv prints: a hostile value (a 60 KB spec field) never becomes a 60 KB line
+MAX_MESSAGE_CHARS: Final = 500
+
+
+def one_line(text: str, limit: int = MAX_MESSAGE_CHARS) -> str:
+    """``text`` on one line (newlines and control characters shown escaped), cut to ``limit``."""
+    flat = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+    return flat if len(flat) <= limit else flat[: limit - 25] + f"... ({len(flat) - limit + 25} more characters)"
+
+
 def note(text: str) -> None:
     """A line for people on stderr (not logging: shown unless stderr is gone)."""
     with contextlib.suppress(OSError, ValueError):

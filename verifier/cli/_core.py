@@ -27,6 +27,7 @@ from pocv.cli._common import (
     is_stdout,
     keypair_help,
     note,
+    one_line,
     output_target,
     parse_hash,
     progress_for,
@@ -247,8 +248,8 @@ def _cmd_verify(args: argparse.Namespace) -> int:
             verdict, failure = e.verdict, e
     code = EXIT_OK if failure is None else exit_code(failure)  # decided before any output is written
     _result(args, verdict.to_json(), verdict_text(verdict), target)
-    if isinstance(failure, UnsignedResponse):
-        note(f"pocv verify: {failure}")
+    if failure is not None:  # why, in one line; the verdict itself is on stdout
+        note(f"pocv verify: {one_line(str(failure))}")
     if extra:
         note(extra)
     return code
