@@ -30,7 +30,6 @@ from collections.abc import Callable, Sequence
 from typing import BinaryIO, Protocol
 
 import numpy as np
-
 from blake3 import blake3
 
 from pocv.bundle import MAX_BUNDLE_BYTES, Expected, Response, answer_bytes_bound, probe_signature, signature_ok
