@@ -36,6 +36,7 @@ from pocv.cli._common import (
     write_stdout,
 )
 from pocv.errors import InputError, UnsignedResponse, VerificationFailed, WrongRecordError
+from pocv.limits import DEFAULT_CHEAT_FRACTION, DEFAULT_CONFIDENCE
 
 if TYPE_CHECKING:  # typing only: these load torch
     from pocv.records import Commitment, Verdict
@@ -379,10 +380,10 @@ def add_core_parsers(sub: Any) -> None:
                    help="where the beacon came from, recorded checkably: nonce:UNIX_SECONDS (a verifier nonce; "
                         "default: nonce and the time now), slot:S:after:C (the blockhash of slot S, after the "
                         "commitment landed in slot C) or dispute:ID")
-    p.add_argument("-p", "--confidence", type=float, default=0.999,
-                   help="detection probability wanted (default 0.999)")
-    p.add_argument("-f", "--cheat-fraction", type=float, default=0.1,
-                   help="smallest fraction of faked steps to catch (default 0.1)")
+    p.add_argument("-p", "--confidence", type=float, default=DEFAULT_CONFIDENCE,
+                   help=f"detection probability wanted (default {DEFAULT_CONFIDENCE})")
+    p.add_argument("-f", "--cheat-fraction", type=float, default=DEFAULT_CHEAT_FRACTION,
+                   help=f"smallest fraction of faked steps to catch (default {DEFAULT_CHEAT_FRACTION})")
     p.add_argument("-n", "--count", type=_positive, default=None, metavar="K", help="challenge exactly K steps")
     p.add_argument("-k", "--keypair", metavar="FILE",
                    help=keypair_help("verifier") + "; pocv verify accepts only challenges signed by its own key")

@@ -35,6 +35,7 @@ from pocv.cli._common import (
     write_stdout,
 )
 from pocv.errors import InputError
+from pocv.limits import DEFAULT_CONFIDENCE
 
 if TYPE_CHECKING:  # typing only: solders and the backends load on use
     from solders.keypair import Keypair
@@ -120,8 +121,9 @@ def add_market_parser(subparsers: Any) -> None:
     p.add_argument("--max-price", type=int, default=None, help="highest acceptable price when matching")
     p.add_argument("--min-bond", type=int, default=0, help="lowest acceptable bond when matching (default 0)")
     p.add_argument("--device", default=None, help="required device class when matching")
-    p.add_argument("--confidence", type=float, default=0.999,
-                   help="detection probability wanted from the verifier (recorded on chain; default 0.999)")
+    p.add_argument("--confidence", type=float, default=DEFAULT_CONFIDENCE,
+                   help=f"detection probability wanted from the verifier (recorded on chain; "
+                        f"default {DEFAULT_CONFIDENCE})")
     p.add_argument("--deadline", type=int, default=DEFAULT_DEADLINE_S, help="seconds from now (default 3600)")
     _common(p)
     p.set_defaults(_handler=_run, _market=_cmd_post)
