@@ -69,6 +69,16 @@ class ToleranceKernel(Kernel):
     #: absolute slack, for elements whose scale is (near) zero
     floor: ClassVar[float]
 
+    def bound(self, spec: JobSpec) -> tuple[float, float]:
+        """(tau, floor) for ``spec``: the class constants, part of the kernel version. Kernels whose
+        bound comes from a calibration record the job references override this (and raise
+        NotCalibrated when the job names none)."""
+        return self.tau, self.floor
+
+    def tau_for(self, name: str, spec: JobSpec) -> float:
+        """tau for state tensor ``name`` (default: one tau for the whole state)."""
+        return self.bound(spec)[0]
+
     @abstractmethod
     def scales(self, expected: State, spec: JobSpec) -> dict[str, np.ndarray[Any, Any]]:
         """name -> float64 array of per-element scales, for every float tensor of the state."""
@@ -108,6 +118,7 @@ class ToleranceKernel(Kernel):
                 continue
             if not np.array_equal(as_numpy(e_t), as_numpy(c_t)):
                 return Comparison(False, f"integer tensor {name!r} differs from the recomputed one")
+        _, floor = self.bound(spec)
         scales = self.scales(expected, spec)
         for name in floats:
             e = as_numpy(expected[name]).astype(np.float64)
@@ -120,7 +131,8 @@ class ToleranceKernel(Kernel):
                 if not np.array_equal(e, c):
                     return Comparison(False, f"tensor {name!r} differs (no tolerance declared for it)")
                 continue
-            bound = self.tau * U32 * scales[name] + self.floor
+            tau = self.tau_for(name, spec)
+            bound = tau * U32 * scales[name] + floor
             ratio = np.abs(c - e) / bound
             k = int(np.argmax(ratio)) if ratio.size else 0
             r = float(ratio.reshape(-1)[k]) if ratio.size else 0.0
@@ -132,7 +144,7 @@ class ToleranceKernel(Kernel):
                     False,
                     f"tensor {name!r}{idx}: |claimed - recomputed| = "
                     f"{diff:.3e} exceeds the bound {bound.reshape(-1)[k]:.3e} "
-                    f"(tau={self.tau:g}, {int((ratio > 1.0).sum())} elements outside)",
+                    f"(tau={tau:g}, {int((ratio > 1.0).sum())} elements outside)",
                     worst_ratio=r,
                 )
         return Comparison(True, worst_ratio=worst)

@@ -31,8 +31,10 @@ from typing import Any, ClassVar, Literal, final
 from pocv.bundle import MAX_BUNDLE_BYTES, answer_bytes_bound
 from pocv.challenge import sample_size
 from pocv.encoding import State, Tensor, encoded_size, state_digest, state_schema
-from pocv.errors import EvidenceError, SpecError
+from pocv.errors import EvidenceError, SetupError, SpecError
 from pocv.jobs import JobSpec, ParamValue
+from pocv.kernels.params import Int, Param, artifact_path, artifact_refs
+from pocv.kernels.params import check_params as _check_params
 from pocv.limits import DEFAULT_CHEAT_FRACTION, DEFAULT_CONFIDENCE, MAX_STATE_BYTES
 
 log = logging.getLogger(__name__)
@@ -58,26 +60,45 @@ class Kernel(ABC):
     version: ClassVar[int]
     mode: ClassVar[Mode]
     summary: ClassVar[str]
-    #: parameter name -> (default, min, max) for integer parameters
+    #: typed parameters: name -> Int, Float, Bool, Str, Enum or Artifact (pocv.kernels.params)
+    params: ClassVar[Mapping[str, Param]] = {}
+    #: the older form for integer parameters: name -> (default, min, max)
     int_params: ClassVar[Mapping[str, tuple[int, int, int]]] = {}
     #: devices this kernel can run on ("cpu", "cuda")
     devices: ClassVar[tuple[str, ...]] = ("cpu",)
+    #: the distribution that provides this kernel and its version ("pocv" for the built-ins,
+    #: "dist==version" for a plugin); set by the registry (pocv.kernels) on the instance
+    provider: str = "pocv"
+
+    @classmethod
+    def declared_params(cls) -> dict[str, Param]:
+        """Every declared parameter, typed (``int_params`` become :class:`Int`)."""
+        out: dict[str, Param] = {k: Int(d, lo, hi) for k, (d, lo, hi) in cls.int_params.items()}
+        out.update(cls.params)
+        return out
 
     def check_params(self, params: dict[str, ParamValue]) -> dict[str, ParamValue]:
         """Fill defaults and validate; raise SpecError naming what was expected and what came."""
-        unknown = set(params) - set(self.int_params)
-        if unknown:
-            raise SpecError(
-                f"kernel {self.name}@{self.version} has no parameter(s) {sorted(unknown)}; "
-                f"expected some of {sorted(self.int_params)}"
-            )
-        out: dict[str, ParamValue] = {}
-        for key, (default, lo, hi) in self.int_params.items():
-            v = params.get(key, default)
-            if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
-                raise SpecError(f"{self.name} parameter {key!r} must be an integer in {lo}..{hi}, got {v!r}")
-            out[key] = v
-        return out
+        checked: dict[str, ParamValue] = _check_params(f"{self.name}@{self.version}", self.declared_params(),
+                                                       dict(params))
+        return checked
+
+    def typed(self, spec: JobSpec) -> dict[str, Any]:
+        """The resolved spec's parameters as the values a kernel computes with (floats as float)."""
+        declared = self.declared_params()
+        return {k: declared[k].typed(v) if k in declared else v for k, v in spec.params.items()}
+
+    def artifacts(self, spec: JobSpec) -> list[str]:
+        """The artifact references ``spec`` names (its non-empty Artifact parameters)."""
+        return artifact_refs(self.declared_params(), spec.params)
+
+    def require(self, spec: JobSpec) -> None:
+        """Check that this side can run and judge ``spec`` as installed, before any work: every
+        artifact the spec references is in the store in use with its hash (ArtifactError naming
+        the hash). Tolerance kernels whose bound comes from a calibration record also require the
+        record (NotCalibrated). The prover calls this before a run, the verifier before a check."""
+        for ref in self.artifacts(spec):
+            artifact_path(ref)
 
     def check_device(self, device: str) -> None:
         kind = device.split(":")[0]
@@ -130,8 +151,8 @@ class Kernel(ABC):
             result = self.verify_step(prev, claimed, i, spec, device)
         except EvidenceError as e:
             return Comparison(False, str(e), bad_state=True)
-        except MemoryError:
-            raise  # the verifier's own trouble, not evidence
+        except (MemoryError, SetupError):
+            raise  # the verifier's own trouble (memory, a missing artifact or calibration), not evidence
         except Exception as e:  # the engine's guarantee: a state that breaks the kernel is a FAIL
             log.error("kernel %s@%s raised %s while judging step %d; judged as a bad state",
                       self.name, self.version, type(e).__name__, i, exc_info=True)
@@ -186,6 +207,7 @@ class Kernel(ABC):
             "version": self.version,
             "mode": self.mode,
             "summary": self.summary,
-            "params": {k: {"default": d, "min": lo, "max": hi} for k, (d, lo, hi) in self.int_params.items()},
+            "params": {k: p.describe() for k, p in self.declared_params().items()},
             "devices": list(self.devices),
+            "provider": self.provider,
         }

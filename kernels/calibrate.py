@@ -13,10 +13,18 @@ suggested tau (``margin`` x the largest honest ratio, rounded up to a power of t
 For an exact kernel it counts the honest variants whose state digest differs from the first
 one (must be 0).
 
+A kernel whose bound comes from a calibration record (``calibrated_by_record``, the PyTorch
+training adapter :mod:`pocv.kernels.training`) has no shipped tau: the report derives one per
+tensor group (``tau_by_group``: ``margin`` x the group's largest honest ratio, rounded up to a
+power of two), counts false FAILs and caught downgrades against it, and states the margin
+between the worst honest deviation and the mildest downgrade; ``--record`` prints the record
+(:func:`pocv.kernels.training.make_record`) to add to the artifact store.
+
 Command line (the lead wires it to ``pocv calibrate``)::
 
     python -m pocv.kernels.calibrate KERNEL [--trials N] [--max-walk K] [--seed S]
-                                       [--param name=value ...] [--margin M] [--json]
+                                       [--param name=value ...] [--margin M] [--json | --record]
+                                       [--artifacts DIR]
 """
 
 from __future__ import annotations
@@ -34,10 +42,11 @@ import torch
 
 from pocv.encoding import state_digest
 from pocv.errors import SpecError
-from pocv.jobs import JobSpec
-from pocv.kernels import kernel_for, resolve_spec
+from pocv.jobs import JobSpec, ParamValue
+from pocv.kernels import get_kernel, kernel_for, resolve_spec
 from pocv.kernels._tolerance import ToleranceKernel
 from pocv.kernels._util import as_numpy
+from pocv.kernels.params import ArtifactSource, use_artifacts
 
 MAX_TRIALS: Final = 100_000
 PERCENTILES: Final = (50.0, 90.0, 99.0, 99.9, 99.99)
@@ -117,7 +126,7 @@ def _same_integers(a: Any, b: Any) -> bool:
     return True
 
 
-def _spec(kernel_name: str, seed: int, params: dict[str, int] | None) -> JobSpec:
+def _spec(kernel_name: str, seed: int, params: dict[str, ParamValue] | None) -> JobSpec:
     return resolve_spec(JobSpec(kernel=kernel_name, steps=1 << 20, seed=seed, params=dict(params or {})))
 
 
@@ -127,10 +136,18 @@ def calibrate(
     trials: int = 20,
     max_walk: int = 8,
     seed: int = 0,
-    params: dict[str, int] | None = None,
+    params: dict[str, ParamValue] | None = None,
     margin: float = 4.0,
+    artifacts: ArtifactSource | None = None,
 ) -> dict[str, Any]:
-    """Measure honest deviation of ``kernel_name`` (see the module docstring); a JSON-able dict."""
+    """Measure honest deviation of ``kernel_name`` (see the module docstring); a JSON-able dict.
+    ``artifacts``: the store the job's artifacts (a data set, weights) are resolved in."""
+    with use_artifacts(artifacts):
+        return _calibrate(kernel_name, trials=trials, max_walk=max_walk, seed=seed, params=params, margin=margin)
+
+
+def _calibrate(kernel_name: str, *, trials: int, max_walk: int, seed: int, params: dict[str, ParamValue] | None,
+               margin: float) -> dict[str, Any]:
     if not 1 <= trials <= MAX_TRIALS:
         raise ValueError(f"trials must be in 1..{MAX_TRIALS}, got {trials}")
     kernel = kernel_for(_spec(kernel_name, seed, params))
@@ -170,6 +187,10 @@ def calibrate(
         return report
 
     assert isinstance(kernel, ToleranceKernel)
+    if getattr(kernel, "calibrated_by_record", False):
+        report.update(_by_record(kernel, kernel_name, honest, downgrades, trials=trials, max_walk=max_walk,
+                                 seed=seed, params=params, margin=margin, rng=rng))
+        return report
     hist = _Histogram()
     by_pair: dict[str, float] = {}
     false_fails = 0
@@ -244,12 +265,90 @@ def calibrate(
     return report
 
 
+def _group(name: str) -> str:
+    return name.split(".", 1)[0]
+
+
+def _by_record(kernel: Any, kernel_name: str, honest: dict[str, Any], downgrades: dict[str, Any], *, trials: int,
+               max_walk: int, seed: int, params: dict[str, ParamValue] | None, margin: float,
+               rng: np.random.Generator) -> dict[str, Any]:
+    """Calibrate a kernel whose bound is a record: per tensor group, the largest honest ratio and
+    the tau it gives; false FAILs and caught downgrades against that tau (module docstring)."""
+    names = list(honest)
+    hist = _Histogram()
+    honest_group: dict[str, float] = {}
+    by_pair: dict[str, float] = {}
+    samples: list[tuple[dict[str, float], dict[str, dict[str, float]]]] = []  # per trial: honest max, downgrade max
+    for trial in range(trials):
+        spec, state, i = _walked(kernel, _spec(kernel_name, seed + trial, params), rng, max_walk)
+        outs = {n: f(state, i, spec) for n, f in honest.items()}
+        worst: dict[str, float] = {}
+        for a in names:
+            for b in names:
+                if a == b:
+                    continue
+                m = 0.0
+                for t, r in kernel.ratios(outs[a], outs[b], spec).items():
+                    hist.add(r)
+                    g, top = _group(t), float(r.max()) if r.size else 0.0
+                    worst[g] = max(worst.get(g, 0.0), top)
+                    m = max(m, top)
+                key = f"{a} vs {b}"
+                by_pair[key] = max(by_pair.get(key, 0.0), m)
+        for g, v in worst.items():
+            honest_group[g] = max(honest_group.get(g, 0.0), v)
+        down: dict[str, dict[str, float]] = {}
+        for n, f in downgrades.items():
+            d = f(state, i, spec)
+            per: dict[str, float] = {}
+            for t, r in kernel.ratios(outs[names[0]], d, spec).items():
+                per[_group(t)] = max(per.get(_group(t), 0.0), float(r.max()) if r.size else 0.0)
+            down[n] = per
+        samples.append((worst, down))
+    tau = {g: 2.0 ** math.ceil(math.log2(max(v * margin, 4.0))) for g, v in sorted(honest_group.items())}
+    false_fails = sum(any(v > tau[g] for g, v in w.items()) for w, _ in samples)
+    caught = {n: sum(any(v > tau[g] for g, v in d[n].items()) for _, d in samples) for n in downgrades}
+    # margin: per downgrade, the smallest over trials of its largest (ratio / tau) over groups
+    down_margin = {n: min(max(v / tau[g] for g, v in d[n].items()) for _, d in samples) for n in downgrades}
+    honest_margin = max((v / tau[g] for w, _ in samples for g, v in w.items()), default=0.0)
+    return {
+        "calibrated_by_record": True,
+        "elements": hist.total,
+        "honest_ratio": {f"p{q:g}": hist.percentile(q) for q in PERCENTILES} | {"max": hist.max},
+        "honest_max_by_pair": dict(sorted(by_pair.items(), key=lambda kv: -kv[1])),
+        "honest_max_by_group": honest_group,
+        "margin": margin,
+        "tau_by_group": tau,
+        "floor": float(kernel.floor),
+        "checks": trials,
+        "checked_by": "per-group ratios against tau_by_group (the bound Kernel.judge applies with this record)",
+        "false_fails": false_fails,
+        "worst_honest_over_tau": honest_margin,
+        "downgrades": {n: {"min_needed_tau_over_tau": down_margin[n], "caught": caught[n], "of": trials}
+                       for n in downgrades},
+        "tau": max(tau.values(), default=0.0),
+        "suggested_tau": max(tau.values(), default=0.0),
+    }
+
+
 def _format(report: dict[str, Any]) -> str:
     lines = [f"{report['kernel']} ({report['mode']}) params {report['params']}, {report['trials']} trials"]
     if report["mode"] == "exact":
         lines.append(f"digest mismatches vs {report['variants'][0]}: {report['digest_mismatches']}")
         return "\n".join(lines)
     hr = report["honest_ratio"]
+    if report.get("calibrated_by_record"):
+        lines.append(f"honest needed tau over {report['elements']:,} element ratios: "
+                     + "  ".join(f"{k} {v:.3g}" for k, v in hr.items()))
+        lines.append("tau by group (margin x largest honest, power of 2): "
+                     + ", ".join(f"{g} {t:g} (honest max {report['honest_max_by_group'][g]:.3g})"
+                                 for g, t in report["tau_by_group"].items()))
+        lines.append(f"{report['false_fails']} false FAIL in {report['checks']} honest steps; worst honest "
+                     f"deviation / tau = {report['worst_honest_over_tau']:.3g}")
+        for n, d in report["downgrades"].items():
+            lines.append(f"  downgrade {n}: mildest deviation / tau = {d['min_needed_tau_over_tau']:.3g}, "
+                         f"caught {d['caught']}/{d['of']}")
+        return "\n".join(lines)
     lines.append(f"honest needed tau over {report['elements']:,} element ratios: "
                  + "  ".join(f"{k} {v:.3g}" for k, v in hr.items()))
     for k, v in list(report["honest_max_by_pair"].items())[:6]:
@@ -281,20 +380,41 @@ def calibrate_main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--max-walk", type=int, default=8)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--margin", type=float, default=4.0)
-    ap.add_argument("--param", action="append", default=[], metavar="NAME=INT")
+    ap.add_argument("--param", action="append", default=[], metavar="NAME=VALUE")
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--record", action="store_true",
+                    help="print the calibration record (a record-calibrated kernel's artifact) instead")
+    ap.add_argument("--artifacts", metavar="DIR", default=None,
+                    help="artifact store (default: $POCV_ARTIFACTS or the user's cache directory)")
     args = ap.parse_args(argv)
-    params: dict[str, int] = {}
-    for p in args.param:
-        key, _, value = p.partition("=")
-        try:
-            params[key] = int(value)
-        except ValueError:
-            ap.error(f"--param expects NAME=INT, got {p!r}")
+    try:
+        params = parse_params(args.kernel, args.param)
+    except SpecError as e:
+        ap.error(f"{e} (NAME=INT for an integer parameter)")
+    from pocv.artifacts import ArtifactStore  # the I/O layer: only this command line opens a store
+
     report = calibrate(args.kernel, trials=args.trials, max_walk=args.max_walk, seed=args.seed,
-                       params=params, margin=args.margin)
-    print(json.dumps(report, indent=2) if args.json else _format(report))
+                       params=params, margin=args.margin, artifacts=ArtifactStore(args.artifacts))
+    if args.record:
+        from pocv.kernels.training import make_record  # torch: the training adapter's record
+
+        sys.stdout.write(make_record(report).decode() + "\n")
+    else:
+        print(json.dumps(report, indent=2) if args.json else _format(report))
     return 1 if report_failed(report) else 0
+
+
+def parse_params(kernel_name: str, items: Sequence[str]) -> dict[str, ParamValue]:
+    """``NAME=VALUE`` texts as the kernel's typed parameters (ints as ints, true/false as bools)."""
+    declared = get_kernel(kernel_name).declared_params()
+    out: dict[str, ParamValue] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SpecError(f"--param expects NAME=VALUE, got {item!r}")
+        p = declared.get(key)
+        out[key] = p.parse_text(value) if p is not None else value
+    return out
 
 
 def report_failed(report: dict[str, Any]) -> bool:
@@ -302,6 +422,7 @@ def report_failed(report: dict[str, Any]) -> bool:
     variants, a missed precision downgrade, or a false FAIL of the Freivalds check."""
     bad = report.get("false_fails", 0) or sum(report.get("digest_mismatches", {}).values())
     bad = bad or any(d["caught"] < d["of"] for d in report.get("downgrades", {}).values())
+    bad = bad or (report.get("calibrated_by_record", False) and not report.get("tau_by_group"))
     bad = bad or report.get("freivalds", {}).get("false_fails", 0)
     return bool(bad)
 

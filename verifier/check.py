@@ -4,6 +4,9 @@
 per challenged step); ``Verifier.verify`` is the raising form. The numbered steps follow
 docs/protocol.md §9:
 
+(0) the kernel installed here is the one the commitment names, provider (distribution and
+    version) included, and every artifact the job references is in this verifier's store with
+    its hash (docs/kernels.md);
 (1) the commitment's signature verifies and its job id is the id of its spec;
 (2) the challenge belongs to the commitment, its indices are the ones its beacon derives, and
     it is the current one this verifier issued for the commitment (its ChallengeBook);
@@ -17,7 +20,7 @@ docs/protocol.md §9:
 (9) the verdict is signed.
 
 A response that fails (3)-(7) is the worker's fault and gives a FAIL verdict; inputs that fail
-(1)-(2) are the caller's and raise.
+(0)-(2) are the caller's and raise.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ from pocv.errors import (
     InputError,
     MismatchError,
     ProofError,
+    ProviderMismatch,
     Reason,
     UnsignedResponse,
     VerificationFailed,
@@ -48,6 +52,7 @@ from pocv.errors import (
 from pocv.jobs import JobSpec
 from pocv.kernels import kernel_for
 from pocv.kernels.base import Kernel
+from pocv.kernels.params import ArtifactSource, use_artifacts
 from pocv.keys import Signer, b58encode
 from pocv.limits import DEFAULT_CHEAT_FRACTION, DEFAULT_CONFIDENCE
 from pocv.merkle import verify_multiproof
@@ -105,9 +110,14 @@ class Verifier:
     """Challenges a commitment and checks the worker's response on ``device``."""
 
     def __init__(self, *, key: Signer, device: str = "cpu",
-                 progress: Callable[[int, int], None] | None = None, book: ChallengeBook | None = None) -> None:
+                 progress: Callable[[int, int], None] | None = None, book: ChallengeBook | None = None,
+                 artifacts: ArtifactSource | None = None) -> None:
         """``progress(done, total)`` is called after each challenged step is judged; ``book``
-        keeps the challenge issued last per commitment (default: in memory, this instance)."""
+        keeps the challenge issued last per commitment (default: in memory, this instance);
+        ``artifacts`` is this verifier's own artifact store (pocv.artifacts.ArtifactStore), where
+        the artifacts a job references are resolved and hash-checked (None: the store in use,
+        pocv.kernels.params.use_artifacts)."""
+        self.artifacts = artifacts
         self.progress = progress
         self.book: ChallengeBook = MemoryBook() if book is None else book
         self.key = key
@@ -137,8 +147,8 @@ class Verifier:
             beacon_source = f"nonce:{int(time.time())}"
         if not isinstance(beacon, bytes) or len(beacon) != 32:
             raise InputError("a challenge needs a 32-byte beacon the worker could not know before committing")
+        kernel = self.installed_kernel(commitment)  # (0) the worker's kernel is the one installed here
         commitment.verify_signature()
-        kernel = kernel_for(commitment.spec)
         kernel.check_limits(commitment.spec)
         explicit = k is not None
         if k is None:
@@ -160,9 +170,31 @@ class Verifier:
         self.book.issue(challenge)
         return challenge
 
+    def installed_kernel(self, commitment: Commitment) -> Kernel:
+        """(0) The kernel this verifier installed for ``commitment``, which must be the one the
+        worker ran: same name, version and provider (distribution and version), else
+        ProviderMismatch naming both. Then every artifact the job references must be in this
+        verifier's store with its hash (ArtifactError) and a calibrated kernel's record present
+        (NotCalibrated). Nothing else is done before this."""
+        kernel = kernel_for(commitment.spec)
+        if kernel.provider != commitment.provider:
+            raise ProviderMismatch(
+                f"the commitment's kernel {commitment.spec.kernel_ref} comes from {commitment.provider}, but this "
+                f"verifier has {commitment.spec.kernel_ref} from {kernel.provider} installed: a verifier runs only "
+                f"the code it installed; install {commitment.provider} to judge this job")
+        with use_artifacts(self.artifacts):
+            kernel.require(commitment.spec)
+        return kernel
+
     # -- result form -----------------------------------------------------------------------
 
     def check(self, commitment: Commitment, challenge: Challenge, response: ResponseInput) -> Verdict:
+        """Check ``response`` and return the signed verdict (see :meth:`_check`)."""
+        self.installed_kernel(commitment)  # (0) before anything else
+        with use_artifacts(self.artifacts):
+            return self._check(commitment, challenge, response)
+
+    def _check(self, commitment: Commitment, challenge: Challenge, response: ResponseInput) -> Verdict:
         """Check ``response`` and return the signed verdict (PASS or FAIL, reasons per step).
 
         ``response`` may be a :class:`Response`, raw bundle bytes or a binary file object open on

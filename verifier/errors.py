@@ -109,6 +109,27 @@ class WrongRecordError(InputError):
     """A file that is recognisably another pocv record than the one expected."""
 
 
+class SetupError(InputError):
+    """This side cannot run or judge the job as it is installed: the kernel's provider differs
+    from the one the commitment names, an artifact is missing or altered, or a tolerance kernel
+    has no calibration record. Not evidence against the worker: ``Kernel.judge`` lets it through."""
+
+
+class ProviderMismatch(SetupError):
+    """The commitment names another kernel provider (distribution and version) than the one
+    installed here: a verifier runs only code it installed itself."""
+
+
+class ArtifactError(SetupError):
+    """An artifact a job references is not in the local store, or its bytes do not hash to its
+    reference. The message names the hash."""
+
+
+class NotCalibrated(SetupError):
+    """A tolerance kernel whose bound comes from a calibration record was asked to judge a job
+    that references none."""
+
+
 # -- try again -------------------------------------------------------------------------------
 
 
@@ -135,6 +156,7 @@ class UnsignedResponse(TransientError):
 
 
 __all__ = [
+    "ArtifactError",
     "ChainError",
     "EncodingError",
     "EvidenceError",
@@ -142,9 +164,12 @@ __all__ = [
     "LimitExceeded",
     "MalformedError",
     "MismatchError",
+    "NotCalibrated",
     "PocvError",
     "ProofError",
+    "ProviderMismatch",
     "Reason",
+    "SetupError",
     "SignatureError",
     "SpecError",
     "StateError",

@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from pocv.artifacts import ArtifactStore
 from pocv.bundle import Response
 from pocv.challenge import derive_indices
 from pocv.device import deterministic, environment, fingerprint, resolve_device
@@ -23,6 +24,7 @@ from pocv.encoding import State, Tensor, decode_state, digest_encoded, encode_st
 from pocv.errors import EvidenceError, InputError, MismatchError, StorageError
 from pocv.jobs import JobSpec
 from pocv.kernels import kernel_for, resolve_spec
+from pocv.kernels.params import ArtifactSource, use_artifacts
 from pocv.keys import Signer
 from pocv.limits import DEFAULT_MAX_ANSWER, DIGEST_SIZE
 from pocv.merkle import IncrementalTree, MerkleTree
@@ -51,10 +53,13 @@ class Prover:
         checkpoint_every: int = DEFAULT_CHECKPOINT_EVERY,
         progress: Progress | None = None,
         max_answer: int = DEFAULT_MAX_ANSWER,
+        artifacts: ArtifactSource | None = None,
     ) -> None:
         """``max_answer``: the most challenged steps this worker answers (the job's terms or the
         worker's offer set it); a challenge asking for more is refused, so a hostile verifier
-        cannot make the worker redo the whole job."""
+        cannot make the worker redo the whole job. ``artifacts``: the worker's artifact store
+        (default: ``$POCV_ARTIFACTS`` or the user's cache directory, pocv.artifacts)."""
+        self.artifacts: ArtifactSource = artifacts if artifacts is not None else ArtifactStore.default()
         if isinstance(max_answer, bool) or not isinstance(max_answer, int) or max_answer < 1:
             raise InputError(f"max_answer must be a positive integer, got {max_answer!r}")
         self.max_answer = max_answer
@@ -67,10 +72,15 @@ class Prover:
 
     def run(self, spec: JobSpec, *, device: str = "cpu") -> Commitment:
         """Run ``spec`` (or resume it), write ``commitment.json``, return the commitment."""
+        with use_artifacts(self.artifacts):
+            return self._run(spec, device)
+
+    def _run(self, spec: JobSpec, device: str) -> Commitment:
         device = resolve_device(device)
         spec = resolve_spec(spec)
         kernel = kernel_for(spec)
         kernel.check_device(device)
+        kernel.require(spec)  # every artifact the job references, hash-checked, before any work
         store = TraceStore.open(self.trace_dir, spec, checkpoint_every=self.checkpoint_every)
         done = self._existing_commitment(store, spec)
         if done is not None:
@@ -114,7 +124,7 @@ class Prover:
             env = environment()
         env = {**env, "device": device, "checkpoint_every": every}
         commitment = Commitment.create(spec=spec, root=tree.root(), key=self.key,
-                                       fingerprint=fingerprint(), environment=env)
+                                       fingerprint=fingerprint(), environment=env, provider=kernel.provider)
         atomic_write(store.commitment_path, commitment.to_json().encode())
         log.info("run %s: committed root %s", spec.kernel_ref, commitment.root.hex())
         return commitment
@@ -183,7 +193,7 @@ class Prover:
         if tree.root != commitment.root:
             raise StorageError("trace leaves do not give the committed root: the trace is corrupt")
         run_device = resolve_device(device or str(commitment.environment.get("device", "cpu")))
-        with deterministic():
+        with deterministic(), use_artifacts(self.artifacts):
             states = self._open_states(store, store.spec, wanted, leaf_bytes, run_device)
         return states, tree.multiproof(wanted)
 

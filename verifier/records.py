@@ -32,7 +32,11 @@ from pocv.limits import (
     SIGNATURE_SIZE,
 )
 
-COMMITMENT_DOMAIN: Final = b"pocv commitment v1\x00"
+COMMITMENT_DOMAIN: Final = b"pocv commitment v2\x00"
+#: commitment format 2 adds the kernel's provider (docs/protocol.md §6.2)
+COMMITMENT_VERSION: Final = 2
+#: the kernel's provider: "pocv" (a built-in kernel) or "distribution==version" (a plugin)
+PROVIDER_RE: Final = re.compile(r"pocv|[A-Za-z0-9][A-Za-z0-9._:+!\-]{0,127}==[A-Za-z0-9][A-Za-z0-9._+!\-]{0,63}")
 CHALLENGE_DOMAIN: Final = b"pocv challenge v2\x00"
 CHALLENGE_VERSION: Final = 2
 
@@ -71,10 +75,15 @@ class Commitment:
     fingerprint: Mapping[str, Any] = field(default_factory=dict)
     environment: Mapping[str, Any] = field(default_factory=dict)
     signature: bytes = bytes(64)
+    #: the distribution that provided the kernel the worker ran, with its version ("pocv": built in)
+    provider: str = "pocv"
 
     def __post_init__(self) -> None:
         if not isinstance(self.spec, JobSpec) or not self.spec.resolved:
             raise InputError("a commitment needs a resolved JobSpec (pocv.kernels.resolve_spec)")
+        if not isinstance(self.provider, str) or not PROVIDER_RE.fullmatch(self.provider):
+            raise MalformedError(f"commitment provider must be 'pocv' or 'distribution==version', "
+                                 f"got {str(self.provider)[:80]!r}")
         F.fixed_bytes(self.root, DIGEST_SIZE, "commitment root")
         F.fixed_bytes(self.worker, PUBKEY_SIZE, "commitment worker key")
         F.fixed_bytes(self.signature, SIGNATURE_SIZE, "commitment signature")
@@ -96,12 +105,15 @@ class Commitment:
 
     def signing_bytes(self) -> bytes:
         ref = self.spec.kernel_ref.encode()
+        provider = self.provider.encode()
         return b"".join((
             COMMITMENT_DOMAIN,
             self.job_id,
             self.root,
             struct.pack("<QB", self.steps, len(ref)),
             ref,
+            struct.pack("<B", len(provider)),
+            provider,
             self.worker,
             meta_hash(self.fingerprint),
             meta_hash(self.environment),
@@ -116,12 +128,12 @@ class Commitment:
         key: Signer,
         fingerprint: Mapping[str, Any] | None = None,
         environment: Mapping[str, Any] | None = None,
+        provider: str = "pocv",
     ) -> Commitment:
         unsigned = cls(spec=spec, root=root, worker=bytes(key.pubkey()),
-                       fingerprint=fingerprint or {}, environment=environment or {})
+                       fingerprint=fingerprint or {}, environment=environment or {}, provider=provider)
         sig = sign(key, unsigned.signing_bytes())
-        return cls(spec=spec, root=root, worker=unsigned.worker, fingerprint=unsigned.fingerprint,
-                   environment=unsigned.environment, signature=sig)
+        return dataclasses.replace(unsigned, signature=sig)
 
     def verify_signature(self) -> None:
         verify(self.worker, self.signature, self.signing_bytes(), "commitment")
@@ -129,9 +141,10 @@ class Commitment:
     def to_dict(self) -> dict[str, Any]:
         return {
             "type": "commitment",
-            "version": 1,
+            "version": COMMITMENT_VERSION,
             "job_id": self.job_id.hex(),
             "spec": self.spec.to_dict(),
+            "provider": self.provider,
             "root": self.root.hex(),
             "worker": b58encode(self.worker),
             "fingerprint": dict(self.fingerprint),
@@ -145,7 +158,7 @@ class Commitment:
     @classmethod
     def from_json(cls, text: str | bytes) -> Commitment:
         """Parse and check: the job id must match the spec and the signature must verify."""
-        d = F.load_record_json(text, "commitment")
+        d = F.load_record_json(text, "commitment", version=COMMITMENT_VERSION)
         F.known_fields(d, "commitment", _fields_of(cls, "job_id"))
         spec = JobSpec.from_dict(F.get(d, "spec", dict, "commitment"))
         if not spec.resolved:
@@ -161,6 +174,7 @@ class Commitment:
             fingerprint=F.get(d, "fingerprint", dict, "commitment"),
             environment=F.get(d, "environment", dict, "commitment"),
             signature=F.signature(F.get(d, "signature", str, "commitment"), "commitment.signature"),
+            provider=F.get(d, "provider", str, "commitment"),
         )
         c.verify_signature()
         return c
@@ -510,5 +524,6 @@ class Verdict:
         return v
 
 
-__all__ = ["BEACON_SOURCE_RE", "CHALLENGE_DOMAIN", "CHALLENGE_VERSION", "COMMITMENT_DOMAIN", "VERDICT_DOMAIN",
+__all__ = ["BEACON_SOURCE_RE", "CHALLENGE_DOMAIN", "CHALLENGE_VERSION", "COMMITMENT_DOMAIN", "COMMITMENT_VERSION",
+           "VERDICT_DOMAIN",
            "VERDICT_VERSION", "Challenge", "Commitment", "Outcome", "Verdict", "meta_hash", "parse_beacon"]
