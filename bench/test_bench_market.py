@@ -25,7 +25,7 @@ from pocv.market.backend import Backend, LiteSVMBackend
 from pocv.market.escrow import Escrow, JobTerms, create_nonce, find_commit
 from pocv.market.rpc import RpcBackend
 from pocv.market.tokens import create_mint, fund
-from pocv.records import Outcome, Verdict
+from pocv.testing.market import stand_in_verdict
 from pocv.testing.rpc import LoopbackServer
 
 pytestmark = pytest.mark.bench
@@ -62,9 +62,8 @@ class Parties:
             outs.append(self.escrow.timeout(t, consumer=self.c, worker=self.w))
         else:
             beacon = self.escrow.beacon(t)
-            v = Verdict.create(job_id=t.job_id, root=root, beacon=beacon.value, kernel=t.kernel,
-                               outcomes=[Outcome(1, "OK" if result == "PASS" else "MISMATCH", "")],
-                               cheat_fraction=0.1, key=self.v)
+            v = stand_in_verdict(job_id=t.job_id, root=root, beacon=beacon.value, kernel=t.kernel, key=self.v,
+                                 ok=result == "PASS")
             outs.append(self.escrow.settle(t, root=root, verdict=v, verifier=self.v,
                                            cosigner=self.w if result == "PASS" else self.c))
         assert all(o.ok for o in outs), [o.error for o in outs]
@@ -111,8 +110,7 @@ def test_costs_per_transaction(build: str) -> None:
     root = os.urandom(32)
     p.escrow.commit(t, root, p.w)
     assert find_commit(be, t) is not None
-    v = Verdict.create(job_id=t.job_id, root=root, beacon=bytes(32), kernel=t.kernel, outcomes=[Outcome(1, "OK", "")],
-                       cheat_fraction=0.1, key=p.v)
+    v = stand_in_verdict(job_id=t.job_id, root=root, beacon=bytes(32), kernel=t.kernel, key=p.v)
     tx = p.escrow.start_settlement(t, root=root, verdict=v, key=p.v, nonce_account=nonce)
     o = p.escrow.submit(p.escrow.cosign_settlement(tx, t, root=root, verdict=v, key=p.w, nonce_account=nonce))
     assert o.ok

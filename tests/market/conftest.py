@@ -13,7 +13,8 @@ from pocv.market import programs as P
 from pocv.market.backend import LiteSVMBackend
 from pocv.market.escrow import Escrow, EscrowAddresses, JobTerms
 from pocv.market.tokens import create_mint, fund, token_balance
-from pocv.records import Outcome, Verdict
+from pocv.records import Verdict
+from pocv.testing.market import stand_in_verdict
 
 TOKENS = 1_000_000_000
 LAMPORTS = 10_000_000_000
@@ -38,9 +39,8 @@ class World:
 
     def verdict(self, terms: JobTerms, root: bytes, *, ok: bool = True, key: Keypair | None = None,
                 beacon: bytes | None = None) -> Verdict:
-        return Verdict.create(job_id=terms.job_id, root=root, beacon=beacon or os.urandom(32), kernel=terms.kernel,
-                              outcomes=[Outcome(3, "OK" if ok else "MISMATCH", "")], cheat_fraction=0.1,
-                              key=key or self.verifier)
+        return stand_in_verdict(job_id=terms.job_id, root=root, beacon=beacon or os.urandom(32), kernel=terms.kernel,
+                                key=key or self.verifier, ok=ok)
 
     def tokens(self, who: Keypair | Pubkey) -> int:
         pk = who if isinstance(who, Pubkey) else who.pubkey()

@@ -12,8 +12,8 @@ import pytest
 from solders.keypair import Keypair
 
 from pocv.cli import main
-from pocv.records import Outcome, Verdict
 from pocv.store import load_keypair
+from pocv.testing.market import stand_in_verdict
 
 
 @pytest.fixture
@@ -43,9 +43,8 @@ def cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Any:
 
 
 def _verdict(tmp: Path, job: str, root: str, beacon: str, key: str, ok: bool) -> str:
-    v = Verdict.create(job_id=bytes.fromhex(job), root=bytes.fromhex(root), beacon=bytes.fromhex(beacon),
-                       kernel="gemm-int8@1", outcomes=[Outcome(2, "OK" if ok else "MISMATCH", "")],
-                       cheat_fraction=0.1, key=load_keypair(key))
+    v = stand_in_verdict(job_id=bytes.fromhex(job), root=bytes.fromhex(root), beacon=bytes.fromhex(beacon),
+                         kernel="gemm-int8@1", key=load_keypair(key), ok=ok)
     p = tmp / f"verdict-{job[:8]}.json"
     p.write_text(v.to_json())
     return str(p)

@@ -7,6 +7,7 @@ import re
 
 from pocv.kernels import resolve_spec
 from pocv.market.demo import run_market_demo
+from pocv.testing.market import stand_in_verdict
 
 
 def test_demo_round_pays_honest_and_slashes_cheater() -> None:
@@ -30,7 +31,7 @@ def test_demo_with_engine_callbacks_gets_the_chain_beacon() -> None:
     from solders.keypair import Keypair
 
     from pocv.jobs import JobSpec
-    from pocv.records import Commitment, Outcome, Verdict
+    from pocv.records import Commitment, Verdict
 
     seen: list[tuple[bytes, str]] = []
 
@@ -40,8 +41,7 @@ def test_demo_with_engine_callbacks_gets_the_chain_beacon() -> None:
     def verify(c: Commitment, beacon: bytes, source: str, key: Keypair) -> Verdict:
         seen.append((beacon, source))
         ok = c.root == b"\x01" * 32
-        return Verdict.create(job_id=c.job_id, root=c.root, beacon=beacon, kernel=c.spec.kernel_ref,
-                              outcomes=[Outcome(1, "OK" if ok else "MISMATCH", "")], cheat_fraction=0.1, key=key)
+        return stand_in_verdict(job_id=c.job_id, root=c.root, beacon=beacon, kernel=c.spec.kernel_ref, key=key, ok=ok)
 
     r = run_market_demo(commit=commit, verify=verify)
     assert r["ok"] and not r["stand_in"]

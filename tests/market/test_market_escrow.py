@@ -30,6 +30,7 @@ from pocv.market.escrow import (
     settle_instructions,
     sign_and_send,
 )
+from pocv.records import Outcome, Verdict
 from tests.market.conftest import World
 
 FEE = 5_000  # lamports per signature
@@ -511,3 +512,22 @@ def test_a_strangers_gift_to_the_vault_blocks_nothing(fast_world: World) -> None
     job = Indexer(w.backend, w.mint).job(t.job_id)
     assert job is not None and job.status == "PASS" and job.paid == {"worker": 1_507}
     assert len(job.anomalies) == 1 and "without a pocv memo" in job.anomalies[0]
+
+
+def test_a_verdict_must_have_checked_enough_and_be_evidence(fast_world: World) -> None:
+    # issue 15 class 4: settlement checks that the verdict reaches the terms' confidence, and that
+    # a FAIL is evidence against the worker (a bundle it signed), not a relay's corruption
+    w = fast_world
+    t = w.terms()
+    r = w.post_and_commit(t)
+    thin = Verdict.create(job_id=t.job_id, root=r, beacon=bytes(32), kernel=t.kernel, outcomes=[Outcome(3, "OK")],
+                          cheat_fraction=0.1, key=w.verifier, steps=200)
+    with pytest.raises(SettlementError, match="checked too little"):
+        w.escrow.settle(t, root=r, verdict=thin, verifier=w.verifier, cosigner=w.worker)
+    unsigned = Verdict.create(job_id=t.job_id, root=r, beacon=bytes(32), kernel=t.kernel,
+                              outcomes=[Outcome(i, "MISMATCH" if i == 1 else "OK") for i in range(1, 5)],
+                              cheat_fraction=0.1, key=w.verifier, steps=4, bundle=bytes([1]) * 32,
+                              bundle_signed=False)
+    with pytest.raises(SettlementError, match="not evidence"):
+        w.escrow.settle(t, root=r, verdict=unsigned, verifier=w.verifier, cosigner=w.consumer)
+    assert w.vault_tokens(t) is not None  # nothing moved

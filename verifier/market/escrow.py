@@ -349,12 +349,21 @@ def check_escrow(backend: Backend, terms: JobTerms, *, min_amount: int | None = 
 
 
 def check_verdict(terms: JobTerms, root: bytes, verdict: Verdict) -> None:
-    """A verdict counts only when signed by this job's registered verifier, for this job and root."""
+    """A verdict counts only when signed by this job's registered verifier, for this job and root;
+    a PASS only when its detection (exact, for its distinct steps) reaches the terms' confidence;
+    a FAIL only when it is evidence against the worker (a signed bundle, or a refusal)."""
     verdict.verify_signature(expected_verifier=bytes(terms.verifier))
     if verdict.job_id != terms.job_id:
         raise SettlementError(f"verdict is for job {verdict.job_id.hex()}, expected {terms.job_id.hex()}")
     if verdict.root != root:
         raise SettlementError(f"verdict is for root {verdict.root.hex()}, expected the committed root {root.hex()}")
+    if verdict.passed and verdict.detection * 1_000_000 < terms.confidence_ppm - 1e-6:
+        raise SettlementError(f"the verdict checked too little: detection {verdict.detection:.6f} for its "
+                              f"{len(verdict.outcomes)} distinct steps, the terms ask for "
+                              f"{terms.confidence_ppm / 1_000_000:.6f}")
+    if not verdict.is_evidence:
+        raise SettlementError("a FAIL on a response bundle the worker did not sign is not evidence (possibly "
+                              "corrupted in transit): fetch the bundle again and judge it anew")
 
 
 def verdict_digest(verdict: Verdict) -> bytes:

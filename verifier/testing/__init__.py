@@ -68,6 +68,7 @@ __all__ = [
     "skip",
     "stand_in_commit",
     "stand_in_root",
+    "stand_in_verdict",
     "stand_in_verify",
     "stop_early",
     "strategies_for",
@@ -134,5 +135,5 @@ if TYPE_CHECKING:  # the same names, for type checkers and IDEs
         timeout,
         wrong_version,
     )
-    from pocv.testing.market import stand_in_commit, stand_in_root, stand_in_verify
+    from pocv.testing.market import stand_in_commit, stand_in_root, stand_in_verdict, stand_in_verify
     from pocv.testing.rpc import LoopbackRpc, LoopbackServer

@@ -36,11 +36,20 @@ def stand_in_verify(commitment: Commitment, beacon: bytes, source: str, key: Sig
     """Stand-in for the verifier: a signed PASS iff the root is :func:`stand_in_root` (nothing is
     recomputed; the one outcome's step is drawn from the beacon)."""
     ok = commitment.root == stand_in_root(commitment.spec)
-    outcomes = [Outcome(1 + int.from_bytes(beacon[:4], "little") % commitment.steps,
-                        Reason.OK if ok else Reason.MISMATCH,
-                        "" if ok else "stand-in: root differs from the reference run")]
-    return Verdict.create(job_id=commitment.job_id, root=commitment.root, beacon=beacon,
-                          kernel=commitment.spec.kernel_ref, outcomes=outcomes, cheat_fraction=0.1, key=key)
+    return stand_in_verdict(job_id=commitment.job_id, root=commitment.root, beacon=beacon,
+                            kernel=commitment.spec.kernel_ref, key=key, ok=ok, steps=commitment.steps)
 
 
-__all__ = ["stand_in_commit", "stand_in_root", "stand_in_verify"]
+def stand_in_verdict(*, job_id: bytes, root: bytes, beacon: bytes, kernel: str, key: Signer, ok: bool = True,
+                     steps: int = 4) -> Verdict:
+    """A verdict that settles like a real one: every one of ``steps`` steps checked (detection 1),
+    the first a MISMATCH unless ``ok``, and a FAIL on a bundle the worker signed (evidence)."""
+    outcomes = [Outcome(i, Reason.MISMATCH if (i == 1 and not ok) else Reason.OK,
+                        "stand-in: a recomputed state differs" if (i == 1 and not ok) else "")
+                for i in range(1, steps + 1)]
+    return Verdict.create(job_id=job_id, root=root, beacon=beacon, kernel=kernel, outcomes=outcomes,
+                          cheat_fraction=0.1, key=key, steps=steps,
+                          bundle=blake3(b"stand-in bundle" + root).digest(), bundle_signed=True)
+
+
+__all__ = ["stand_in_commit", "stand_in_root", "stand_in_verdict", "stand_in_verify"]
