@@ -14,6 +14,7 @@ never carry a real name.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import random
@@ -24,6 +25,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 from solders.keypair import Keypair
 
 from pocv import JobSpec, Prover, Verifier
@@ -35,7 +37,28 @@ from pocv.merkle import MerkleTree
 from pocv.records import Commitment, Verdict
 from pocv.store import save_keypair
 
-SPEC = resolve_spec(JobSpec(kernel="gemm-int8", steps=300, seed=3, params={"n": 512, "layers": 6}))  # ~2-3 s of steps on 2 cores
+#: the job's steps should take about this long on this machine, so kills land mid-run
+TARGET_RUN_S = 2.5
+STEPS = 300
+
+
+@functools.cache
+def _spec() -> JobSpec:
+    """gemm-int8 sized to this machine: int8 matmuls run ~100x faster with AVX-512 VNNI than
+    without, so a fixed size is either over before a kill lands or minutes long (a timeout)."""
+    a = torch.randint(-128, 127, (512, 512), dtype=torch.int8)
+    torch._int_mm(a, a)  # warm up
+    t0 = time.perf_counter()
+    torch._int_mm(a, a)
+    t512 = max(time.perf_counter() - t0, 1e-6)
+    per_step = TARGET_RUN_S / STEPS
+    if t512 <= per_step:
+        n, layers = 512, max(1, min(6, round(per_step / t512)))
+    else:
+        n, layers = max(16, int(512 * (per_step / t512) ** (1 / 3)) // 16 * 16), 1
+    return resolve_spec(JobSpec(kernel="gemm-int8", steps=STEPS, seed=3, params={"n": n, "layers": layers}))
+
+
 EVERY = 8
 #: how long a killed process may take to die, and the longest a resumed run may take
 PROCESS_TIMEOUT_S = 300
@@ -89,7 +112,7 @@ def kill_run_repeatedly(d: Path, kills: int, rng: random.Random) -> tuple[Commit
     trace = d / "trace"
     seen: list[dict[str, int]] = []
     for _ in range(kills):
-        if check_trace(trace)["leaves"] == SPEC.steps + 1 and (trace / "commitment.json").exists():
+        if check_trace(trace)["leaves"] == _spec().steps + 1 and (trace / "commitment.json").exists():
             break  # the run completed between kills: nothing left to interrupt
         proc = subprocess.Popen(pocv_cmd("run", d / "job.json", "--trace", trace, "-k", d / "w.json",
                                          "--checkpoint-every", EVERY, "-q"),
@@ -98,8 +121,8 @@ def kill_run_repeatedly(d: Path, kills: int, rng: random.Random) -> tuple[Commit
         if rng.random() < 0.2:  # early: start-up (imports ~1-3 s), creating the trace, the first steps
             time.sleep(rng.uniform(0.0, 1.5))
         else:  # in the middle of the computation, at a random step a bit further than before
-            left = SPEC.steps + 1 - done
-            target = done + rng.randint(1, max(1, left // 6)) if left > 0 else SPEC.steps + 1
+            left = _spec().steps + 1 - done
+            target = done + rng.randint(1, max(1, left // 6)) if left > 0 else _spec().steps + 1
             _wait_for_leaves(trace, target, proc, time.monotonic() + 120)
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=PROCESS_TIMEOUT_S)
@@ -108,7 +131,7 @@ def kill_run_repeatedly(d: Path, kills: int, rng: random.Random) -> tuple[Commit
                                 "--checkpoint-every", EVERY, "-q"), capture_output=True, timeout=PROCESS_TIMEOUT_S)
     assert r.returncode == 0, r.stderr
     final = check_trace(trace)
-    assert final["leaves"] == SPEC.steps + 1 and final["checkpoints"] == SPEC.steps // EVERY + 1
+    assert final["leaves"] == _spec().steps + 1 and final["checkpoints"] == _spec().steps // EVERY + 1
     c = Commitment.from_json(r.stdout)
     assert Commitment.from_json((trace / "commitment.json").read_bytes()) == c
     assert MerkleTree((trace / "leaves.bin").read_bytes()).root == c.root
@@ -137,11 +160,11 @@ def kill_output_repeatedly(cmd: list[str], out: Path, kills: int, rng: random.Ra
 def reference(tmp_path_factory) -> Commitment:
     """The uninterrupted run, in-process, with the same key (so the signed record is identical)."""
     key = Keypair.from_seed(bytes([21]) * 32)
-    return Prover(trace_dir=tmp_path_factory.mktemp("ref") / "t", key=key, checkpoint_every=EVERY).run(SPEC)
+    return Prover(trace_dir=tmp_path_factory.mktemp("ref") / "t", key=key, checkpoint_every=EVERY).run(_spec())
 
 
 def _setup(d: Path) -> None:
-    (d / "job.json").write_text(SPEC.to_json())
+    (d / "job.json").write_text(_spec().to_json())
     save_keypair(Keypair.from_seed(bytes([21]) * 32), d / "w.json")
     save_keypair(Keypair.from_seed(bytes([22]) * 32), d / "v.json")
 
@@ -152,7 +175,7 @@ def _crash_and_resume(d: Path, reference: Commitment, *, run_kills: int, respond
     _setup(d)
     c, seen = kill_run_repeatedly(d, run_kills, rng)
     assert c.root == reference.root  # resumed: the same root as the uninterrupted run
-    assert any(0 < s["leaves"] < SPEC.steps + 1 for s in seen) or run_kills == 0  # some kills landed mid-run
+    assert any(0 < s["leaves"] < _spec().steps + 1 for s in seen) or run_kills == 0  # some kills landed mid-run
     (d / "commitment.json").write_text(c.to_json())
     ch = Verifier(key=Keypair.from_seed(bytes([22]) * 32)).challenge(c, beacon=bytes([0xCD]) * 32, k=20)
     (d / "challenge.json").write_text(ch.to_json())
@@ -184,7 +207,7 @@ def test_sigkill_during_run_respond_and_verify(tmp_path, reference) -> None:
 @pytest.mark.parametrize("seed", [2, 3])
 def test_sigkill_many_times(tmp_path, reference, seed: int, capsys) -> None:
     stats = _crash_and_resume(tmp_path, reference, run_kills=15, respond_kills=8, verify_kills=6, seed=seed)
-    mid_run = [s["leaves"] for s in stats["run_kills"] if 0 < s["leaves"] < SPEC.steps + 1]  # type: ignore[attr-defined]
+    mid_run = [s["leaves"] for s in stats["run_kills"] if 0 < s["leaves"] < _spec().steps + 1]  # type: ignore[attr-defined]
     assert len(mid_run) >= 5, stats["run_kills"]  # the rest land at start-up or after the last leaf
     with capsys.disabled():
         print(f"\ncrash safety (seed {seed}): run killed at leaves "
