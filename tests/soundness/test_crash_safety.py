@@ -180,10 +180,9 @@ def _crash_and_resume(d: Path, reference: Commitment, *, run_kills: int, respond
     ch = Verifier(key=Keypair.from_seed(bytes([22]) * 32)).challenge(c, beacon=bytes([0xCD]) * 32, k=20)
     (d / "challenge.json").write_text(ch.to_json())
     bundle = d / "response.pocv"
-    resp_stats = kill_output_repeatedly(pocv_cmd("respond", d / "trace", d / "challenge.json", "-o", bundle),
-                                        bundle, respond_kills, rng, Response.from_bytes)
-    r = subprocess.run(pocv_cmd("respond", d / "trace", d / "challenge.json", "-o", bundle), capture_output=True,
-                       timeout=PROCESS_TIMEOUT_S)
+    respond = pocv_cmd("respond", d / "trace", d / "challenge.json", "-k", d / "w.json", "-o", bundle)
+    resp_stats = kill_output_repeatedly(respond, bundle, respond_kills, rng, Response.from_bytes)
+    r = subprocess.run(respond, capture_output=True, timeout=PROCESS_TIMEOUT_S)
     assert r.returncode == 0, r.stderr
     verdict_path = d / "verdict.json"
     verify = pocv_cmd("verify", d / "commitment.json", d / "challenge.json", bundle, "-k", d / "v.json",
