@@ -133,3 +133,57 @@ def test_the_size_bound_is_the_largest_honest_answer(job) -> None:
     honest = prover.respond(ch)
     e = Expected(job_id=c.job_id, root=c.root, tree_size=c.tree_size, state_bytes=STATE, indices=ch.indices)
     assert len(honest.to_bytes()) <= e.max_bundle_bytes() < len(honest.to_bytes()) + 64 * 32
+
+
+_RSS_PROBE = """
+import resource, sys
+from pathlib import Path
+from solders.keypair import Keypair
+from pocv import Commitment, Challenge, Verifier
+d = Path(sys.argv[1])
+c = Commitment.from_json((d / "c.json").read_text())
+ch = Challenge.from_json((d / "ch.json").read_text())
+v = Verifier(key=Keypair.from_seed(bytes([2]) * 32))
+v.check(c, ch, None)  # everything imported and warmed: the baseline
+base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+if sys.argv[2] != "-":
+    with open(sys.argv[2], "rb") as f:
+        verdict = v.check(c, ch, f)
+print(base, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+"""
+
+
+def test_peak_rss_of_the_verifier_on_the_worst_bundles(tmp_path: Path) -> None:
+    # the issue's bounds, on the process's peak RSS (torch's and numpy's memory included):
+    # any bundle <= (2k+1) x state + 64 MiB above the warmed-up verifier, a lying one <= 64 MiB.
+    # 16 MiB states: a bundle opening all 9 of them (144 MiB) would break the bound if it were read.
+    import subprocess
+    import sys
+
+    spec = resolve_spec(JobSpec(kernel="heat2d", steps=8, seed=2, params={"n": 2048, "substeps": 1}))
+    state = encoded_size(kernel_for(spec).schema(spec))
+    assert state >= 16 << 20
+    prover = Prover(trace_dir=tmp_path / "trace", key=Keypair.from_seed(bytes([1]) * 32), checkpoint_every=1)
+    c = prover.run(spec)
+    ch = Verifier(key=Keypair.from_seed(bytes([2]) * 32)).challenge(c, beacon=bytes([9]) * 32, k=2)
+    (tmp_path / "c.json").write_text(c.to_json())
+    (tmp_path / "ch.json").write_text(ch.to_json())
+    honest = prover.respond(ch)
+    (tmp_path / "honest.pocv").write_bytes(honest.to_bytes())
+    states, proof = prover.open(range(c.tree_size))
+    fat = Response(job_id=c.job_id, root=c.root, tree_size=c.tree_size, indices=ch.indices, states=states,
+                   proof=tuple(proof))
+    (tmp_path / "fat.pocv").write_bytes(fat.to_bytes())
+    head = honest.to_bytes()[: -4 - 32 * len(honest.proof) - 96]
+    with (tmp_path / "sparse.pocv").open("wb") as f:
+        f.write(head + struct.pack("<I", MAX_PROOF_HASHES))
+        f.truncate(len(head) + 4 + 32 * MAX_PROOF_HASHES + 96)
+    mib = 1024  # ru_maxrss is in KiB
+    opened = len(Response.opened_leaves(ch.indices))
+    assert (tmp_path / "fat.pocv").stat().st_size > 128 << 20
+    for name, bound in (("honest.pocv", opened * state // 1024 + 64 * mib), ("fat.pocv", 64 * mib),
+                        ("sparse.pocv", 64 * mib)):
+        out = subprocess.run([sys.executable, "-c", _RSS_PROBE, str(tmp_path), str(tmp_path / name)],
+                             capture_output=True, text=True, check=True, timeout=600)
+        base, peak = map(int, out.stdout.split())
+        assert peak - base <= bound, f"{name}: {peak - base} KiB above the warmed verifier, bound {bound} KiB"
