@@ -35,7 +35,7 @@ from pocv.kernels import resolve_spec
 from pocv.limits import DIGEST_SIZE
 from pocv.merkle import MerkleTree
 from pocv.records import Commitment, Verdict
-from pocv.store import save_keypair
+from pocv.store import load_response, save_keypair
 
 #: the job's steps should take about this long on this machine, so kills land mid-run
 TARGET_RUN_S = 2.5
@@ -191,7 +191,7 @@ def _crash_and_resume(d: Path, reference: Commitment, *, run_kills: int, respond
     r = subprocess.run(verify, capture_output=True, timeout=PROCESS_TIMEOUT_S)
     assert r.returncode == 0, r.stderr
     assert Verdict.from_json(verdict_path.read_bytes()).passed
-    assert Response.load(bundle).indices == ch.indices
+    assert load_response(bundle).indices == ch.indices
     tmp_left = sum(1 for p in d.rglob("*.tmp"))
     return {"run_kills": seen, "respond": resp_stats, "verify": verify_stats, "tmp_left": tmp_left}
 
