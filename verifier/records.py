@@ -408,10 +408,17 @@ class Verdict:
     @property
     def is_evidence(self) -> bool:
         """Whether this verdict holds against the worker: a PASS, a FAIL on a bundle the
-        committing worker signed, or a refusal (no bundle came). A FAIL on an unsigned or
+        committing worker signed, a referee's pinned verdict, or a refusal (no bundle came). A FAIL on an unsigned or
         mis-signed bundle may be a relay's corruption: a transport failure to retry."""
-        return (self.passed or self.bundle_signed
+        return (self.passed or self.bundle_signed or self.pinned
                 or all(o.reason is Reason.REFUSED for o in self.failures))
+
+    @property
+    def pinned(self) -> bool:
+        """A referee's verdict (a dispute's first divergent step, or an equivocation): the step
+        was pinned against the worker's own signed roots, not sampled (f = 1, steps unrecorded).
+        Its openings are tied to the signed root by Merkle proofs (docs/protocol.md §11, §13.3)."""
+        return self.cheat_fraction == 1 and self.steps == 0
 
     def signing_bytes(self) -> bytes:
         ref = self.kernel.encode()
