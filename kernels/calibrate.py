@@ -30,11 +30,12 @@ Command line (the lead wires it to ``pocv calibrate``)::
 from __future__ import annotations
 
 import argparse
+import contextvars
 import json
 import math
 import platform
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Final
 
 import numpy as np
@@ -139,11 +140,31 @@ def calibrate(
     params: dict[str, ParamValue] | None = None,
     margin: float = 4.0,
     artifacts: ArtifactSource | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> dict[str, Any]:
     """Measure honest deviation of ``kernel_name`` (see the module docstring); a JSON-able dict.
-    ``artifacts``: the store the job's artifacts (a data set, weights) are resolved in."""
-    with use_artifacts(artifacts):
-        return _calibrate(kernel_name, trials=trials, max_walk=max_walk, seed=seed, params=params, margin=margin)
+    ``artifacts``: the store the job's artifacts (a data set, weights) are resolved in;
+    ``progress(done, total)`` is called after each trial."""
+    token = _PROGRESS.set(progress)
+    try:
+        with use_artifacts(artifacts):
+            report = _calibrate(kernel_name, trials=trials, max_walk=max_walk, seed=seed, params=params,
+                                margin=margin)
+        _tick(trials, trials)
+        return report
+    finally:
+        _PROGRESS.reset(token)
+
+
+#: the progress callback of the calibrate() call in progress (the trial loops report to it)
+_PROGRESS: contextvars.ContextVar[Callable[[int, int], None] | None] = contextvars.ContextVar(
+    "pocv_calibrate_progress", default=None)
+
+
+def _tick(done: int, total: int) -> None:
+    report = _PROGRESS.get()
+    if report is not None:
+        report(done, total)
 
 
 def _calibrate(kernel_name: str, *, trials: int, max_walk: int, seed: int, params: dict[str, ParamValue] | None,
@@ -178,6 +199,8 @@ def _calibrate(kernel_name: str, *, trials: int, max_walk: int, seed: int, param
     if kernel.mode == "exact":
         mismatches: dict[str, int] = dict.fromkeys(names[1:], 0)
         for trial in range(trials):
+            if trial:
+                _tick(trial, trials)
             spec, state, i = _walked(kernel, _spec(kernel_name, seed + trial, params), rng, max_walk)
             digests = {n: state_digest(f(state, i, spec)) for n, f in honest.items()}
             for n in names[1:]:
@@ -205,6 +228,8 @@ def _calibrate(kernel_name: str, *, trials: int, max_walk: int, seed: int, param
     by_verify = bool(getattr(kernel, "calibrate_with_verify_step", False))
     discrete = 0
     for trial in range(trials):
+        if trial:
+            _tick(trial, trials)
         spec, state, i = _walked(kernel, _spec(kernel_name, seed + trial, params), rng, max_walk)
         outs = {n: f(state, i, spec) for n, f in honest.items()}
         for a in names:
@@ -280,6 +305,8 @@ def _by_record(kernel: Any, kernel_name: str, honest: dict[str, Any], downgrades
     by_pair: dict[str, float] = {}
     samples: list[tuple[dict[str, float], dict[str, dict[str, float]]]] = []  # per trial: honest max, downgrade max
     for trial in range(trials):
+        if trial:
+            _tick(trial, trials)
         spec, state, i = _walked(kernel, _spec(kernel_name, seed + trial, params), rng, max_walk)
         outs = {n: f(state, i, spec) for n, f in honest.items()}
         worst: dict[str, float] = {}

@@ -120,3 +120,10 @@ def test_calibrate_includes_the_gpu_and_finds_no_false_fail() -> None:
     e = calibrate("gemm-fp32-exact", trials=2, params={"n": 64}, max_walk=2, seed=7)
     assert "device cuda:0" in e["variants"]
     assert all(v == 0 for v in e["digest_mismatches"].values()), e
+
+
+def test_calibrate_reports_progress_per_trial() -> None:
+    seen: list[tuple[int, int]] = []
+    calibrate("gemm-int8", trials=3, params={"n": 16, "layers": 1}, max_walk=1, seed=1,
+              progress=lambda d, n: seen.append((d, n)))
+    assert seen == [(1, 3), (2, 3), (3, 3)]
