@@ -1,4 +1,4 @@
-"""Bisection disputes between two commitments of the same job (DESIGN.md section 6).
+"""Bisection disputes between two commitments of the same job (docs/protocol.md §11).
 
 Two workers committed to the same job id with different roots. Both trees have ``n + 1``
 leaves (``s_0 .. s_n``) and the same shape, so a referee can find the *first* step where they
