@@ -59,6 +59,8 @@ EXPECTED: dict[str, str] = {
     "gpu": "needs a CUDA GPU; skipped on machines without one",
     "toploc": "needs `toploc` (the bench extra: `pip install -e '.[bench]'`)",
     "ezkl": "needs `ezkl` (the bench extra: `pip install -e '.[bench]'`)",
+    "worker": "`pocv bench --suite worker` (bench/test_bench_worker.py)",
+    "merkle_scale": "`pocv bench --suite merkle` (needs pymerkle: the bench extra)",
 }
 
 #: targets of the core suite (bench/test_bench_core.py; docs/protocol.md §5, §9)
@@ -174,6 +176,8 @@ class Section:
     reading: list[str] = field(default_factory=list)
     link_prefix: str = ""  # the results directory as seen from the report (plots live beside the JSON)
     raw_machine: dict[str, Any] = field(default_factory=dict)
+    #: markdown lines this section puts at the top of the report (the worker's whole cost)
+    headline: list[str] = field(default_factory=list)
 
     def add_figures(self, figs: list[Figure], *, label: str = "figure", heading: str | None = None) -> None:
         if heading:
@@ -640,6 +644,12 @@ def _kernel_reading(sec: Section, steps: dict[str, Any], exact: dict[str, Any], 
                            + (" — above the 5% target in this run." if worst > KERNEL_FREIVALDS_RATIO else "."))
 
 
+#: issue 16: state_digest / raw BLAKE3 on the same bytes, at 4 KiB (one thread) and from 1 MiB (one
+#: thread below 16 MiB, all cores from 16 MiB, where the digest itself hashes on all cores)
+HASH_SMALL_TARGET = 0.5
+HASH_LARGE_TARGET = 0.9
+
+
 def render_hashing(sec: Section, data: dict[str, Any], plot: Plotter) -> None:
     sec.title = "State hashing vs memory bandwidth (`hashing`)"
     rows_in = sorted((v for k, v in data.items() if k.startswith("size/") and isinstance(v, dict)),
@@ -651,6 +661,20 @@ def render_hashing(sec: Section, data: dict[str, Any], plot: Plotter) -> None:
     for v in rows_in:
         g = v.get("gbps") or {}
         rows.append([_size(v.get("bytes")), *[g.get(c) for c in cases], v.get("digest_over_memcpy")])
+    figs: list[Figure] = []
+    for v in rows_in:  # issue 16: the digest at the hash's own speed
+        size = _num(v.get("bytes")) or 0
+        if size <= 4 * 2**10:
+            figs.append(Figure(f"{_size(size)}: state_digest / blake3 1 thread", v.get("digest_over_blake3_1thread"),
+                               HASH_SMALL_TARGET, ">="))
+        elif 2**20 <= size < 16 * 2**20:
+            figs.append(Figure(f"{_size(size)}: state_digest / blake3 1 thread", v.get("digest_over_blake3_1thread"),
+                               HASH_LARGE_TARGET, ">="))
+        elif size >= 16 * 2**20:
+            figs.append(Figure(f"{_size(size)}: state_digest / blake3 all cores", v.get("digest_over_blake3_all_cores"),
+                               HASH_LARGE_TARGET, ">="))
+    if figs:
+        sec.add_figures(figs, heading="the state digest against raw BLAKE3 on the same bytes (issue 16)")
     sec.blocks.append("GB/s per operation on the same bytes, best of interleaved rounds; the last column is "
                       "state_digest throughput / memcpy throughput (1 = hashing as fast as copying).")
     sec.blocks.append(table(["size", "memcpy GB/s", "read GB/s", "state_digest GB/s", "blake3 1 thread GB/s",
@@ -774,6 +798,128 @@ def render_scaling(sec: Section, data: dict[str, Any], plot: Plotter) -> None:
             ax2.legend(fontsize=7)
 
 
+#: issue 16 targets of the worker suite (bench/test_bench_worker.py)
+WORKER_RUN_TARGET = 1.02  # run + commit / bare run, in-run, every built-in kernel at its default size
+WORKER_RESPOND_TARGET = 0.05  # respond / run at the default checkpoint policy
+#: published overheads of related systems, as the issue quotes them (not measured here)
+WORKER_ANCHORS: list[tuple[str, str, str]] = [
+    ("EigenAI", "< 2%", "bit-exact inference"),
+    ("TAO", "+0.3%", "overhead as quoted in issue 16"),
+    ("CommitLLM", "12-14%", "tracing"),
+]
+
+
+def render_worker(sec: Section, data: dict[str, Any], plot: Plotter) -> None:
+    sec.title = "The worker's whole cost and the verifier's (`worker`)"
+    rows, answer_rows, figs, head_rows = [], [], [], []
+    whole: dict[str, float] = {}
+    curves: dict[str, list[tuple[int, float | None, float | None]]] = {}
+    for key, v in sorted(data.items()):
+        if key == "machine" or not key.startswith("worker/") or not isinstance(v, dict):
+            continue
+        kernel = key.partition("/")[2]
+        params = ", ".join(f"{k}={p}" for k, p in v.get("params", {}).items())
+        c = str(v.get("default_c"))
+        resp = v.get("respond", {}).get(c, {})
+        f_run = Figure(f"{kernel}: run+commit / bare", v.get("ratio"), WORKER_RUN_TARGET, "<=")
+        f_resp = Figure(f"{kernel}: respond / run (c={c})", resp.get("respond_over_run"), WORKER_RESPOND_TARGET, "<=")
+        figs += [f_run, f_resp]
+        if (w := _num(v.get("whole_over_bare"))) is not None:
+            whole[kernel] = w
+        rows.append([kernel, params, v.get("steps"), v.get("state_bytes"), v.get("bare_s"), v.get("run_s"),
+                     v.get("ratio"), v.get("ratio_sync"), f"{v.get('default_policy')} (c={c})",
+                     resp.get("respond_over_run"), resp.get("disk_bytes"), v.get("whole_over_bare"),
+                     v.get("verifier_over_bare"), f_run.mark, f_resp.mark])
+        head_rows.append([kernel, v.get("whole_over_bare"), v.get("ratio"), v.get("cpu_ratio"), resp.get("respond_over_run"),
+                          f"{v.get('default_policy')}: c={c}, {_size(resp.get('disk_bytes'))}",
+                          v.get("verifier_over_bare"),
+                          f"{params}; {v.get('steps')} steps, k = {v.get('k')}"
+                          + (f"; load {fmt(v.get('load_avg_1m'), 2)} on {v.get('cores')} cores"
+                             if _num(v.get("load_avg_1m")) is not None else "")])
+        for ci, r in sorted(v.get("respond", {}).items(), key=lambda kv: int(kv[0])):
+            answer_rows.append([kernel, ci, r.get("respond_s"), r.get("respond_over_run"), r.get("checkpoints"),
+                                r.get("disk_bytes"), r.get("expected_recomputed_steps")])
+            curves.setdefault(kernel, []).append((int(ci), _num(r.get("respond_over_run")), _num(r.get("disk_bytes"))))
+    if not rows:
+        raise KeyError("no worker/* entries")
+    anchors = "; ".join(f"{n} {o}, {c}" for n, o, c in WORKER_ANCHORS)
+    if whole:
+        (lo_k, lo), (hi_k, hi) = _best_worst(whole)
+        sec.reading.append(f"A worker pays {fmt(lo, 3)}x ({lo_k}) to {fmt(hi, 3)}x ({hi_k}) the bare job for a "
+                           "verified job (run, commit and one answered challenge at the default checkpoint policy). "
+                           f"Published anchors, for comparison (their figures, not measured here): {anchors}. "
+                           "None of them asks the worker to recompute steps to answer a challenge.")
+    sec.headline += [
+        "## Headline: the worker's whole cost and the verifier's",
+        "",
+        f"Per built-in kernel ({describe_machine(data.get('machine'))}): what a worker pays for one verified job, "
+        "(run + commit + respond to one challenge at the default checkpoint policy) / the bare run, and what "
+        "the verifier pays, (check that response) / the bare run (it recomputes the k challenged steps). "
+        "Wall-clock ratios are interleaved runs, best of each; the CPU-time ratio (every thread of the process) "
+        "is what a machine with no idle core pays, and does not count time other processes held the cores. "
+        f"Anchors, their published overheads and conditions (not measured here): {anchors}. None of them "
+        "asks the worker to recompute steps to answer a challenge.",
+        "",
+        table(["kernel", "worker: (run + commit + respond) / bare", "run + commit / bare",
+               "run + commit / bare, CPU time", "respond / run",
+               "default policy, disk", "verifier / bare", "job"], head_rows),
+    ]
+    sec.blocks.append("**headline**: the worker's whole cost (run + commit + respond) / bare run, and the "
+                      "verifier's (check one response) / bare run, per kernel")
+    sec.blocks.append(table(["kernel", "params", "steps", "state bytes", "bare s", "run+commit s", "ratio",
+                             "ratio, synchronous commit", "default policy", "respond / run", "disk bytes",
+                             "worker whole / bare", "verifier / bare", "run target <= 1.02", "respond target <= 0.05"],
+                            rows))
+    sec.blocks.append("**answering one challenge (k = min(66, steps)) vs checkpoint interval c** (respond reads only the states "
+                      "at multiples of c from one trace that keeps every state; disk = checkpoints + leaves)")
+    sec.blocks.append(table(["kernel", "c", "respond s", "respond / run", "checkpoints", "disk bytes",
+                             "expected recomputed steps"], answer_rows))
+    sec.blocks.append(table(["system", "published overhead", "conditions"], [list(a) for a in WORKER_ANCHORS]))
+    sec.figures += figs
+    with plot.figure(sec, "respond-vs-c", ncols=2) as fa:
+        if fa:
+            ax_r, ax_d = fa[1]
+            for kernel, pts in sorted(curves.items()):
+                pts.sort()
+                rr = [(c, r) for c, r, _ in pts if r is not None]
+                dd = [(c, d / 2**20) for c, _, d in pts if d is not None]
+                if rr:
+                    ax_r.plot([p[0] for p in rr], [p[1] for p in rr], marker="o", label=kernel)
+                if dd:
+                    ax_d.plot([p[0] for p in dd], [p[1] for p in dd], marker="o", label=kernel)
+            ax_r.axhline(WORKER_RESPOND_TARGET, color="red", linestyle="--", linewidth=1, label="target 0.05")
+            for ax, ylabel, title in ((ax_r, "respond / run", "answering one challenge"),
+                                      (ax_d, "disk MiB (checkpoints + leaves)", "disk used")):
+                ax.set_xscale("log", base=2)
+                ax.set_xlabel("checkpoint interval c", fontsize=8)
+                ax.set_ylabel(ylabel, fontsize=8)
+                ax.set_title(title, fontsize=9)
+                ax.grid(alpha=0.3)
+                ax.legend(fontsize=6)
+
+
+def render_merkle_scale(sec: Section, data: dict[str, Any], plot: Plotter) -> None:
+    sec.title = "Merkle tree at scale and batch verification (`merkle_scale`)"
+    t = data.get("targets", {})
+    n = data.get("leaves")
+    figs = [Figure(f"build {n} leaves, pymerkle / pocv", data.get("build_ratio"), t.get("build_ratio"), ">="),
+            Figure(f"inclusion proof at {n} leaves, pymerkle / pocv", data.get("proof_ratio"), t.get("proof_ratio"),
+                   ">="),
+            Figure("verify 1,000 proofs: plain blake3 loop / verify_inclusions", data.get("verify_batch_over_plain"),
+                   t.get("verify_batch_over_plain"), ">="),
+            Figure("verify: plain blake3 loop / verify_inclusion (one proof a call)",
+                   data.get("verify_single_over_plain")),
+            Figure("verify: pymerkle / verify_inclusions", data.get("verify_batch_over_pymerkle"))]
+    sec.add_figures(figs)
+    sec.blocks.append(table(["what", "pocv", "pymerkle"], [
+        ["build ms (bytes input)", data.get("build_ms", {}).get("ours_bytes"), data.get("build_ms", {}).get("pymerkle")],
+        ["build ms (list input)", data.get("build_ms", {}).get("ours_list"), None],
+        ["inclusion proof us", data.get("proof_us", {}).get("ours"), data.get("proof_us", {}).get("pymerkle")],
+        ["verify us / proof (verify_inclusions)", data.get("verify_us", {}).get("verify_inclusions"),
+         data.get("verify_us", {}).get("pymerkle")],
+        ["verify us / proof (plain loop)", data.get("verify_us", {}).get("plain_loop"), None]]))
+
+
 #: file stem -> renderer for the suites whose layout is known
 RENDERERS: dict[str, Renderer] = {
     "core": render_core,
@@ -784,6 +930,8 @@ RENDERERS: dict[str, Renderer] = {
     "detection": render_detection,
     "hashing": render_hashing,
     "scaling": render_scaling,
+    "worker": render_worker,
+    "merkle_scale": render_merkle_scale,
 }
 
 
@@ -994,6 +1142,9 @@ def render(sections: list[Section], skipped: list[tuple[str, str]], plot: Plotte
           "typed by hand. Each section names the machine its figures came from; figures from different machines "
           "or runs are not comparable.", ""]
     md += _header(sections)
+    for s in sections:
+        if s.headline:
+            md += [*s.headline, ""]
     if sections:
         md += ["| suite | machine | targets met | missed |", "|---|---|---:|---:|"]
         md += [f"| [{_cell(s.suite)}](#{_anchor(s.title or s.suite)}) | {s.machine} | {s.met} | {s.missed} |"

@@ -9,7 +9,10 @@ For each size, side by side in one run (interleaved, best of several rounds):
   threaded from 16 MiB pieces up);
 - ``blake3 1 thread`` and ``blake3 all cores``: the library on the raw bytes.
 
-Figures are GB/s and the ratio state_digest / memcpy (1.0 = hashing as fast as copying).
+Figures are GB/s and the ratio state_digest / memcpy (1.0 = hashing as fast as copying), and
+(issue 16) state_digest / raw BLAKE3 on the same bytes. A timing sample processes at most 1 MiB
+(small sizes loop), and small sizes get more rounds, so the best sample is one no other process
+interrupted, on a shared machine too.
 
     pytest bench/test_bench_hashing.py --benchmark-only -s
 """
@@ -39,8 +42,20 @@ ROUNDS = quick(5, 9)
 RESULTS: dict[str, Any] = {}
 
 
+#: the most bytes one timing sample processes: short samples, many rounds, the best kept, so a
+#: shared machine's preemptions (which hit a long sample almost surely) drop out of the minimum
+MAX_SAMPLE_BYTES = 1 << 20
+#: rounds for the smallest sizes (as many as keep the bytes per case at ROUNDS * SAMPLE_BYTES)
+MAX_ROUNDS = 200
+
+
+def _rounds(size: int) -> int:
+    per_sample = max(1, min(SAMPLE_BYTES, MAX_SAMPLE_BYTES) // size) * size
+    return max(ROUNDS, min(MAX_ROUNDS, ROUNDS * SAMPLE_BYTES // per_sample))
+
+
 def _timer(fn: Callable[[], object], size: int) -> Callable[[], float]:
-    loops = max(1, SAMPLE_BYTES // size)
+    loops = max(1, min(SAMPLE_BYTES, MAX_SAMPLE_BYTES) // size)
 
     def sample() -> float:
         t0 = time.perf_counter()
@@ -74,16 +89,21 @@ def test_hash_vs_memcpy(benchmark: Any, size: int) -> None:
     best = {name: float("inf") for name in cases}
     for s in samplers.values():  # warm caches, page in dst
         s()
-    for _ in range(ROUNDS):  # interleaved: load drift hits every case alike
+    for _ in range(_rounds(size)):  # interleaved: load drift hits every case alike
         for name, s in samplers.items():
             best[name] = min(best[name], s())
     benchmark.pedantic(state_digest, args=(state,), rounds=3, iterations=1)
     gbps = {name: _gbps(size, t) for name, t in best.items()}
     entry = {"bytes": size, "gbps": gbps, "seconds": best,
              "digest_over_memcpy": gbps["state_digest"] / gbps["memcpy"],
-             "digest_over_read": gbps["state_digest"] / gbps["read"]}
+             "digest_over_read": gbps["state_digest"] / gbps["read"],
+             # issue 16 targets: >= 0.5 of raw BLAKE3 (one thread) at 4 KiB, >= 0.9 from 1 MiB, and of
+             # multi-threaded BLAKE3 from 16 MiB (where the digest itself hashes on all cores)
+             "digest_over_blake3_1thread": gbps["state_digest"] / gbps["blake3_1thread"],
+             "digest_over_blake3_all_cores": gbps["state_digest"] / gbps["blake3_all_cores"]}
     RESULTS[f"size/{size}"] = entry
     write_result("hashing", RESULTS)
     print(f"\n{size / KIB:>9,.0f} KiB: " + ", ".join(f"{k} {v:.2f} GB/s" for k, v in gbps.items())
-          + f"; state_digest/memcpy {entry['digest_over_memcpy']:.2f}")
+          + f"; state_digest/memcpy {entry['digest_over_memcpy']:.2f}; state_digest/blake3 1 thread "
+          f"{entry['digest_over_blake3_1thread']:.2f}, /all cores {entry['digest_over_blake3_all_cores']:.2f}")
     assert all(np.isfinite(list(gbps.values())))

@@ -182,3 +182,92 @@ def test_ratios(benchmark: Any) -> None:
             f"{m['opened_leaves']} leaves: {m['opened_multiproof_hashes']} vs {m['opened_single_proofs_hashes']}"
         )
     print(f"wrote {path}")
+
+
+# -- issue 16: at 10^6 leaves, and verification against a plain loop ----------------------------
+
+SCALE_N = quick(200_000, 1_000_000)
+BUILD_TARGET = 40.0
+VERIFY_TARGET = 5.0
+
+
+def _plain_verify(root: bytes, size: int, items: list[tuple[int, bytes, list[bytes]]]) -> None:
+    """The baseline: a plain Python loop of blake3 calls per proof (no shape checks at all)."""
+    from pocv.merkle import K_LEAF, K_NODE
+
+    for index, value, proof in items:
+        h = blake3(value, key=K_LEAF).digest()
+        node, count, it = index, size, iter(proof)
+        while count > 1:
+            if (node ^ 1) < count:
+                s = next(it)
+                h = blake3(s + h if node & 1 else h + s, key=K_NODE).digest()
+            node, count = node >> 1, (count + 1) >> 1
+        if h != root:
+            raise AssertionError("plain loop: proof does not verify")
+
+
+@pytest.mark.benchmark(group="merkle-scale")
+def test_scale_and_verify(benchmark: Any) -> None:
+    """Build, inclusion proofs and verification at SCALE_N leaves, pocv vs pymerkle, interleaved;
+    verification also against a plain loop of blake3 calls (verify_inclusions folds a batch of
+    proofs level by level in one compiled call; verify_inclusion is the one-proof API)."""
+    from pocv.merkle import verify_inclusions
+
+    values = [blake3(i.to_bytes(8, "little")).digest() for i in range(SCALE_N)]
+    data = b"".join(values)
+    idx = random.Random(9).sample(range(SCALE_N), 1000)
+
+    def build_theirs() -> InmemoryTree:
+        t = InmemoryTree(algorithm="sha256")
+        for v in values:
+            t.append_entry(v)
+        return t
+
+    MerkleTree(data)  # warm: load the compiled path once, as a long-running worker has
+    ours_b, ours_l, theirs_b = [], [], []
+    for _ in range(quick(2, 2)):
+        gc.collect()
+        for _ in range(3):
+            ours_b.append(_best(lambda: MerkleTree(data), 1))
+            ours_l.append(_best(lambda: MerkleTree(values), 1))
+        theirs_b.append(_best(build_theirs, 1))
+    ours, theirs = MerkleTree(data), build_theirs()
+    for i in idx:
+        theirs.prove_inclusion(i + 1)  # warm pymerkle's caches, as ours are warm
+    p_ours = min(_best(lambda: [ours.inclusion_proof(i) for i in idx], 10) for _ in range(3)) / len(idx)
+    p_theirs = min(_best(lambda: [theirs.prove_inclusion(i + 1) for i in idx], 2) for _ in range(2)) / len(idx)
+    items = [(i, values[i], ours.inclusion_proof(i)) for i in idx]
+    verify_inclusions(ours.root, SCALE_N, items)  # warm
+    v_plain, v_batch, v_single = [], [], []
+    for _ in range(quick(3, 5)):  # interleaved
+        v_plain.append(_best(lambda: _plain_verify(ours.root, SCALE_N, items), 3) / len(idx))
+        v_batch.append(_best(lambda: verify_inclusions(ours.root, SCALE_N, items), 3) / len(idx))
+        v_single.append(_best(lambda: [verify_inclusion(ours.root, SCALE_N, i, v, p) for i, v, p in items], 3)
+                        / len(idx))
+    their_root = theirs.get_state()
+    their_proofs = [(theirs.get_leaf(i + 1), theirs.prove_inclusion(i + 1)) for i in idx]
+    v_theirs = _best(lambda: verify_pymerkle(their_root, their_proofs), 2) / len(idx)
+    result = {
+        "leaves": SCALE_N,
+        "build_ms": {"ours_bytes": min(ours_b) * 1e3, "ours_list": min(ours_l) * 1e3, "pymerkle": min(theirs_b) * 1e3},
+        "build_ratio": min(theirs_b) / min(ours_b), "build_ratio_list_input": min(theirs_b) / min(ours_l),
+        "proof_us": {"ours": p_ours * 1e6, "pymerkle": p_theirs * 1e6}, "proof_ratio": p_theirs / p_ours,
+        "verify_us": {"plain_loop": min(v_plain) * 1e6, "verify_inclusions": min(v_batch) * 1e6,
+                      "verify_inclusion": min(v_single) * 1e6, "pymerkle": v_theirs * 1e6},
+        "verify_batch_over_plain": min(v_plain) / min(v_batch),
+        "verify_single_over_plain": min(v_plain) / min(v_single),
+        "verify_batch_over_pymerkle": v_theirs / min(v_batch),
+        "targets": {"build_ratio": BUILD_TARGET, "proof_ratio": BUILD_TARGET, "verify_batch_over_plain": VERIFY_TARGET},
+        "samples": {"verify_plain_us": [x * 1e6 for x in v_plain], "verify_batch_us": [x * 1e6 for x in v_batch]},
+    }
+    benchmark.extra_info.update({k: v for k, v in result.items() if k != "samples"})
+    benchmark.pedantic(verify_inclusions, args=(ours.root, SCALE_N, items), rounds=3, iterations=1)
+    write_result("merkle_scale", result)
+    print(f"\n{SCALE_N:,} leaves: build ours {min(ours_b) * 1e3:.0f} ms (bytes), {min(ours_l) * 1e3:.0f} ms (list); "
+          f"pymerkle {min(theirs_b) * 1e3:.0f} ms: {result['build_ratio']:.1f}x; proof {p_ours * 1e6:.2f} us vs "
+          f"{p_theirs * 1e6:.1f} us: {result['proof_ratio']:.1f}x; verify per proof: plain loop "
+          f"{min(v_plain) * 1e6:.2f} us, verify_inclusions {min(v_batch) * 1e6:.2f} us "
+          f"({result['verify_batch_over_plain']:.1f}x), verify_inclusion {min(v_single) * 1e6:.2f} us, "
+          f"pymerkle {v_theirs * 1e6:.1f} us")
+    assert result["build_ratio"] > 0

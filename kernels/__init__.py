@@ -39,6 +39,7 @@ if TYPE_CHECKING:  # typing only: pocv.kernels.base imports torch through pocv.e
 #: built-in kernel name -> module that defines (and registers) it
 _MODULES: Final[dict[str, str]] = {
     "gemm-int8": "pocv.kernels.gemm_int8",
+    "hf-causal-lm": "pocv.kernels.causal_lm",
     "mlp-sgd": "pocv.kernels.mlp_sgd",
     "gemm-fp32": "pocv.kernels.gemm_fp32",
     "gemm-fp32-exact": "pocv.kernels.gemm_fp32_exact",

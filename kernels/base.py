@@ -24,9 +24,9 @@ from __future__ import annotations
 
 import logging
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal, final
+from typing import Any, ClassVar, Final, Literal, final
 
 from pocv.bundle import MAX_BUNDLE_BYTES, answer_bytes_bound
 from pocv.challenge import sample_size
@@ -40,6 +40,13 @@ from pocv.limits import DEFAULT_CHEAT_FRACTION, DEFAULT_CONFIDENCE, MAX_STATE_BY
 log = logging.getLogger(__name__)
 
 Mode = Literal["exact", "tolerance"]
+
+#: built-in kernel classes whose step keeps the :attr:`Kernel.pure_step` promise (their
+#: modules may declare ``pure_step = True`` themselves; a class named here that does is fine)
+PURE_BUILTIN_STEPS: Final = frozenset({
+    "pocv.kernels.gemm_fp32.GemmFp32", "pocv.kernels.gemm_fp32_exact.GemmFp32Exact",
+    "pocv.kernels.gemm_int8.GemmInt8", "pocv.kernels.heat2d.Heat2d", "pocv.kernels.mlp_sgd.MlpSgd",
+    "pocv.kernels.transformer_decode.TransformerDecode"})
 Schema = dict[str, tuple[str, tuple[int, ...]]]
 
 
@@ -69,6 +76,21 @@ class Kernel(ABC):
     #: the distribution that provides this kernel and its version ("pocv" for the built-ins,
     #: "dist==version" for a plugin); set by the registry (pocv.kernels) on the instance
     provider: str = "pocv"
+    #: ``step`` is a pure function of its arguments on the CPU: it never modifies its input state
+    #: (nor a tensor it returned before), and it changes no process-wide setting while it runs
+    #: (``torch.set_num_threads``, backend flags, warning filters). Then the prover hashes and
+    #: writes ``s_i`` on another thread while ``s_(i+1)`` computes without copying ``s_i`` first,
+    #: and recomputes independent segments of a challenge on several threads at once
+    #: (``respond_workers``). False (the default) costs a copy of each state and answers
+    #: one segment at a time: declare it only for a step that keeps the promise.
+    pure_step: ClassVar[bool] = False
+
+    def step_is_pure(self) -> bool:
+        """Whether :attr:`pure_step` holds for this kernel's class (see there); the built-in
+        kernels listed in :data:`PURE_BUILTIN_STEPS` hold it too (tests/test_commit_pipeline.py
+        checks each), a subclass of theirs only if it declares it itself."""
+        cls = type(self)
+        return bool(cls.pure_step) or f"{cls.__module__}.{cls.__qualname__}" in PURE_BUILTIN_STEPS
 
     @classmethod
     def declared_params(cls) -> dict[str, Param]:
@@ -165,6 +187,48 @@ class Kernel(ABC):
             return Comparison(False, f"the kernel's verify_step returned {type(result).__name__}, not a Comparison",
                               bad_state=True)
         return result
+
+    def verify_steps(self, items: Sequence[tuple[State, State, int]], spec: JobSpec,
+                     device: str = "cpu") -> list[Comparison]:
+        """Judge several steps of one response at once (default: :meth:`verify_step` each).
+        Kernels whose check amortizes over steps (hf-causal-lm: one forward pass for every
+        challenged position) override it; :meth:`judge_many` is the only caller."""
+        return [self.verify_step(p, c, i, spec, device) for p, c, i in items]
+
+    @final
+    def judge_many(self, items: Sequence[tuple[State, State, int]], spec: JobSpec,
+                   device: str = "cpu") -> list[Comparison]:
+        """:meth:`judge` for several steps, one :class:`Comparison` per item in order, with
+        judge's guarantees: the schema first (a failing step is ``bad_state`` and is not passed
+        on), then :meth:`verify_steps` on the rest. If verify_steps raises or returns anything but
+        one Comparison per step, every step of the call is judged again one by one with
+        :meth:`judge`, so one hostile state cannot turn the others' verdicts (MemoryError and
+        SetupError pass: the verifier's own trouble)."""
+        out: list[Comparison | None] = [None] * len(items)
+        rest: list[int] = []
+        for k, (prev, claimed, i) in enumerate(items):
+            for which, st in ((i - 1, prev), (i, claimed)):
+                why = self.check_schema(st, spec)
+                if why is not None:
+                    out[k] = Comparison(False, f"state {which}: {why}", bad_state=True)
+                    break
+            else:
+                rest.append(k)
+        if rest:
+            try:
+                got = list(self.verify_steps([items[k] for k in rest], spec, device))
+                if len(got) != len(rest) or not all(isinstance(c, Comparison) for c in got):
+                    raise TypeError(f"verify_steps must return one Comparison per step ({len(rest)}), "
+                                    f"got {len(got)} items")
+            except (MemoryError, SetupError):
+                raise
+            except Exception:  # judged again one step at a time: judge() turns each failure into a FAIL
+                log.warning("kernel %s@%s: verify_steps failed; judging one step at a time", self.name,
+                            self.version, exc_info=True)
+                got = [self.judge(items[k][0], items[k][1], items[k][2], spec, device) for k in rest]
+            for k, c in zip(rest, got, strict=True):
+                out[k] = c
+        return [c for c in out if c is not None]
 
     def check_limits(self, spec: JobSpec) -> None:
         """Refuse (SpecError, sizes in the message) a job no honest worker can answer: a state

@@ -78,7 +78,7 @@ TRAINING_PARAMS: Final[dict[str, Param]] = {
     "micro_batches": Int(1, 1, 256),
     "data": Artifact(what="data set: safetensors with tensors x and y"),
     "weights": Artifact(what="initial weights: safetensors, names as model.state_dict()"),
-    "calibration": Artifact(what="calibration record: pocv calibrate KERNEL --record"),
+    "calibration": Artifact(what="calibration record: pocv calibrate KERNEL --add"),
 }
 
 

@@ -1,6 +1,6 @@
 """Build the pocv job program: Debian's clang (BPF backend) compiles job/job.c, sbf_link.py links it.
 
-    python programs/build.py            # writes programs/pocv_job.so
+    python programs/build.py            # writes verifier/market/pocv_job.so (shipped as pocv.market data)
     python programs/build.py --check    # rebuilds into a temporary file; exit 1 if the bytes differ
     python programs/build.py --out PATH # writes PATH instead
 
@@ -21,7 +21,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 SOURCE = HERE / "job" / "job.c"
-OUTPUT = HERE / "pocv_job.so"
+OUTPUT = HERE.parent / "verifier" / "market" / "pocv_job.so"
 CLANG_CANDIDATES = ("clang", "clang-14", "clang-15", "clang-16")
 # -mcpu=v2: v3 emits JMP32 (opcode 0x26), which the SBPFv0 loader rejects. No -fPIC (it turns
 # constant pointer tables into 32-bit relative ones), no -ffunction-sections (one .text only).

@@ -33,6 +33,15 @@ def test_help(capsys: pytest.CaptureFixture[str]) -> None:
     assert "--report-only" in out and "--suite" in out
 
 
+def test_the_worker_suite_is_listed(capsys: pytest.CaptureFixture[str]) -> None:
+    """Issue 16: the worker's whole cost (run + commit + respond) is a suite of its own."""
+    import pocv.cli._bench as bc
+
+    assert bc.SUITES["worker"] == ("test_bench_worker.py", ("--benchmark-only",))
+    assert main(["bench", "--help"]) == 0
+    assert "worker" in capsys.readouterr().out
+
+
 def test_bench_dir_found() -> None:
     d = bench_dir()
     assert d is not None and (d / "report.py").is_file()

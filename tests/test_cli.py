@@ -96,7 +96,8 @@ def test_demo_settles_on_the_embedded_chain() -> None:
     assert "reconciled: tokens yes, lamports yes" in r.stdout
 
 
-@pytest.mark.parametrize("cmd", ["run", "challenge", "respond", "verify", "demo", "keygen", "kernels"])
+@pytest.mark.parametrize("cmd", ["run", "challenge", "respond", "verify", "demo", "keygen", "kernels", "job",
+                                 "calibrate", "artifact"])
 def test_every_command_has_help(capsys, cmd: str) -> None:
     r = pocv_here(capsys, cmd, "--help")
     assert r.returncode == 0 and "usage:" in r.stdout
@@ -381,6 +382,7 @@ def test_exit_code_table() -> None:
         E.InputError("x"): 3, E.WrongRecordError("x"): 3, E.EvidenceError("x"): 3, E.MalformedError("x"): 3,
         E.SignatureError("x"): 3, E.MismatchError("x"): 3, E.StorageError("x"): 3, E.ChainError("x"): 4,
         E.TransientError("x"): 4, KeyboardInterrupt(): 130, RuntimeError("x"): 70, ValueError("x"): 70,
+        E.SetupError("x"): 3, E.ProviderMismatch("x"): 3, E.ArtifactError("x"): 3, E.NotCalibrated("x"): 3,
         BrokenPipeError(): 70,
     }
     for exc, code in table.items():
@@ -439,7 +441,7 @@ def test_interrupt_exits_130(capsys, monkeypatch) -> None:
 def test_chain_error_exits_4(tmp_path, capsys) -> None:
     """Nothing listens at the URL: a chain error, which may be retried."""
     r = pocv_here(capsys, "market", "status", "ab" * 32, "-u", "http://127.0.0.1:9", "--mint",
-                  str(Keypair().pubkey()), "--index", tmp_path / "i.sqlite")
+                  str(Keypair().pubkey()), "--program", str(Keypair().pubkey()), "--index", tmp_path / "i.sqlite")
     assert r.returncode == 4, r.stderr
 
 
@@ -638,8 +640,9 @@ def test_output_defaults_follow_one_rule() -> None:
     (kernels, calibrate, demo, market ..., bench) to text."""
     from pocv.cli import build_parser
 
-    records = {"run", "challenge", "respond", "verify", "keygen", "dispute"}
-    reports = {"kernels", "calibrate", "demo", "market", "bench"}
+    records = {"run", "challenge", "respond", "verify", "keygen", "job", "dispute"}
+    # artifact's text is the bare reference (REF=$(pocv artifact add PATH)); serve reports to a person
+    reports = {"kernels", "calibrate", "demo", "market", "bench", "artifact", "serve"}
     seen = set()
     for path, p in _leaves(build_parser()):
         seen.add(path[0])
@@ -657,22 +660,26 @@ def test_output_defaults_follow_one_rule() -> None:
 
 def test_every_subcommand_and_option_is_described() -> None:
     import argparse
+    import re
 
     from pocv.cli import build_parser
+
+    # reST/markdown markup: a backtick, bold, or a literal-block "word::" (the IPv6 address :: is text)
+    markup = re.compile(r"`|\*\*|\w::")
 
     def walk(p, path):
         assert p.description and p.description.strip(), f"{path}: no description"
         for text in (p.description, p.epilog or ""):
-            for mark in ("`", "**", "::"):
-                assert mark not in text, f"{path}: markup {mark!r} in the description"
+            m = markup.search(text)
+            assert m is None, f"{path}: markup {m.group()!r} in the description"
         for a in p._actions:
             if isinstance(a, argparse._SubParsersAction):
                 for name, sub in a.choices.items():
                     walk(sub, f"{path} {name}")
                 continue
             assert a.help and a.help is not argparse.SUPPRESS, f"{path}: {a.option_strings or a.dest} has no help"
-            for mark in ("`", "**", "::"):
-                assert mark not in a.help, f"{path}: markup {mark!r} in the help of {a.option_strings or a.dest}"
+            m = markup.search(a.help)
+            assert m is None, f"{path}: markup {m.group()!r} in the help of {a.option_strings or a.dest}"
 
     parser = build_parser()
     walk(parser, "pocv")
@@ -690,7 +697,8 @@ def test_a_group_without_subcommand_is_usage(capsys, group: str) -> None:
 
 
 @pytest.mark.parametrize("argv", [["--help"], ["--version"], ["keygen", "-o", "{tmp}/k.json"], ["verify", "--help"],
-                                  ["market", "--help"]])
+                                  ["market", "--help"], ["artifact", "--help"],
+                                  ["artifact", "list", "--artifacts", "{tmp}/store"]])
 def test_light_commands_import_nothing_heavy(tmp_path, argv) -> None:
     argv = [a.format(tmp=tmp_path) for a in argv]
     code = ("import sys\nfrom pocv.cli import main\n"
@@ -839,3 +847,116 @@ def test_a_fail_says_why_on_stderr_in_one_line(flow, tmp_path) -> None:
     lines = [ln for ln in r.stderr.splitlines() if ln.startswith("pocv verify: FAIL")]
     assert len(lines) == 1 and "BAD_PROOF" in lines[0], r.stderr
     assert "Warning" not in r.stderr
+
+
+# -- issue 11: artifacts, typed parameters, job specs, calibration records --------------------------
+
+
+def test_the_artifact_store_variable_is_the_library_s() -> None:
+    from pocv.artifacts import ENV_VAR, default_root
+    from pocv.cli import build_parser
+    from pocv.cli._common import ARTIFACTS_DEFAULT, ARTIFACTS_ENV
+
+    assert ARTIFACTS_ENV == ENV_VAR
+    assert str(default_root()).endswith("pocv/artifacts") and "pocv/artifacts" in ARTIFACTS_DEFAULT
+    # --artifacts wherever a job's artifacts are resolved, its help naming the variable
+    want = {("run",), ("challenge",), ("respond",), ("verify",), ("calibrate",), ("job",), ("dispute", "open"),
+            ("dispute", "answer"), ("dispute", "submit"), ("dispute", "run"), ("artifact", "add"),
+            ("artifact", "list"), ("artifact", "verify"), ("serve",)}
+    have = {path: p for path, p in _leaves(build_parser())}
+    for path in want:
+        action = next((a for a in have[path]._actions if "--artifacts" in a.option_strings), None)
+        assert action is not None, path
+        assert f"${ENV_VAR}" in action.help and "~/.cache/pocv/artifacts" in action.help, path
+
+
+def test_artifact_add_hash_list_verify(tmp_path, capsys, monkeypatch) -> None:
+    from blake3 import blake3
+
+    store = tmp_path / "store"
+    monkeypatch.setenv("POCV_ARTIFACTS", str(tmp_path / "env-store"))
+    (tmp_path / "w.bin").write_bytes(b"weights" * 1000)
+    (tmp_path / "d" / "sub").mkdir(parents=True)
+    (tmp_path / "d" / "a.txt").write_text("a")
+    (tmp_path / "d" / "sub" / "b.txt").write_text("b")
+    r = pocv_here(capsys, "artifact", "add", tmp_path / "w.bin", "--artifacts", store)
+    ref = "blake3:" + blake3(b"weights" * 1000).hexdigest()  # a file's reference is b3sum's hash
+    assert r.returncode == 0 and r.stdout == ref + "\n", r.stderr
+    r = pocv_here(capsys, "artifact", "add", tmp_path / "d", "--artifacts", store, "--output", "json")
+    doc = json.loads(r.stdout)
+    assert doc["kind"] == "directory" and doc["bytes"] == 2
+    assert pocv_here(capsys, "artifact", "hash", tmp_path / "d").stdout.strip() == doc["ref"]
+    r = pocv_here(capsys, "artifact", "list", "--artifacts", store)
+    assert r.returncode == 0 and sorted(ln.split()[0] for ln in r.stdout.splitlines()) == sorted([ref, doc["ref"]])
+    assert pocv_here(capsys, "artifact", "verify", "--artifacts", store).stdout.split() == \
+        ["ok", min(ref, doc["ref"]), "ok", max(ref, doc["ref"])]
+    # the environment variable names the store when --artifacts does not
+    assert pocv_here(capsys, "artifact", "add", tmp_path / "w.bin").returncode == 0
+    assert (tmp_path / "env-store" / "blake3" / ref.removeprefix("blake3:")).is_file()
+    # altered, missing, malformed, no such path: exit 3, one line, the hash named
+    stored = store / "blake3" / ref.removeprefix("blake3:")
+    stored.chmod(0o644)
+    stored.write_bytes(b"other weights")
+    r = pocv_here(capsys, "artifact", "verify", ref, "--artifacts", store)
+    assert r.returncode == 3 and r.stdout.split() == ["altered", ref] and ref in r.stderr
+    assert r.stderr.count("\n") == 1 and "altered" in r.stderr
+    missing = "blake3:" + "0" * 64
+    r = pocv_here(capsys, "artifact", "verify", missing, "--artifacts", store)
+    assert r.returncode == 3 and missing in r.stderr and "not in the artifact store" in r.stderr
+    r = pocv_here(capsys, "artifact", "verify", "sha256:00", "--artifacts", store)
+    assert r.returncode == 3 and "blake3:<64 hex digits>" in r.stderr
+    r = pocv_here(capsys, "artifact", "add", tmp_path / "nope", "--artifacts", store)
+    assert r.returncode == 3 and "no such file or directory" in r.stderr
+    r = pocv_here(capsys, "artifact", "list", "--artifacts", tmp_path / "w.bin")
+    assert r.returncode == 3 and "not a directory" in r.stderr
+    assert pocv_here(capsys, "artifact").returncode == 2
+
+
+def test_job_writes_a_resolved_spec_with_typed_params(tmp_path, capsys) -> None:
+    from pocv.jobs import JobSpec
+
+    r = pocv_here(capsys, "job", "gemm-int8", "--steps", "40", "--seed", "11", "--param", "n=32",
+                  "-o", tmp_path / "job.json")
+    assert r.returncode == 0 and r.stdout == "", r.stderr
+    spec = JobSpec.from_json((tmp_path / "job.json").read_text())
+    assert spec == SMALL and spec.job_id == SMALL.job_id  # the same job as the spec written by hand
+    r = pocv_here(capsys, "job", "gemm-int8", "--steps", "40", "--seed", "11", "--param", "n=32", "--output", "text")
+    assert r.stdout.startswith(f"job {SMALL.job_id.hex()} (gemm-int8@1, 40 steps, seed 11)")
+    for argv, text in ((["--param", "n=abc"], "'n' must be an integer in"), (["--param", "n"], "NAME=VALUE"),
+                       (["--param", "n=32", "--param", "n=64"], "given twice"),
+                       (["--param", "m=1"], "has no parameter 'm'"), (["--steps", "0"], "at least 1")):
+        args = ["job", "gemm-int8", *argv] if argv[0] == "--steps" else ["job", "gemm-int8", "--steps", "4", *argv]
+        r = pocv_here(capsys, *args)
+        assert r.returncode == 2 and text in r.stderr and r.stdout == "", (argv, r.stderr)
+    r = pocv_here(capsys, "job", "nope", "--steps", "4")
+    assert r.returncode == 3 and "unknown kernel" in r.stderr
+
+
+def test_calibrate_record_options_need_a_record_calibrated_kernel(tmp_path, capsys) -> None:
+    r = pocv_here(capsys, "calibrate", "gemm-int8", "--trials", "1", "--param", "n=16", "--add",
+                  "--artifacts", tmp_path / "store")
+    assert r.returncode == 3 and "takes no calibration record" in r.stderr and r.stdout == ""
+    assert not (tmp_path / "store").exists()
+    r = pocv_here(capsys, "calibrate", "gemm-int8", "--trials", "1", "--param", "n=x")
+    assert r.returncode == 2 and "'n' must be an integer in 16..4096, got 'x'" in r.stderr
+
+
+def test_checkpoint_policy_and_respond_workers(flow, tmp_path, capsys) -> None:
+    r = pocv_here(capsys, "run", flow["job"], "--trace", tmp_path / "t", "-k", flow["wkey"], "--checkpoint",
+                  "every:4", "-q", "-o", tmp_path / "c.json")
+    assert r.returncode == 0, r.stderr
+    c = json.loads((tmp_path / "c.json").read_text())
+    assert c["environment"]["checkpoint_every"] == 4 and c["root"] == json.loads(flow["commitment"].read_text())["root"]
+    r = pocv_here(capsys, "respond", tmp_path / "t", flow["challenge"], "-k", flow["wkey"], "--workers", "2", "-q",
+                  "-o", tmp_path / "r.pocv")
+    assert r.returncode == 0, r.stderr
+    assert Response.from_bytes((tmp_path / "r.pocv").read_bytes()).states == \
+        Response.from_bytes(flow["response"].read_bytes()).states
+    for argv, text in ((["--checkpoint", "evry:4"], "checkpoint policy must be"),
+                       (["--checkpoint", "all", "--checkpoint-every", "4"], "not allowed with"),
+                       (["--checkpoint", "budget:lots"], "expected a size")):
+        r = pocv_here(capsys, "run", flow["job"], "--trace", tmp_path / "t2", "-k", flow["wkey"], *argv)
+        assert r.returncode == 2 and text in r.stderr and not (tmp_path / "t2").exists(), (argv, r.stderr)
+    r = pocv_here(capsys, "respond", tmp_path / "t", flow["challenge"], "-k", flow["wkey"], "--workers", "0",
+                  "-o", tmp_path / "r2.pocv")
+    assert r.returncode == 2 and "at least 1" in r.stderr

@@ -726,3 +726,67 @@ def test_incremental_refuses_bad_input() -> None:
     assert inc.size == 0
     with pytest.raises(MalformedError, match="empty tree"):
         IncrementalTree.from_values([])
+
+
+# -- issue 16: the compiled path (numba) and batch verification ---------------------------------
+
+
+def _tree_values(n: int) -> list[bytes]:
+    return [blake3(i.to_bytes(8, "little") + b"jit").digest() for i in range(n)]
+
+
+def _batch_items(tree: MerkleTree, values: list[bytes], picks: list[int]) -> list[tuple[int, bytes, list[bytes]]]:
+    return [(i, values[i], tree.inclusion_proof(i)) for i in picks]
+
+
+# the compiled variant compiles the numba path once per machine (cached after): slow
+@pytest.mark.parametrize("jit_verify_min", [pytest.param(1, marks=pytest.mark.slow), 10**9], ids=["compiled", "loop"])
+@pytest.mark.parametrize("n", [1, 2, 3, 7, 64, 1000, 4097])
+def test_verify_inclusions_accepts_good_and_names_the_first_bad_item(monkeypatch, n: int, jit_verify_min: int) -> None:
+    monkeypatch.setattr(M, "_JIT_VERIFY_MIN", jit_verify_min)
+    values = _tree_values(n)
+    tree = MerkleTree(values)
+    picks = sorted({0, n - 1, n // 2, *range(0, n, max(1, n // 37))})
+    items = _batch_items(tree, values, picks)
+    M.verify_inclusions(tree.root, n, items)
+    if n == 1:
+        return
+    j = len(items) // 2
+    i, v, p = items[j]
+    for bad, what in (((i, blake3(b"other").digest(), p), "does not lead"), ((i, v, p[:-1]), "wrong size"),
+                      ((i, v[:31], p), "wrong size"), ((n, v, p), "out of range")):
+        broken = [*items[:j], bad, *items[j + 1 :]]
+        with pytest.raises(ProofError, match=what):
+            M.verify_inclusions(tree.root, n, broken)
+    with pytest.raises(ProofError, match="does not lead"):
+        M.verify_inclusions(blake3(b"root").digest(), n, items)
+
+
+@pytest.mark.slow  # compiles the numba path once per machine (cached after)
+def test_compiled_tree_levels_equal_the_numpy_and_library_paths(monkeypatch) -> None:
+    pytest.importorskip("numba")
+    n = 5001
+    values = _tree_values(n)
+    data = b"".join(values)
+    monkeypatch.setattr(M, "_JIT_MIN", 1)
+    compiled = M._build_levels(data, n)
+    monkeypatch.setattr(M, "_JIT_MIN", 1 << 62)
+    assert M._build_levels(data, n) == compiled
+    monkeypatch.setattr(M, "_VECTOR_MIN", 1 << 30)
+    assert M._build_levels(data, n)[-1] == compiled[-1]
+    items = _batch_items(MerkleTree(values), values, list(range(0, n, 7)))
+    monkeypatch.setattr(M, "_JIT_VERIFY_MIN", 1)
+    M.verify_inclusions(compiled[-1], n, items)
+
+
+def test_verify_inclusions_refuses_values_that_are_not_bytes(monkeypatch) -> None:
+    """32 characters of text are not a 32-byte value: a ProofError, not a TypeError."""
+    monkeypatch.setattr(M, "_JIT_VERIFY_MIN", 1)
+    n = 40
+    tree = MerkleTree([blake3(bytes([i])).digest() for i in range(n)])
+    items = [(i, tree.leaf_value(i), tree.inclusion_proof(i)) for i in range(n)]
+    for j, bad in ((3, (3, "x" * 32, items[3][2])), (5, (5, items[5][1], ["y" * 32] * len(items[5][2])))):
+        broken = list(items)
+        broken[j] = bad
+        with pytest.raises(ProofError):
+            M.verify_inclusions(tree.root, n, broken)

@@ -8,9 +8,9 @@ import pytest
 from solders.keypair import Keypair
 
 from pocv import Prover, Verifier
-from pocv.errors import InputError, StorageError
+from pocv.errors import InputError, ProviderMismatch, StorageError
 from pocv.jobs import JobSpec
-from pocv.kernels import resolve_spec
+from pocv.kernels import kernel_for, resolve_spec
 from pocv.limits import DIGEST_SIZE
 from pocv.merkle import MerkleTree
 from pocv.trace import TraceStore
@@ -131,3 +131,52 @@ def test_a_worker_answers_at_most_max_answer_steps(tmp_path) -> None:
         p.respond(greedy)
     with pytest.raises(InputError, match="max_answer"):
         Prover(trace_dir=tmp_path / "u", key=KEY, max_answer=0)
+
+
+# -- the provider of the kernel is checked when a trace is reused (issue 16) ---------------------
+
+OTHER_PROVIDER = "other-kernels==2.0"
+
+# "another distribution installed" is the registry's instance with another provider: the
+# registry sets ``provider`` on the instance it hands out (tests/kernels/test_plugin_cli.py
+# checks that part with a real plugin)
+
+
+def test_trace_records_the_provider(tmp_path) -> None:
+    Prover(trace_dir=tmp_path / "t", key=KEY, checkpoint_every=8).run(SMALL)
+    assert json.loads((tmp_path / "t" / "trace.json").read_text())["provider"] == "pocv"
+    assert TraceStore.open(tmp_path / "t").provider == "pocv"
+
+
+def test_a_finished_trace_of_another_provider_is_not_reused(tmp_path, monkeypatch) -> None:
+    Prover(trace_dir=tmp_path / "t", key=KEY, checkpoint_every=8).run(SMALL)
+    monkeypatch.setattr(kernel_for(SMALL), "provider", OTHER_PROVIDER)
+    with pytest.raises(ProviderMismatch, match=r"computed with kernel gemm-int8@1 from pocv, but other-kernels==2.0"):
+        Prover(trace_dir=tmp_path / "t", key=KEY, checkpoint_every=8).run(SMALL)
+    # the commitment alone says pocv as well (a trace.json without the field: an older trace)
+    meta = json.loads((tmp_path / "t" / "trace.json").read_text())
+    del meta["provider"]
+    (tmp_path / "t" / "trace.json").write_text(json.dumps(meta))
+    with pytest.raises(ProviderMismatch, match="holds a commitment computed with kernel gemm-int8@1 from pocv"):
+        Prover(trace_dir=tmp_path / "t", key=KEY, checkpoint_every=8).run(SMALL)
+
+
+def test_a_partial_trace_of_another_provider_is_not_resumed(tmp_path, monkeypatch, reference_root) -> None:
+    with pytest.raises(Crash):
+        CrashingProver(trace_dir=tmp_path / "t", key=KEY, checkpoint_every=8, crash_at=20).run(SMALL)
+    leaves = (tmp_path / "t" / "leaves.bin").read_bytes()
+    monkeypatch.setattr(kernel_for(SMALL), "provider", OTHER_PROVIDER)
+    with pytest.raises(ProviderMismatch, match="from pocv, but other-kernels==2.0 is installed"):
+        Prover(trace_dir=tmp_path / "t", key=KEY, checkpoint_every=8).run(SMALL)
+    assert (tmp_path / "t" / "leaves.bin").read_bytes() == leaves  # refused before touching the trace
+    monkeypatch.undo()
+    assert Prover(trace_dir=tmp_path / "t", key=KEY, checkpoint_every=8).run(SMALL).root == reference_root
+
+
+def test_respond_refuses_when_another_provider_is_installed(tmp_path, monkeypatch) -> None:
+    p = Prover(trace_dir=tmp_path / "t", key=KEY, checkpoint_every=8)
+    c = p.run(SMALL)
+    ch = Verifier(key=Keypair()).challenge(c, beacon=bytes(32))
+    monkeypatch.setattr(kernel_for(SMALL), "provider", OTHER_PROVIDER)
+    with pytest.raises(ProviderMismatch, match="install pocv to resume or answer it"):
+        p.respond(ch)

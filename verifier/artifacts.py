@@ -120,6 +120,15 @@ class ArtifactStore:
     def location(self, ref: str) -> Path:
         return self.root / "blake3" / _hex(ref)
 
+    def refs(self) -> list[str]:
+        """The references of everything the store holds, sorted (by name: not hash-checked here;
+        :meth:`path` checks)."""
+        try:
+            names = os.listdir(self.root / "blake3")
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+        return sorted(PREFIX + n for n in names if ARTIFACT_RE.fullmatch(PREFIX + n))
+
     def __contains__(self, ref: object) -> bool:
         return isinstance(ref, str) and bool(ARTIFACT_RE.fullmatch(ref)) and self.location(ref).exists()
 

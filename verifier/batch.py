@@ -27,6 +27,7 @@ job that was in flight is reported cancelled.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
 import logging
 import multiprocessing
@@ -63,6 +64,8 @@ log = logging.getLogger(__name__)
 
 #: a slot's child process gets this long to start and import pocv before its first check
 START_TIMEOUT_S: Final = 120.0
+#: an idle slot's process gets this long to exit when the pool shuts down, then it is killed
+CLOSE_TIMEOUT_S: Final = 5.0
 
 
 # -- what crosses to an executor ------------------------------------------------------------
@@ -96,6 +99,19 @@ class TaskResult:
 _threads_set = 0
 
 
+def _set_threads(n: int) -> None:
+    """At most ``n`` threads for a check in this process: torch's intra-op pool and numba's
+    parallel loops (the kernels use both; a pool of one process per core must not oversubscribe)."""
+    import numba  # the numba kernels' parallel loops (heat2d and others)
+    import torch  # the check's tensors
+
+    # numba first: launching its OpenMP layer resets the OpenMP thread count torch reads, and a
+    # torch left at every core spin-waits against the other pool processes (10-40x slower checks
+    # on a loaded machine)
+    numba.set_num_threads(max(1, min(n, int(numba.config.NUMBA_NUM_THREADS))))  # type: ignore[attr-defined,unused-ignore]
+    torch.set_num_threads(n)
+
+
 def run_task(task: Task, node: str = "", gpus: tuple[str, ...] = ()) -> TaskResult:
     """Run one check where the executor put it (a pool process, a Ray worker)."""
     global _threads_set
@@ -103,9 +119,7 @@ def run_task(task: Task, node: str = "", gpus: tuple[str, ...] = ()) -> TaskResu
     node = node or socket.gethostname()
     try:
         if _threads_set != task.threads:
-            import torch  # the check's library: set its intra-op threads once per process
-
-            torch.set_num_threads(task.threads)
+            _set_threads(task.threads)
             _threads_set = task.threads
         verifier = Verifier(key=Keypair.from_bytes(task.key), device=task.device)
         commitment = Commitment.from_json(task.commitment)
@@ -208,11 +222,20 @@ class _Slot(threading.Thread):
             self.conn.close()
         self.proc, self.conn = None, None
 
+    def _close(self) -> None:
+        """Let an idle process exit on its own (its pipe closed: it cleans up as it exits), else kill it."""
+        if self.conn is not None:
+            self.conn.close()
+            self.conn = None
+        if self.proc is not None:
+            self.proc.join(CLOSE_TIMEOUT_S)
+        self._kill()
+
     def run(self) -> None:
         while True:
             item = self.pool.queue.get()
             if item is None:
-                self._kill()
+                self._close()
                 return
             task, fut, timeout_s = item
             if not fut.set_running_or_notify_cancel():
@@ -271,6 +294,7 @@ class LocalPool(Executor):
         self._slots = [_Slot(self, n) for n in range(self.slots)]
         for s in self._slots:
             s.start()
+        atexit.register(self.shutdown)  # a pool not shut down by its owner still stops cleanly at exit
 
     def submit(self, task: Task, timeout_s: float | None = None) -> Future[TaskResult]:
         if self.closing:
@@ -290,6 +314,7 @@ class LocalPool(Executor):
         if self.closing:
             return
         self.closing = True
+        atexit.unregister(self.shutdown)
         for _ in self._slots:
             self.queue.put(None)
         for s in self._slots:

@@ -38,7 +38,7 @@ from blake3 import blake3
 from pocv.bundle import MAX_BUNDLE_BYTES, Expected, Response, answer_bytes_bound, probe_signature, signature_ok
 from pocv.challenge import derive_indices, detection_probability, sample_size
 from pocv.device import resolve_device
-from pocv.encoding import decode_state, digest_encoded, encoded_size, state_digest
+from pocv.encoding import State, decode_state, digest_encoded, encoded_size, state_digest
 from pocv.errors import (
     EvidenceError,
     InputError,
@@ -49,7 +49,6 @@ from pocv.errors import (
     UnsignedResponse,
     VerificationFailed,
 )
-from pocv.jobs import JobSpec
 from pocv.kernels import kernel_for
 from pocv.kernels.base import Kernel
 from pocv.kernels.params import ArtifactSource, use_artifacts
@@ -304,28 +303,32 @@ class Verifier:
         s0 = kernel.init_state(spec, self.device)
         if state_digest(s0) != digests[0]:
             return all_fail(Reason.BAD_INIT, "opened s_0 is not the state the spec derives")
-        # (8) recompute each challenged step
-        outcomes = []
-        for done, i in enumerate(indices, 1):
+        # (8) recompute the challenged steps: one step at a time (progress per step), or, for a
+        # kernel whose check amortizes over steps (its own verify_steps), all of them at once
+        outcomes: dict[int, Outcome] = {}
+        batched = type(kernel).verify_steps is not Kernel.verify_steps
+        groups = [list(indices)] if batched else [[i] for i in indices]
+        done = 0
+        for group in groups:
+            items: list[tuple[State, State, int]] = []
+            for i in group:
+                if i - 1 not in response.states or i not in response.states:
+                    outcomes[i] = Outcome(i, Reason.MISSING, f"states {i - 1} and {i} must both be opened")
+                    continue
+                try:
+                    items.append((decode_state(response.states[i - 1]), decode_state(response.states[i]), i))
+                except EvidenceError as e:
+                    outcomes[i] = Outcome(i, Reason.BAD_STATE, str(e))
             with warnings.catch_warnings(), np.errstate(all="ignore"):  # a hostile NaN is judged, not printed
                 warnings.simplefilter("ignore", RuntimeWarning)
-                outcomes.append(self._check_step(i, response, kernel, spec))
+                results = kernel.judge_many(items, spec, self.device) if items else []
+            for (_, _, i), r in zip(items, results, strict=True):
+                outcomes[i] = Outcome(i, Reason.OK, r.detail) if r.ok else Outcome(
+                    i, Reason.BAD_STATE if r.bad_state else Reason.MISMATCH, r.detail)
+            done += len(group)
             if self.progress is not None:
                 self.progress(done, len(indices))
-        return verdict(outcomes)
-
-    def _check_step(self, i: int, response: Response, kernel: Kernel, spec: JobSpec) -> Outcome:
-        if i - 1 not in response.states or i not in response.states:
-            return Outcome(i, Reason.MISSING, f"states {i - 1} and {i} must both be opened")
-        try:
-            prev = decode_state(response.states[i - 1])
-            claimed = decode_state(response.states[i])
-        except EvidenceError as e:
-            return Outcome(i, Reason.BAD_STATE, str(e))
-        result = kernel.judge(prev, claimed, i, spec, self.device)
-        if result.ok:
-            return Outcome(i, Reason.OK, result.detail)
-        return Outcome(i, Reason.BAD_STATE if result.bad_state else Reason.MISMATCH, result.detail)
+        return verdict([outcomes[i] for i in indices])
 
     # -- raising form ----------------------------------------------------------------------
 

@@ -18,14 +18,16 @@ reason REFUSED for every challenged step (``Verifier.check(commitment, challenge
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import secrets
+import ssl
 import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import IO, Any, Final, TypeVar
+from typing import IO, Any, BinaryIO, Final, TypeVar, cast
 
 import aiohttp
 from blake3 import blake3
@@ -49,7 +51,9 @@ T = TypeVar("T")
 
 #: how long a worker has to deliver its whole answer to a challenge, retries included
 DEFAULT_DEADLINE_S: Final = 600.0
-CHUNK_BYTES: Final = 1 << 20
+#: bytes buffered per connection before reading pauses (aiohttp's default is 64 KiB: a 20 MB
+#: bundle would cross the event loop in 300+ small pieces)
+READ_BUFFER_BYTES: Final = 1 << 20
 _RETRY_STATUS: Final = frozenset({502, 503, 504})
 
 
@@ -97,12 +101,13 @@ class RemoteWorker:
     """A client of one worker's service at ``url`` (``http://host:port``).
 
     ``worker`` pins the worker's public key; without it the key is learnt from ``GET /v1/info``
-    and every commitment fetched must be signed by it. Use as an async context manager, or
-    call :meth:`close`.
+    and every commitment fetched must be signed by it. ``ssl_context`` says which certificates
+    an ``https://`` worker may present (default: the system's CAs). Use as an async context
+    manager, or call :meth:`close`.
     """
 
     def __init__(self, url: str, *, key: Signer, worker: bytes | PublicKey | str | None = None,
-                 limits: ClientLimits | None = None) -> None:
+                 limits: ClientLimits | None = None, ssl_context: ssl.SSLContext | None = None) -> None:
         if not url.startswith(("http://", "https://")):
             raise InputError(f"a worker URL starts with http:// or https://, got {url[:80]!r}")
         self.url = url.rstrip("/")
@@ -111,6 +116,7 @@ class RemoteWorker:
         if isinstance(worker, str):
             worker = PublicKey.from_string(worker)
         self.worker: bytes | None = None if worker is None else bytes(worker)
+        self.ssl_context = ssl_context  # for https://: None trusts the system's CAs (and SSL_CERT_FILE)
         self._session: aiohttp.ClientSession | None = None
 
     async def __aenter__(self) -> RemoteWorker:
@@ -129,8 +135,9 @@ class RemoteWorker:
             timeout = aiohttp.ClientTimeout(total=None, connect=self.limits.connect_timeout_s,
                                             sock_read=self.limits.read_timeout_s)
             self._session = aiohttp.ClientSession(
-                timeout=timeout, connector=aiohttp.TCPConnector(limit=self.limits.max_connections),
-                auto_decompress=False)
+                timeout=timeout, connector=aiohttp.TCPConnector(limit=self.limits.max_connections,
+                                                                ssl=self.ssl_context or True),
+                auto_decompress=False, read_bufsize=READ_BUFFER_BYTES)
         return self._session
 
     # -- one signed exchange -----------------------------------------------------------------
@@ -157,7 +164,7 @@ class RemoteWorker:
                     assert sink is not None
                     sink.seek(0)
                     sink.truncate()
-                async for chunk in resp.content.iter_chunked(CHUNK_BYTES):
+                async for chunk in resp.content.iter_any():  # what has arrived, up to READ_BUFFER_BYTES
                     total += len(chunk)
                     if total > max_bytes:
                         if streaming:
@@ -304,13 +311,17 @@ async def averify_remote(
     cheat_fraction: float = DEFAULT_CHEAT_FRACTION,
     k: int | None = None,
     spool_dir: str | None = None,
+    spool: BinaryIO | None = None,
     challenge_hook: Callable[[Commitment, Challenge], None] | None = None,
 ) -> RemoteVerdict:
     """Verify ``job_id`` at ``worker``: fetch and check the commitment, issue a challenge (beacon:
     a fresh verifier nonce unless given), stream the answer into a bounded temporary file and
     judge it. A worker that does not answer within ``deadline_s`` (retries included) or that
     refuses the challenge gets a FAIL with reason REFUSED. Raises RemoteUnavailable when the
-    commitment cannot be fetched or every attempt failed before the deadline."""
+    commitment cannot be fetched or every attempt failed before the deadline.
+
+    The answer is spooled to a temporary file in ``spool_dir``, or to ``spool`` (a binary file
+    open for writing and reading, left open: the caller keeps the bundle that was judged)."""
     t0 = time.perf_counter()
     commitment = await worker.commitment(job_id)
     challenge = verifier.challenge(commitment, beacon=secrets.token_bytes(32) if beacon is None else beacon,
@@ -321,7 +332,9 @@ async def averify_remote(
     limit = bundle_limit(commitment, challenge)
     refused: str | None = None
     size = 0
-    with tempfile.TemporaryFile(dir=spool_dir) as spool:
+    with contextlib.ExitStack() as stack:
+        if spool is None:
+            spool = cast(BinaryIO, stack.enter_context(tempfile.TemporaryFile(dir=spool_dir)))
         start = time.monotonic()
         try:
             async with asyncio.timeout(deadline_s):

@@ -6,7 +6,8 @@ of its steps (it saves that compute) and otherwise follows the protocol, so only
 can catch it.
 
 :func:`run_demo` prints the story to ``out`` and returns a :class:`DemoResult`; ``ok`` says
-whether the honest worker passed (and was paid) and the cheater was caught (and slashed). The
+whether the honest worker passed (and was paid) and the cheater was caught (and slashed); with
+the market, also that the silent verifier's job was paid to the worker by CLAIM. The
 library attaches no exit code: the CLI maps ``ok`` to one.
 """
 
@@ -20,7 +21,9 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TextIO, cast
+from typing import TYPE_CHECKING, Any, Final, TextIO, cast
+
+import torch
 
 from pocv.check import Verifier
 from pocv.jobs import JobSpec
@@ -34,6 +37,15 @@ if TYPE_CHECKING:  # the market signs with solders keys
     from solders.keypair import Keypair as SoldersKeypair
 
 CHEAT_FRACTION = 0.2  # the demo cheater skips this fraction of steps
+# The demo's jobs are small: torch's intra-op threads cost more than they save on them (a 64x64
+# int8 matmul takes 0.5 ms of CPU on one thread, 8 ms on two on a busy 2-core machine). One
+# thread gives the same bytes (gemm-int8's honest variants include int_mm-1thread).
+DEMO_TORCH_THREADS: Final = 1
+# Job size: 200 steps keep the spot check a sample (p = 0.999 against a 10 % cheat challenges 66
+# of them); n = 128 keeps each step a real int8 matmul chain. About 12 s of CPU for the whole
+# market round on one core (n = 256 took 145 s).
+DEMO_STEPS: Final = 200
+DEMO_N: Final = 128
 
 
 @dataclass(frozen=True)
@@ -70,20 +82,27 @@ def _round(prover: Prover, verifier: Verifier, spec: JobSpec, workdir: Path, nam
             "states": len(response.states), "proof_hashes": len(response.proof)}
 
 
-def run_demo(*, steps: int = 200, n: int = 256, output: str = "text", keep: str | None = None,
+def run_demo(*, steps: int = DEMO_STEPS, n: int = DEMO_N, output: str = "text", keep: str | None = None,
              market: bool = True, out: Any = None) -> DemoResult:
-    """The whole story on embedded defaults; with ``market`` (the default) settled on the
-    embedded Solana chain (LiteSVM): offers, a posted job, the honest worker matched, run,
-    committed, challenged from the chain beacon, verified and paid; then a cheating worker
-    caught and its bond slashed, with every party's balances before and after."""
+    """The whole story on embedded defaults; with ``market`` (the default) settled by the pocv job
+    program on the embedded Solana chain (LiteSVM): worker offers, a posted job with a commit and
+    a verdict deadline, the honest worker matched, run, committed, challenged from the chain
+    beacon, verified and paid; a cheating worker caught and its bond handed to the consumer; and a
+    job whose verifier never answers, paid to the worker by CLAIM after the verdict deadline,
+    with every party's balances before and after (docs/market.md)."""
     out = out or sys.stdout
     spec = resolve_spec(JobSpec(kernel="gemm-int8", steps=steps, seed=2026, params={"n": n}))
-    with tempfile.TemporaryDirectory(prefix="pocv-demo-") as tmp:
-        workdir = Path(keep) if keep else Path(tmp)
-        workdir.mkdir(parents=True, exist_ok=True)
-        if market:
-            return _market_demo(spec, workdir, output, out)
-        return _protocol_demo(spec, workdir, output, keep, out)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(DEMO_TORCH_THREADS)
+    try:
+        with tempfile.TemporaryDirectory(prefix="pocv-demo-") as tmp:
+            workdir = Path(keep) if keep else Path(tmp)
+            workdir.mkdir(parents=True, exist_ok=True)
+            if market:
+                return _market_demo(spec, workdir, output, out)
+            return _protocol_demo(spec, workdir, output, keep, out)
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _protocol_demo(spec: JobSpec, workdir: Path, output: str, keep: str | None, out: Any) -> DemoResult:

@@ -42,7 +42,7 @@ import threading
 from bisect import bisect_left
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from itertools import pairwise
+from itertools import chain, pairwise
 from typing import Any, Final
 
 import numpy as np
@@ -69,6 +69,7 @@ __all__ = [
     "multiproof_size",
     "node_hash",
     "verify_inclusion",
+    "verify_inclusions",
     "verify_multiproof",
 ]
 
@@ -232,14 +233,165 @@ if hasattr(os, "register_at_fork"):
 
 def _hash_rows_parallel(key_words: tuple[int, ...], rows: _U32Array, out: _U32Array) -> None:
     n = rows.shape[0]
+    jit = n >= _JIT_MIN
     pool = _helper_pool() if n >= _THREAD_MIN else None
     if pool is None:
-        _hash_rows(key_words, rows, out)
+        _hash_rows_fast(key_words, rows, out, jit)
         return
     half = n // 2
-    job = pool.submit(_hash_rows, key_words, rows[half:], out[half:])
-    _hash_rows(key_words, rows[:half], out[:half])
+    job = pool.submit(_hash_rows_fast, key_words, rows[half:], out[half:], jit)
+    _hash_rows_fast(key_words, rows[:half], out[:half], jit)
     job.result()
+
+
+# -- compiled BLAKE3 compression (numba, loaded for large trees and batch verification) -------
+
+#: Rows (hashes) of a tree level from which it goes through the compiled path when numba is
+#: usable: loading numba and the cached machine code costs about a second once per process, so
+#: only big trees take it. Below it the numpy path is fast enough.
+_JIT_MIN: Final = 1 << 18
+#: Proofs from which verify_inclusions folds them all in one compiled call.
+_JIT_VERIFY_MIN: Final = 32
+_IV_WORDS: Final = np.array(_IV, dtype=_U32)
+
+
+def _schedule_table() -> np.ndarray[Any, np.dtype[np.int64]]:
+    """(56, 6): state words a, b, c, d and message words x, y of each G call, round by round."""
+    return np.array([(*_G_WORDS[g], order[2 * g], order[2 * g + 1]) for order in _SCHEDULE for g in range(8)],
+                    dtype=np.int64)
+
+
+_SCHEDULE_TABLE: Final = _schedule_table()
+
+
+def _g_block(va: Any, vb: Any, vc: Any, vd: Any, mx: Any, my: Any, n: int) -> None:  # pragma: no cover - jitted
+    """One G function on ``n`` columns (numba compiles this; LLVM vectorizes the loop)."""
+    for j in range(n):
+        a = va[j]
+        b = vb[j]
+        c = vc[j]
+        d = vd[j]
+        a = np.uint32(a + b + mx[j])
+        d = np.uint32(d ^ a)
+        d = np.uint32((d >> np.uint32(16)) | (d << np.uint32(16)))
+        c = np.uint32(c + d)
+        b = np.uint32(b ^ c)
+        b = np.uint32((b >> np.uint32(12)) | (b << np.uint32(20)))
+        a = np.uint32(a + b + my[j])
+        d = np.uint32(d ^ a)
+        d = np.uint32((d >> np.uint32(8)) | (d << np.uint32(24)))
+        c = np.uint32(c + d)
+        b = np.uint32(b ^ c)
+        b = np.uint32((b >> np.uint32(7)) | (b << np.uint32(25)))
+        va[j] = a
+        vb[j] = b
+        vc[j] = c
+        vd[j] = d
+
+
+def _hash_rows_block(key: Any, rows: Any, block_len: int, flags: int, sched: Any, iv: Any,
+                     out: Any) -> None:  # pragma: no cover - jitted
+    """Single-block keyed BLAKE3 of each row of ``rows`` ((N, 8) or (N, 16) uint32) into ``out``."""
+    n, w = rows.shape
+    B = 512  # columns per block: 16 state + 16 message rows of 512 words (64 KiB) stay in L1/L2
+    V = np.empty((16, B), np.uint32)
+    M = np.zeros((16, B), np.uint32)
+    for start in range(0, n, B):
+        m = min(B, n - start)
+        for i in range(w):
+            for j in range(m):
+                M[i, j] = rows[start + j, i]
+        for i in range(8):
+            V[i, :m] = key[i]
+        for i in range(4):
+            V[8 + i, :m] = iv[i]
+        V[12, :m] = 0
+        V[13, :m] = 0
+        V[14, :m] = block_len
+        V[15, :m] = flags
+        for s in range(sched.shape[0]):
+            _g_jit(V[sched[s, 0]], V[sched[s, 1]], V[sched[s, 2]], V[sched[s, 3]], M[sched[s, 4]], M[sched[s, 5]], m)
+        for j in range(m):
+            for i in range(8):
+                out[start + j, i] = V[i, j] ^ V[i + 8, j]
+
+
+_g_jit: Any = None
+_hash_rows_jit: Any = None
+_fold_paths_jit: Any = None
+_jit_state = {"tried": False}
+_jit_lock = threading.Lock()
+
+
+def _jitted() -> Any:
+    """The compiled row hasher, or None where numba is unusable or ``POCV_NO_JIT=1``.
+
+    Compiled once per machine (numba's cache, next to this module), loaded in ~0.1 s after that.
+    """
+    global _g_jit, _hash_rows_jit, _fold_paths_jit
+    if _jit_state["tried"]:
+        return _hash_rows_jit
+    with _jit_lock:
+        if not _jit_state["tried"]:
+            _jit_state["tried"] = True
+            if os.environ.get("POCV_NO_JIT") == "1":
+                return None
+            try:
+                import numba  # heavy (~0.3 s): only trees of _JIT_MIN leaves and batch verification need it
+            except ImportError:  # pragma: no cover - numba is a dependency
+                return None
+            _g_jit = numba.njit(nogil=True, cache=True)(_g_block)
+            _hash_rows_jit = numba.njit(nogil=True, cache=True)(_hash_rows_block)
+            _fold_paths_jit = numba.njit(nogil=True, cache=True)(_fold_paths)
+    return _hash_rows_jit
+
+
+def _hash_rows_fast(key_words: tuple[int, ...], rows: _U32Array, out: _U32Array, jit: bool) -> None:
+    fn = _jitted() if jit else None
+    if fn is None:
+        _hash_rows(key_words, rows, out)
+        return
+    fn(np.array(key_words, dtype=_U32), rows, 4 * rows.shape[1], _SINGLE_BLOCK_FLAGS, _SCHEDULE_TABLE,
+       _IV_WORDS, out)
+
+
+def _fold_paths(key_leaf: Any, key_node: Any, size: int, idx: Any, vals: Any, hashes: Any, offs: Any, sched: Any,
+                iv: Any, out: Any) -> None:  # pragma: no cover - jitted
+    """The roots that inclusion proofs lead to, all proofs one tree level at a time: out[p] is
+    the root from leaf idx[p] with value vals[p] and the audit path hashes[offs[p]:offs[p+1]]
+    (lengths already checked). Each level's hashes are one block-hashed batch."""
+    m = idx.shape[0]
+    flags = 1 | 2 | 8 | 16
+    _hash_rows_jit(key_leaf, vals, 32, flags, sched, iv, out)
+    node = idx.copy()
+    pos = offs[:m].copy()
+    rows = np.empty((m, 16), np.uint32)
+    tmp = np.empty((m, 8), np.uint32)
+    which = np.empty(m, np.int64)
+    count = size
+    while count > 1:
+        k = 0
+        for p in range(m):
+            if (node[p] ^ 1) < count:  # else the node is promoted: no sibling at this level
+                q = pos[p]
+                pos[p] = q + 1
+                if node[p] & 1:
+                    for w in range(8):
+                        rows[k, w] = hashes[q, w]
+                        rows[k, 8 + w] = out[p, w]
+                else:
+                    for w in range(8):
+                        rows[k, w] = out[p, w]
+                        rows[k, 8 + w] = hashes[q, w]
+                which[k] = p
+                k += 1
+            node[p] = node[p] >> 1
+        if k:
+            _hash_rows_jit(key_node, rows[:k], 64, flags, sched, iv, tmp[:k])
+            for t in range(k):
+                for w in range(8):
+                    out[which[t], w] = tmp[t, w]
+        count = (count + 1) >> 1
 
 
 # -- hashing one node at a time ----------------------------------------------------------------
@@ -581,6 +733,61 @@ def verify_inclusion(root: bytes, size: int, index: int, value: bytes, proof: Se
         node, count = node >> 1, (count + 1) >> 1
     if r != root:  # (4)
         raise ProofError(f"inclusion proof does not lead to the root: expected {bytes(root).hex()}, got {r.hex()}")
+
+
+def verify_inclusions(root: bytes, size: int, items: Sequence[tuple[int, bytes, Sequence[bytes]]]) -> None:
+    """:func:`verify_inclusion` for many ``(index, value, proof)`` of one tree at once.
+
+    The same checks in the same order, shapes first for every item, then every path is folded;
+    the ProofError names the first item that fails. From :data:`_JIT_VERIFY_MIN` proofs (and
+    where numba is usable) all paths are folded level by level in one compiled call, each level
+    one vectorized batch of BLAKE3 compressions, instead of a Python loop of hash calls.
+    """
+    _check_digest("root", root)
+    _check_size(size)
+    fn = _jitted() if len(items) >= _JIT_VERIFY_MIN else None
+    if fn is None or _fold_paths_jit is None:
+        for index, value, proof in items:
+            verify_inclusion(root, size, index, value, proof)
+        return
+    indices, values, proofs = zip(*items, strict=True)  # C-level loops from here on: no Python per hash
+    idx = np.array(indices)
+    last = size - 1
+    ok = idx.dtype.kind in "iu" and idx.ndim == 1 and bool((idx >= 0).all()) and bool((idx <= last).all())
+    if ok:
+        idx = idx.astype(np.int64)
+        x = idx ^ last
+        inner = np.where(x > 0, np.frexp(x.astype(np.float64))[1], 0)  # bit_length (size < 2^53)
+        want = inner + np.bitwise_count(idx >> inner)  # inclusion_proof_size, all at once
+        lens = list(map(len, chain.from_iterable(proofs)))
+        ok = (list(map(len, values)).count(DIGEST_SIZE) == len(values)
+              and lens.count(DIGEST_SIZE) == len(lens)
+              and bool((np.fromiter(map(len, proofs), np.int64, len(proofs)) == want).all()))
+    if ok:
+        try:  # a value or hash that is not bytes (a str of 32 characters) is a shape error below
+            flat = b"".join(chain.from_iterable(proofs)) or bytes(DIGEST_SIZE)
+            joined_values = b"".join(values)
+        except TypeError:
+            ok = False
+    if not ok:  # find and name the first bad item, exactly as verify_inclusion would
+        for n_item, (index, value, proof) in enumerate(items):
+            _check_index(index, size)
+            _check_digest(f"leaf value of item {n_item}", value)
+            _check_proof_hashes(f"inclusion proof of item {n_item}", proof, inclusion_proof_size(index, size))
+        raise ProofError("inclusion proofs hold a value or hash that is not bytes")
+    expected = want
+    offs = np.zeros(len(items) + 1, dtype=np.int64)
+    np.cumsum(expected, out=offs[1:])
+    vals = np.frombuffer(joined_values, _U32).reshape(-1, 8)
+    out = np.empty((len(items), 8), _U32)
+    _fold_paths_jit(np.array(_LEAF_KEY_WORDS, _U32), np.array(_NODE_KEY_WORDS, _U32), size,
+                    idx, vals,
+                    np.frombuffer(flat, _U32).reshape(-1, 8), offs, _SCHEDULE_TABLE, _IV_WORDS, out)
+    bad = np.flatnonzero((out != np.frombuffer(root, _U32)).any(axis=1))
+    if bad.size:
+        j = int(bad[0])
+        raise ProofError(f"inclusion proof of item {j} (leaf {items[j][0]}) does not lead to the root: expected "
+                         f"{bytes(root).hex()}, got {out[j].tobytes().hex()}")
 
 
 def verify_multiproof(root: bytes, size: int, values: Mapping[int, bytes], proof: Sequence[bytes]) -> None:

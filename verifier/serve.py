@@ -29,9 +29,9 @@ replayed nonce, 413 body too large, 422 a well-formed challenge or query this wo
 full or nonce cache full; Retry-After says when to try again), 504 the answer took longer
 than ``request_timeout_s``.
 
-Plain HTTP: run it behind a TLS-terminating proxy (``pocv serve --help``) on any network
-that is not loopback. The signatures authenticate both parties and bind every response to
-its request, but do not hide the traffic.
+Off loopback, serve HTTPS (``start(ssl_context=...)``, ``pocv serve --tls-cert``) or run it
+behind a TLS-terminating proxy (``pocv serve --help``). The signatures authenticate both
+parties and bind every response to its request, but do not hide the traffic.
 """
 
 from __future__ import annotations
@@ -44,8 +44,9 @@ import os
 import re
 import signal
 import socket
+import ssl
 import tempfile
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import IO, Any, Final
@@ -64,6 +65,7 @@ from pocv.errors import (
     SignatureError,
     StorageError,
 )
+from pocv.kernels.params import ArtifactSource
 from pocv.keys import Signer, b58encode
 from pocv.limits import DEFAULT_MAX_ANSWER, MAX_RECORD_BYTES
 from pocv.prover import Prover
@@ -74,8 +76,8 @@ log = logging.getLogger(__name__)
 PROTOCOL: Final = "pocv-http/1"
 #: bytes of a streamed answer written per chunk
 CHUNK_BYTES: Final = 1 << 20
-#: answers spooled to disk beyond this many bytes (smaller ones stay in memory)
-SPOOL_MEMORY_BYTES: Final = 8 << 20
+#: pieces of an answer smaller than this are joined before they are written
+SMALL_PIECE_BYTES: Final = 64 << 10
 _JOB_ID = re.compile(r"^/v1/jobs/([0-9a-f]{64})/(commitment|respond|answer)$")
 
 
@@ -100,6 +102,9 @@ class ServerLimits:
     #: open connections in all, and from one peer address
     max_connections: int = 1024
     max_connections_per_peer: int = 64
+    #: answers streamed from memory (the recomputed bundle, no copy) at most this many bytes in
+    #: all; an answer beyond goes to a temporary file first
+    max_answer_memory_bytes: int = 512 << 20
 
     def __post_init__(self) -> None:
         for name, value in asdict(self).items():
@@ -152,6 +157,65 @@ class _CappedServer(web.Server):
         super().connection_lost(handler, exc)
 
 
+class _Answer:
+    """An answer's bytes as written by the bundle (references to its pieces, no copy), hashed as
+    they come; :meth:`spool` moves them to a temporary file."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self.pieces: list[bytes] = []
+        self.size = 0
+        self.file: IO[bytes] | None = None
+        self._hasher = blake3()
+
+    def write(self, data: bytes) -> int:
+        self._hasher.update(data)
+        self.pieces.append(data)
+        self.size += len(data)
+        return len(data)
+
+    @property
+    def digest(self) -> bytes:
+        return bytes(self._hasher.digest())
+
+    def spool(self) -> None:
+        f = tempfile.TemporaryFile()  # noqa: SIM115 - closed by close()
+        for piece in self.pieces:
+            f.write(piece)
+        f.seek(0)
+        self.file, self.pieces = f, []
+
+    def chunks(self) -> Iterator[bytes | memoryview]:
+        """The answer in pieces of at most CHUNK_BYTES (small pieces coalesced)."""
+        if self.file is not None:
+            while chunk := self.file.read(CHUNK_BYTES):
+                yield chunk
+            return
+        small: list[bytes] = []
+        small_size = 0
+        for piece in self.pieces:
+            if len(piece) < SMALL_PIECE_BYTES:
+                small.append(piece)
+                small_size += len(piece)
+                if small_size >= SMALL_PIECE_BYTES:
+                    yield b"".join(small)
+                    small, small_size = [], 0
+                continue
+            if small:
+                yield b"".join(small)
+                small, small_size = [], 0
+            view = memoryview(piece)
+            for i in range(0, len(view), CHUNK_BYTES):
+                yield view[i:i + CHUNK_BYTES]
+        if small:
+            yield b"".join(small)
+
+    def close(self) -> None:
+        self.pieces = []
+        if self.file is not None:
+            self.file.close()
+
+
 @dataclass(frozen=True)
 class _Trace:
     path: Path
@@ -168,8 +232,10 @@ class WorkerService:
 
     def __init__(self, *, traces: str | os.PathLike[str] | Sequence[str | os.PathLike[str]], key: Signer,
                  accept: Iterable[bytes], limits: ServerLimits | None = None,
-                 max_answer: int = DEFAULT_MAX_ANSWER, device: str | None = None) -> None:
+                 max_answer: int = DEFAULT_MAX_ANSWER, device: str | None = None,
+                 artifacts: ArtifactSource | None = None) -> None:
         self.key = key
+        self.artifacts = artifacts  # the worker's store for the jobs' artifacts (None: the default one)
         self.public_key = bytes(key.pubkey())
         self.accept = frozenset(bytes(k) for k in accept)
         if not self.accept:
@@ -183,6 +249,7 @@ class WorkerService:
         self._traces: dict[bytes, _Trace] = {}
         self._slots = asyncio.Semaphore(self.limits.max_concurrent_answers)
         self._queued = 0
+        self._held = 0  # bytes of answers streamed from memory now
         self._runner: web.ServerRunner | None = None
         self._server: _CappedServer | None = None
         self.address: tuple[str, int] | None = None
@@ -226,18 +293,19 @@ class WorkerService:
         return t
 
     def _prover(self, t: _Trace) -> Prover:
-        return Prover(trace_dir=t.path, key=self.key, max_answer=self.max_answer)
+        return Prover(trace_dir=t.path, key=self.key, max_answer=self.max_answer, artifacts=self.artifacts)
 
     # -- the request path ------------------------------------------------------------------
 
     async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
         request_sig = bytes(64)
+        with contextlib.suppress(MalformedError):  # every answer, a refusal too, names the request it answers
+            request_sig = H.Signed.from_headers(request.headers, "request").signature
         try:
             async with asyncio.timeout(self.limits.request_timeout_s):
                 try:
                     body = await self._read_body(request)
-                    signed = self._authenticate(request, body)
-                    request_sig = signed.signature
+                    self._authenticate(request, body)
                     return await self._route(request, body, request_sig)
                 except HttpError:
                     raise
@@ -342,7 +410,7 @@ class WorkerService:
 
     async def _answer(self, work: Callable[[], Any], request: web.BaseRequest,
                       request_sig: bytes) -> web.StreamResponse:
-        """Run a recomputation in a slot (bounded, queued), spool its answer, stream it."""
+        """Run a recomputation in a slot (bounded, queued), then stream its answer."""
         if self._queued >= self.limits.max_queued_answers:
             raise HttpError(503, "busy", f"{self._queued} answers are queued (max_queued_answers)", retry_after=5)
         self._queued += 1
@@ -356,14 +424,23 @@ class WorkerService:
         finally:
             self._queued -= 1
         try:
-            spool, digest, size, kind = await asyncio.to_thread(self._compute, work)
+            answer = await asyncio.to_thread(self._compute, work)
         finally:
             self._slots.release()
-        with spool:
-            return await self._stream(spool, digest, size, kind, request, request_sig)
+        # the answer is streamed from the recomputed bundle in memory (no copy) while the answers
+        # held that way stay within max_answer_memory_bytes; beyond, it goes to a file first
+        if self._held + answer.size > self.limits.max_answer_memory_bytes:
+            await asyncio.to_thread(answer.spool)
+        held = 0 if answer.file is not None else answer.size
+        self._held += held
+        try:
+            return await self._stream(answer, request, request_sig)
+        finally:
+            self._held -= held
+            answer.close()
 
     @staticmethod
-    def _compute(work: Callable[[], Any]) -> tuple[IO[bytes], bytes, int, str]:
+    def _compute(work: Callable[[], Any]) -> _Answer:
         try:
             answer = work()
         except StorageError as e:
@@ -372,31 +449,19 @@ class WorkerService:
             raise HttpError(422, "refused", str(e)) from e
         except EvidenceError as e:
             raise HttpError(422, "refused", str(e)) from e
-        spool = tempfile.SpooledTemporaryFile(max_size=SPOOL_MEMORY_BYTES)  # noqa: SIM115 - returned open
-        hasher = blake3()
-
-        class _Tee:
-            def write(self, data: bytes) -> int:
-                hasher.update(data)
-                return spool.write(data)
-
+        out = _Answer("application/octet-stream" if isinstance(answer, Response) else "application/json")
         if isinstance(answer, Response):
-            answer.write_to(_Tee())  # type: ignore[arg-type]
-            kind = "application/octet-stream"
+            answer.write_to(out)  # type: ignore[arg-type]  # a write-only sink
         else:  # a dispute opening
-            _Tee().write(answer.to_json().encode())
-            kind = "application/json"
-        size = spool.tell()
-        spool.seek(0)
-        return spool, bytes(hasher.digest()), size, kind
+            out.write(answer.to_json().encode())
+        return out
 
-    async def _stream(self, spool: IO[bytes], digest: bytes, size: int, kind: str, request: web.BaseRequest,
-                      request_sig: bytes) -> web.StreamResponse:
-        signed = H.sign_response(self.key, 200, request_sig, digest)
-        resp = web.StreamResponse(status=200, headers={**signed.headers(), "Content-Type": kind})
-        resp.content_length = size
+    async def _stream(self, answer: _Answer, request: web.BaseRequest, request_sig: bytes) -> web.StreamResponse:
+        signed = H.sign_response(self.key, 200, request_sig, answer.digest)
+        resp = web.StreamResponse(status=200, headers={**signed.headers(), "Content-Type": answer.kind})
+        resp.content_length = answer.size
         await resp.prepare(request)
-        while chunk := spool.read(CHUNK_BYTES):
+        for chunk in answer.chunks():
             await resp.write(chunk)  # waits while the client does not read: bounded by request_timeout_s
         await resp.write_eof()
         return resp
@@ -422,9 +487,9 @@ class WorkerService:
 
     # -- lifecycle -------------------------------------------------------------------------
 
-    async def start(self, host: str = "127.0.0.1", port: int = 0, *, sock: socket.socket | None = None
-                    ) -> tuple[str, int]:
-        """Start serving; returns the bound (host, port)."""
+    async def start(self, host: str = "127.0.0.1", port: int = 0, *, sock: socket.socket | None = None,
+                    ssl_context: ssl.SSLContext | None = None) -> tuple[str, int]:
+        """Start serving (HTTPS with ``ssl_context``); returns the bound (host, port)."""
         self._server = _CappedServer(self._handle, limits=self.limits, handler_cancellation=True,
                                      keepalive_timeout=self.limits.header_timeout_s)
         self._runner = web.ServerRunner(self._server, handle_signals=False)
@@ -433,8 +498,12 @@ class WorkerService:
             family = socket.AF_INET6 if ":" in host else socket.AF_INET
             sock = socket.socket(family, socket.SOCK_STREAM)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.bind((host, port))
-        site = web.SockSite(self._runner, sock, backlog=1024)
+            try:
+                sock.bind((host, port))
+            except OSError:
+                sock.close()
+                raise
+        site = web.SockSite(self._runner, sock, backlog=1024, ssl_context=ssl_context)
         await site.start()
         bound = sock.getsockname()
         self.address = (str(bound[0]), int(bound[1]))
@@ -453,24 +522,33 @@ class WorkerService:
 
 
 def run(service: WorkerService, host: str = "127.0.0.1", port: int = 8470,
-        ready: Callable[[tuple[str, int]], None] | None = None) -> None:
-    """Serve until SIGINT or SIGTERM (the blocking form, for ``pocv serve``)."""
+        ready: Callable[[tuple[str, int]], None] | None = None, *, ssl_context: ssl.SSLContext | None = None
+        ) -> int | None:
+    """Serve until SIGINT or SIGTERM (the blocking form, for ``pocv serve``); returns the signal
+    that stopped it (None where signals cannot be caught: not the main thread, or Windows)."""
+    got: list[int] = []
 
     async def main() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
+
+        def on(sig: int) -> None:
+            got.append(sig)
+            stop.set()
+
         for sig in (signal.SIGINT, signal.SIGTERM):
-            with contextlib.suppress(NotImplementedError, RuntimeError):
-                loop.add_signal_handler(sig, stop.set)
-        address = await service.start(host, port)
-        if ready is not None:
-            ready(address)
+            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+                loop.add_signal_handler(sig, on, sig)
         try:
+            address = await service.start(host, port, ssl_context=ssl_context)
+            if ready is not None:
+                ready(address)
             await stop.wait()
         finally:
             await service.stop()
 
     asyncio.run(main())
+    return got[0] if got else None
 
 
 __all__ = ["PROTOCOL", "HttpError", "ServerLimits", "WorkerService", "run"]

@@ -15,16 +15,21 @@ def test_demo_round_pays_honest_and_slashes_cheater() -> None:
     r = run_market_demo(out=out)
     text = out.getvalue()
     assert r["ok"], text
-    assert [x["result"] for x in r["rounds"]] == ["PASS", "FAIL"]
-    assert [x["worker"] for x in r["rounds"]] == ["honest worker", "cheating worker"]
+    assert [x["result"] for x in r["rounds"]] == ["PASS", "FAIL", "EXPIRED"]
+    assert [x["worker"] for x in r["rounds"]] == ["honest worker", "cheating worker", "honest worker"]
     assert r["tokens_reconciled"] and r["lamports_reconciled"]
     assert r["reputation"]["cheating worker"]["fails"] == 1
+    assert r["reputation"]["honest worker"]["expired"] == 1
     for party in ("consumer", "honest worker", "cheating worker", "verifier"):
         assert party in text
-    assert "beacon: slot:" in text and "result: honest worker PAID, cheater SLASHED" in text
-    # every escrow transaction within the targets
-    job_txs = [t for t in r["transactions"] if t["step"].startswith(("POST", "COMMIT", "SETTLE"))]
-    assert len(job_txs) == 6 and sum(t["fee"] for t in job_txs) == 2 * 20_000
+    assert "beacon: slot:" in text and "commit by slot" in text and "verdict by slot" in text
+    assert "result: honest worker PAID, cheater SLASHED, silent verifier's job PAID BY CLAIM" in text
+    # one signature per transaction; the early CLAIM is refused by the program at the deadline
+    job_txs = [t for t in r["transactions"] if t["step"].startswith(("POST", "COMMIT", "VERDICT", "CLAIM"))]
+    assert len(job_txs) == 10 and all(t["fee"] == 5_000 for t in job_txs)
+    early = [t for t in job_txs if not t["ok"]]
+    assert len(early) == 1 and "Custom(9)" in early[0]["error"] and early[0]["slot"] == r["rounds"][2][
+        "verdict_deadline"]
 
 
 def test_demo_with_engine_callbacks_gets_the_chain_beacon() -> None:
@@ -45,7 +50,7 @@ def test_demo_with_engine_callbacks_gets_the_chain_beacon() -> None:
 
     r = run_market_demo(commit=commit, verify=verify)
     assert r["ok"] and not r["stand_in"]
-    assert [b.hex() for b, _ in seen] == [x["beacon"] for x in r["rounds"]]
+    assert [b.hex() for b, _ in seen] == [x["beacon"] for x in r["rounds"][:2]]  # job 3: the verifier is silent
     assert all(re.fullmatch(r"slot:[0-9]+:after:[0-9]+", s) for _, s in seen)  # checkable: slot after commit
 
 
@@ -75,5 +80,5 @@ def test_demo_over_the_real_engine(tmp_path: object) -> None:
     out = io.StringIO()
     r = run_market_demo(spec=spec, commit=commit, verify=verify, out=out)
     assert r["ok"], out.getvalue()
-    assert [x["result"] for x in r["rounds"]] == ["PASS", "FAIL"]
-    assert len(made) == 2
+    assert [x["result"] for x in r["rounds"]] == ["PASS", "FAIL", "EXPIRED"]
+    assert len(made) == 3

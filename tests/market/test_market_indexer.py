@@ -1,4 +1,5 @@
-"""The indexer rebuilds histories and reputations from chain data, trusting no memo on its own."""
+"""The indexer rebuilds job histories from the program's transactions and reads offers and
+records from its accounts; the matcher weighs records by distinct counterparties."""
 
 from __future__ import annotations
 
@@ -7,152 +8,134 @@ from pathlib import Path
 
 from solders.keypair import Keypair
 
-from pocv.market import memo as memos
-from pocv.market import programs as P
-from pocv.market.escrow import EscrowAddresses, sign_and_send
-from pocv.market.indexer import Indexer, reputations
-from pocv.market.market import JobRequest, Offer, Reputation, match, publish_offer
-from tests.market.conftest import World
+from pocv.market import jobprogram as J
+from pocv.market.escrow import sign_and_send
+from pocv.market.indexer import Indexer
+from pocv.market.market import Capabilities, JobRequest, Offer, Reputation, match
+from tests.market.conftest import CAPS, World
 
 
 def _settle(w: World, kind: str, worker: Keypair | None = None) -> bytes:
-    t = w.terms(worker=worker)
-    root = w.post_and_commit(t, worker)
+    t = w.terms(worker=worker, commit_window=2, verdict_window=2)
     wk = worker or w.worker
-    if kind == "TIMEOUT":
-        assert w.escrow.timeout(t, consumer=w.consumer, worker=wk).ok
+    if kind == "REFUNDED":
+        assert w.escrow.post(t, w.consumer).ok
+        w.backend.warp_to(t.commit_deadline + 1)
+        assert w.escrow.claim(t, w.outsider).ok
+        return t.job_id
+    root = w.post_and_commit(t, wk)
+    if kind == "EXPIRED":
+        w.backend.warp_to(t.verdict_deadline + 1)
+        assert w.escrow.claim(t, wk).ok
     else:
-        v = w.verdict(t, root, ok=kind == "PASS")
-        assert w.escrow.settle(t, root=root, verdict=v, verifier=w.verifier,
-                               cosigner=wk if kind == "PASS" else w.consumer).ok
+        assert w.escrow.verdict(t, w.verdict(t, root, ok=kind == "PASSED"), w.verifier).ok
     return t.job_id
 
 
-def test_histories_and_reputation_rebuilt_from_chain(fast_world: World) -> None:
+def test_histories_and_records_rebuilt_from_the_program(fast_world: World) -> None:
     w = fast_world
-    ids = {_settle(w, k): k for k in ["PASS", "PASS", "FAIL", "TIMEOUT"]}
+    ids = {_settle(w, k): k for k in ["PASSED", "PASSED", "FAILED", "REFUNDED", "EXPIRED"]}
     open_job = w.terms()
     root = w.post_and_commit(open_job)
-    jobs = Indexer(w.backend, w.mint).jobs()
+    ix = Indexer(w.backend, w.program, book={CAPS.digest(): CAPS})
+    offers, jobs = ix.refresh()
     by_id = {j.job_id: j for j in jobs}
     assert {k: by_id[k].status for k in ids} == ids
-    assert by_id[open_job.job_id].status == "committed" and by_id[open_job.job_id].root == root
-    assert all(not j.anomalies for j in jobs)
-    fail = next(j for j in jobs if j.status == "FAIL")
-    assert fail.paid == {"consumer": fail.terms.price + fail.terms.bond}
-    assert [e.kind for e in fail.events] == ["post", "commit", "settle"]
-    rep = reputations(jobs)[w.worker.pubkey()]
-    assert (rep.passes, rep.fails, rep.timeouts, rep.slashed) == (2, 1, 1, 500)
+    assert by_id[open_job.job_id].status == "COMMITTED" and by_id[open_job.job_id].root == root
+    assert by_id[open_job.job_id].terms == open_job
+    assert [o.worker for o in offers] == [w.worker.pubkey()] and offers[0].capabilities == CAPS
+    rep = ix.reputations()[w.worker.pubkey()]
+    assert (rep.passes, rep.fails, rep.expired, rep.lapsed, rep.distinct_consumers) == (2, 1, 1, 1, 1)
+    assert rep.slashed == 500 and rep.counted_passes == 1  # two PASSes from one consumer count once
+    assert ix.job(open_job.job_id) == by_id[open_job.job_id]
 
 
-def test_outsider_pass_memo_is_ignored(fast_world: World) -> None:
+def test_failed_transactions_and_other_programs_are_not_history(fast_world: World) -> None:
     w = fast_world
     t = w.terms()
-    root = w.post_and_commit(t)
-    vault = EscrowAddresses.derive(t).vault
-    fake = memos.make("settle", job=memos.b58(t.job_id), root=memos.b58(root), result="PASS",
-                      verdict=memos.b58(os.urandom(32)))
-    # the outsider names the vault (read-only) so the memo lands in the vault's history
-    out = sign_and_send(w.backend, [P.memo(fake.text(), (w.outsider.pubkey(),))], [w.outsider], [vault])
-    assert out.ok, out.error
-    assert str(out.signature) in {str(s) for s in w.backend.signatures_for_address(vault)}
-    job = Indexer(w.backend, w.mint).job(t.job_id)
-    assert job is not None
-    assert job.status == "committed"
-    assert any("expected" in a and "ignored" in a for a in job.anomalies)
-    assert reputations([job]).get(w.worker.pubkey(), Reputation(worker=w.worker.pubkey())).passes == 0
-
-
-def test_verifier_memo_without_payout_is_ignored(fast_world: World) -> None:
-    """Even the real verifier's PASS memo counts only with the matching token movements."""
-    w = fast_world
-    t = w.terms()
-    root = w.post_and_commit(t)
-    m = memos.make("settle", job=memos.b58(t.job_id), root=memos.b58(root), result="PASS",
-                   verdict=memos.b58(os.urandom(32)))
-    vault = EscrowAddresses.derive(t).vault
-    assert sign_and_send(w.backend, [P.memo(m.text(), (w.verifier.pubkey(),))], [w.verifier], [vault]).ok
-    job = Indexer(w.backend, w.mint).job(t.job_id)
-    assert job is not None and job.status == "committed"
-    assert any("tokens moved" in a for a in job.anomalies)
-
-
-def test_memo_naming_an_unsigned_key_does_not_land(fast_world: World) -> None:
-    w = fast_world
+    assert w.escrow.post(t, w.consumer).ok
+    # an outsider's COMMIT fails on chain: it is not an event
     from solders.instruction import AccountMeta, Instruction
 
-    ix = Instruction(P.MEMO_PROGRAM_ID, b"pocv1 settle", [AccountMeta(w.verifier.pubkey(), False, False)])
-    out = sign_and_send(w.backend, [ix], [w.outsider])
-    assert not out.ok
+    ix = w.program.commit(t, os.urandom(32))
+    metas = [AccountMeta(w.outsider.pubkey(), is_signer=True, is_writable=False), *list(ix.accounts)[1:]]
+    bad = J.send(w.backend, [Instruction(ix.program_id, bytes(ix.data), metas)], [w.outsider])
+    assert not bad.ok and bad.landed
+    (job,) = Indexer(w.backend, w.program).refresh()[1]
+    assert job.status == "POSTED" and [e.kind for e in job.events] == ["POST"]
 
 
 def test_sqlite_cache_fetches_each_transaction_once(fast_world: World, tmp_path: Path) -> None:
     w = fast_world
-    for k in ["PASS", "FAIL"]:
-        _settle(w, k)
-    db = tmp_path / "index.sqlite"
-    ix = Indexer(w.backend, w.mint, cache=db)
-    first = [j.to_dict() for j in ix.jobs()]
-    assert ix.fetched >= 6
-    second = [j.to_dict() for j in ix.jobs()]
-    assert ix.fetched == 0 and second == first
-    ix.close()
-    again = Indexer(w.backend, w.mint, cache=db)  # a new process reads the same file
-    assert [j.to_dict() for j in again.jobs()] == first and again.fetched == 0
-    _settle(w, "PASS")
-    assert len(again.jobs()) == 3 and again.fetched == 3
+    _settle(w, "PASSED")
+    calls = []
+    real = w.backend.get_transaction
+
+    def counting(sig):  # type: ignore[no-untyped-def]
+        calls.append(sig)
+        return real(sig)
+
+    w.backend.get_transaction = counting  # type: ignore[method-assign]
+    cache = tmp_path / "index.sqlite"
+    first = Indexer(w.backend, w.program, cache=cache)
+    jobs1 = first.refresh()[1]
+    first.close()
+    n = len(calls)
+    assert n >= 4
+    second = Indexer(w.backend, w.program, cache=cache)
+    jobs2 = second.refresh()[1]
+    assert len(calls) == n and [j.to_dict() for j in jobs2] == [j.to_dict() for j in jobs1]
+    _settle(w, "FAILED")
+    assert [j.status for j in second.refresh()[1]] == ["PASSED", "FAILED"]
+    assert len(calls) == n + 3  # only the three new transactions
 
 
-# -- offers and matching ----------------------------------------------------------------------
-
-
-def _offer(k: Keypair, price: int, kernels: tuple[str, ...] = ("gemm-int8",), dev: str = "cpu-x86",
-           bond: int = 500) -> Offer:
-    return Offer(worker=k.pubkey(), device_class=dev, fingerprint=bytes(32), price=price, bond=bond, kernels=kernels)
-
-
-def test_offers_published_on_chain_and_latest_wins(fast_world: World) -> None:
+def test_offer_updates_and_unknown_capabilities(fast_world: World) -> None:
     w = fast_world
-    assert publish_offer(w.backend, _offer(w.worker, 900), w.worker, w.mint).ok
-    assert publish_offer(w.backend, _offer(w.outsider, 800, ("mlp-sgd",)), w.outsider, w.mint).ok
-    assert publish_offer(w.backend, _offer(w.worker, 700), w.worker, w.mint).ok
-    offers = {o.worker: o for o in Indexer(w.backend, w.mint).offers()}
-    assert offers[w.worker.pubkey()].price == 700
-    assert offers[w.outsider.pubkey()].kernels == ("mlp-sgd",)
+    w.offer(w.worker, price=70)
+    w.offer(w.worker, price=50)
+    w.offer(w.outsider, price=10)
+    ix = Indexer(w.backend, w.program, book={CAPS.digest(): CAPS})
+    offers = {o.worker: o for o in ix.refresh()[0]}
+    assert offers[w.worker.pubkey()].price == 50  # the account holds the latest
+    req = JobRequest(kernel="gemm-int8@1", max_price=100, verifier=w.verifier.pubkey())
+    assert match(req, offers.values(), ix.reputations()).offer.worker == w.outsider.pubkey()  # type: ignore[union-attr]
+    # a matcher that does not know the capabilities document does not match the offer
+    blind = Indexer(w.backend, w.program)
+    assert match(req, blind.refresh()[0], blind.reputations()) is None
+    other = Capabilities(device_class="h100", kernels=("mlp-sgd",))
+    assert match(JobRequest(kernel="mlp-sgd", max_price=100), offers.values(), {}) is None
+    assert other.digest() != CAPS.digest()
 
 
-def test_matcher_picks_cheapest_qualified_weighted_by_history() -> None:
-    a, b, c, d = (Keypair() for _ in range(4))
-    offers = [_offer(a, 1_000), _offer(b, 900), _offer(c, 500, ("mlp-sgd",)), _offer(d, 950, dev="h100")]
-    req = JobRequest(kernel="gemm-int8@1", max_price=2_000)
-    m = match(req, offers, {})
-    assert m is not None and m.offer.worker == b.pubkey() and m.qualified == 3 and m.considered == 4
-    # b has failed before: a, with a clean record, now wins despite the higher price
-    rep = {b.pubkey(): Reputation(worker=b.pubkey(), passes=3, fails=1),
-           a.pubkey(): Reputation(worker=a.pubkey(), passes=5)}
-    m = match(req, offers, rep)
-    assert m is not None and m.offer.worker == a.pubkey()
-    assert match(JobRequest(kernel="gemm-int8", max_price=2_000, device_class="h100"), offers, rep).offer.worker \
-        == d.pubkey()  # type: ignore[union-attr]
-    assert match(JobRequest(kernel="gemm-int8", max_price=100), offers, rep) is None
-    assert match(JobRequest(kernel="gemm-int8", max_price=2_000, min_bond=10_000), offers, rep) is None
+def _offer(price: int, key: Keypair | None = None) -> Offer:
+    k = key or Keypair()
+    terms = J.Offer(mint=Keypair().pubkey(), price=price, min_bond=0, max_bond=10, verifiers=(Keypair().pubkey(),))
+    return Offer(worker=k.pubkey(), terms=terms, capabilities=CAPS)
 
 
-def test_junk_on_the_board_is_not_a_job(fast_world: World) -> None:
-    """Anyone can write to the board: malformed posts, posts without a deposit, posts for someone else."""
-    from pocv.market.escrow import board_address
+def test_matcher_weighs_distinct_counterparties_not_repeat_jobs() -> None:
+    veteran, sybil, newcomer = _offer(100), _offer(100), _offer(100)
+    reps = {
+        veteran.worker: Reputation(worker=veteran.worker, passes=3, distinct_consumers=3),
+        # 50 PASSes from one consumer key (its own, say): counted once
+        sybil.worker: Reputation(worker=sybil.worker, passes=50, distinct_consumers=1),
+    }
+    req = JobRequest(kernel="gemm-int8", max_price=1_000)
+    assert reps[sybil.worker].trust < reps[veteran.worker].trust
+    assert Reputation(worker=newcomer.worker).trust == 0.5 < reps[sybil.worker].trust
+    m = match(req, [newcomer, sybil, veteran], reps)
+    assert m is not None and m.offer.worker == veteran.worker and m.qualified == 3
+    cheap_cheat = _offer(60)
+    reps[cheap_cheat.worker] = Reputation(worker=cheap_cheat.worker, passes=1, fails=1, distinct_consumers=1)
+    assert match(req, [cheap_cheat, veteran], reps).offer.worker == veteran.worker  # type: ignore[union-attr]
 
+
+def test_junk_transactions_naming_the_program_are_not_jobs(fast_world: World) -> None:
     w = fast_world
-    board = board_address(w.mint)
-    t = w.terms()
-    junk = [
-        "pocv1 post job=xx spec=yy kernel=k dev=any conf=1 c=a w=b v=c price=1 bond=1 dl=1",  # bad keys, digests
-        t.post_memo().text(),  # a well-formed post by the outsider, naming the consumer, with no deposit
-        "pocv1 offer dev=cpu fp=- price=0 bond=0 kernels=x",  # price 0: not a valid offer
-        "hello",
-    ]
-    for text in junk:
-        assert sign_and_send(w.backend, [P.memo(text, (w.outsider.pubkey(),))], [w.outsider], [board]).ok
-    _settle(w, "PASS")
-    offers, jobs = Indexer(w.backend, w.mint).refresh()
-    assert [j.status for j in jobs] == ["PASS"] and offers == []
+    from solders.instruction import Instruction
+
+    junk = Instruction(w.program.program_id, b"\x09" * 8, [])
+    out = sign_and_send(w.backend, [junk], [w.outsider])
+    assert not out.ok  # the program refuses it: a failed transaction is no history
+    assert Indexer(w.backend, w.program).refresh()[1] == []

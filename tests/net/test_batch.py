@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from pocv.batch import BatchVerifier, Executor, Job, JobResult, LocalPool, Progress, ThreadExecutor
+from pocv.batch import BatchVerifier, Executor, Job, JobResult, LocalPool, Progress, Task, ThreadExecutor, run_task
 from pocv.check import Verifier
 from pocv.errors import InputError, Reason
 from pocv.prover import Prover
@@ -36,8 +36,12 @@ def made(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Verifier, list
 
 
 @pytest.fixture(scope="module")
-def pool() -> Iterator[LocalPool]:
+def pool(made: tuple[Path, Verifier, list[Job]]) -> Iterator[LocalPool]:
+    """Two pool processes, warm: each has checked a job (first-call costs paid), so a test's
+    timeouts measure checks, not process starts, even on a loaded machine."""
     p = LocalPool(2)
+    with BatchVerifier(key=VERIFIER, executor=p, book=made[1].book) as b:
+        assert all(r.passed for r in b.verify(made[2] * 2))
     yield p
     p.shutdown()
 
@@ -144,3 +148,27 @@ def test_async_iterator_and_refused_retired_challenge(made: tuple[Path, Verifier
 def test_job_needs_records_or_a_remote() -> None:
     with pytest.raises(InputError, match="a job is"):
         Job(tag=1)
+
+
+def test_threads_bound_torch_and_numba_alike(made: tuple[Path, Verifier, list[Job]]) -> None:
+    """A check's ``threads`` bounds torch and numba (numba first: its OpenMP start resets the
+    count torch reads), so one pool process per core does not oversubscribe the cores."""
+    import numba
+    import torch
+
+    import pocv.batch as batch
+
+    _, _, jobs = made
+    job = jobs[0]
+    assert job.commitment is not None and job.challenge is not None
+    before = torch.get_num_threads(), numba.get_num_threads(), batch._threads_set
+    try:
+        batch._threads_set = 0
+        result = run_task(Task(commitment=job.commitment.to_json(), challenge=job.challenge.to_json(),
+                               bundle_path=str(job.response), key=bytes(VERIFIER), threads=1))
+        assert result.verdict is not None
+        assert (torch.get_num_threads(), numba.get_num_threads()) == (1, 1)
+    finally:
+        numba.set_num_threads(before[1])
+        torch.set_num_threads(before[0])
+        batch._threads_set = before[2]

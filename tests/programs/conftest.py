@@ -30,7 +30,7 @@ from pocv.market import jobprogram as J
 from pocv.market.backend import LiteSVMBackend, TxOutcome
 
 REPO = Path(__file__).resolve().parents[2]
-PROGRAM_SO = REPO / "programs" / "pocv_job.so"
+PROGRAM_SO = REPO / "verifier" / "market" / "pocv_job.so"
 BANKRUN_DIR = Path(__file__).resolve().parent / "bankrun"
 TOKENS = 10**12
 LAMPORTS = 10**11

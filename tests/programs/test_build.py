@@ -1,4 +1,4 @@
-"""The committed programs/pocv_job.so is what its source builds to, byte for byte."""
+"""The committed verifier/market/pocv_job.so is what its source builds to, byte for byte."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ def test_committed_program_is_a_reproducible_build(tmp_path) -> None:
         pytest.skip(f"clang is not installed, the program cannot be rebuilt here: {r.stderr.strip()}")
     assert r.returncode == 0, r.stderr
     assert rebuilt.read_bytes() == PROGRAM_SO.read_bytes(), (
-        "programs/pocv_job.so is not what programs/job/job.c builds to: run python programs/build.py and commit")
+        "verifier/market/pocv_job.so is not what programs/job/job.c builds to: run python programs/build.py and commit")
 
 
 def test_linker_refuses_what_the_v0_loader_would(tmp_path) -> None:

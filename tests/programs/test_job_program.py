@@ -181,6 +181,32 @@ def test_offer_cannot_be_written_for_another_worker(world: World) -> None:
     world.fails([ix], [world.outsider.key], E.ADDRESS)
 
 
+def test_hostile_parties_are_refused_the_same_in_v0_transactions(world: World) -> None:
+    """Every refusal above holds when the hostile party sends a v0 transaction instead of a legacy one."""
+    t = world.terms(commit_in=10, verdict_in=20)
+    o = world.outsider
+    world.fails([unsigned(world.program.post(t, source=world.consumer.token), 0)], [o.key], E.SIGNER, version=V0)
+    world.ok([world.program.post(t, source=world.consumer.token)], [world.consumer.key], version=V0)
+    world.fails([world.program.post(t, source=world.consumer.token)], [world.consumer.key], E.INITIALIZED,
+                version=V0)
+    world.fails([world.program.claim(t, committed=False, dest=world.consumer.token)], [o.key], E.TOO_EARLY,
+                version=V0)
+    ix = with_account(world.program.commit(t, os.urandom(32), source=o.token), 0,
+                      AccountMeta(o.pubkey, is_signer=True, is_writable=False))
+    world.fails([ix], [o.key], E.PARTY, version=V0)
+    world.ok([world.program.commit(t, os.urandom(32), source=world.worker.token)], [world.worker.key], version=V0)
+    job = world.job(t)
+    world.fails([world.verdict_ix(t, passed=True, beacon_slot=job.commit_slot)], [world.verifier.key], E.BEACON,
+                version=V0)
+    ix = with_account(world.verdict_ix(t, passed=False), 0, AccountMeta(o.pubkey, is_signer=True, is_writable=False))
+    world.fails([ix], [o.key], E.PARTY, version=V0)
+    again = world.verdict_ix(t, passed=False)
+    world.ok([world.verdict_ix(t, passed=True)], [world.verifier.key], version=V0)
+    world.fails([again], [world.verifier.key], E.OWNER, version=V0)
+    world.chain.warp(t.verdict_deadline + 1)
+    world.fails([world.program.claim(t, committed=True, dest=world.worker.token)], [o.key], E.OWNER, version=V0)
+
+
 # -- spoofed accounts ---------------------------------------------------------------------------
 
 

@@ -1,4 +1,5 @@
-"""The Ray backend on one local Ray session (num_cpus=2, two logical GPUs), shared by the module.
+"""The Ray backend on the local Ray session every Ray test shares (tests/ray/conftest.py: num_cpus=2,
+two logical GPUs).
 
 Marked ``ray``; skipped where Ray is not installed (the extra ``pocv[ray]``)."""
 
@@ -7,8 +8,6 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,24 +17,14 @@ from pocv.check import Verifier
 from pocv.prover import Prover
 from pocv.store import save_response
 from tests.net.conftest import SPECS, VERIFIER, WORKER
+from tests.ray.conftest import RaySession
 
 ray = pytest.importorskip("ray")
 pytestmark = pytest.mark.ray
 
 
 @pytest.fixture(scope="module")
-def session() -> Iterator[Any]:
-    started = not ray.is_initialized()
-    if started:
-        ray.init(num_cpus=2, num_gpus=2, include_dashboard=False, logging_level="ERROR",
-                 log_to_driver=False)
-    yield ray
-    if started:
-        ray.shutdown()
-
-
-@pytest.fixture(scope="module")
-def made(tmp_path_factory: pytest.TempPathFactory) -> tuple[Verifier, list[Job]]:
+def made(ray_session: RaySession, tmp_path_factory: pytest.TempPathFactory) -> tuple[Verifier, list[Job]]:
     root = tmp_path_factory.mktemp("ray")
     verifier = Verifier(key=VERIFIER)
     jobs = []
@@ -45,6 +34,7 @@ def made(tmp_path_factory: pytest.TempPathFactory) -> tuple[Verifier, list[Job]]
         ch = verifier.challenge(c, beacon=bytes([i + 1]) * 32)
         save_response(p.respond(ch), root / f"b{i}.bin")
         jobs.append(Job(commitment=c, challenge=ch, response=str(root / f"b{i}.bin"), tag=i))
+    ray_session.warm()  # the Ray workers imported the verifier meanwhile
     return verifier, jobs
 
 
@@ -98,36 +88,9 @@ def test_a_recomputation_stays_off_the_producing_node(session: Any, made: tuple[
     assert ex.options(Task(commitment=off.commitment.to_json(), challenge="", key=b"", avoid_node=node)
                       )["label_selector"] == {"ray.io/node-id": f"!{node}"}
     t0 = time.monotonic()
-    with BatchVerifier(key=VERIFIER, executor=ex, book=verifier.book, timeout_s=6) as b:
+    with BatchVerifier(key=VERIFIER, executor=ex, book=verifier.book, timeout_s=3) as b:
         by = {r.tag: r for r in b.verify([off, elsewhere])}
     # the only node is the producer's: the check is never placed, and times out instead
     assert by["off"].error_type == "Timeout" and by["off"].verdict is None
     assert by["elsewhere"].passed
     assert time.monotonic() - t0 < 30
-
-
-def test_overhead_over_the_process_pool(session: Any, made: tuple[Verifier, list[Job]],
-                                        capsys: pytest.CaptureFixture[str]) -> None:
-    """Warm per-task time on Ray against the local pool, the same jobs, sequentially."""
-    from pocv.batch import LocalPool
-    from pocv.ray_backend import RayExecutor
-
-    _, jobs = made
-    tasks = [Task(commitment=j.commitment.to_json(), challenge=j.challenge.to_json(),  # type: ignore[union-attr]
-                  bundle=Path(str(j.response)).read_bytes(), key=bytes(VERIFIER)) for j in jobs]
-
-    def per_task(ex: Any, rounds: int = 4) -> float:
-        for t in tasks:  # warm
-            ex.submit(t).result()
-        t0 = time.perf_counter()
-        for _ in range(rounds):
-            for t in tasks:
-                assert ex.submit(t).result().verdict is not None
-        return (time.perf_counter() - t0) / (rounds * len(tasks))
-
-    ray_s = per_task(RayExecutor())
-    with LocalPool(1) as pool:
-        pool_s = per_task(pool)
-    with capsys.disabled():
-        print(f"\nper task, warm: ray {ray_s * 1000:.1f} ms, local pool {pool_s * 1000:.1f} ms, "
-              f"overhead {(ray_s - pool_s) * 1000:.1f} ms")

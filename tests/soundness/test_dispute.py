@@ -508,9 +508,10 @@ def test_the_liars_verdict_is_one_the_market_settles_on(pair) -> None:
     a, b = pair
     _, (verdict,) = _resolve(a, b)
     spec = a.commitment.spec
-    terms = escrow.JobTerms(job_id=spec.job_id, spec_hash=bytes(32), kernel=spec.kernel_ref, mint=Pubkey.default(),
+    terms = escrow.JobTerms(job_id=spec.job_id, spec_hash=bytes(32), mint=Pubkey.default(),
                             consumer=Keypair().pubkey(), worker=Pubkey.from_bytes(b.commitment.worker),
-                            verifier=REFEREE.pubkey(), price=1, bond=1, deadline=0)
+                            verifier=REFEREE.pubkey(), price=1, bond=1, commit_deadline=10,
+                            verdict_deadline=20)
     escrow.check_verdict(terms, b.commitment.root, verdict)  # the liar's bond can be slashed on this
     assert not verdict.passed
     with pytest.raises(PocvError):

@@ -170,6 +170,8 @@ def far_off(kernel: Kernel, spec: JobSpec, honest: State) -> State:
 
 @pytest.mark.parametrize("name", kernel_names())
 def test_spot_check_and_referee_judge_alike(name: str) -> None:
+    if name == "hf-causal-lm":  # needs a model artifact; judge == judge_steps: tests/kernels/test_causal_lm.py
+        pytest.skip("hf-causal-lm needs a model artifact (tests/kernels/test_causal_lm.py)")
     assert name in PARAMS, f"kernel {name} is built in: give it small parameters in PARAMS"
     spec = spec_of(name)
     kernel, chain = honest_chain(spec)

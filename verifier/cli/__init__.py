@@ -42,8 +42,10 @@ Handler = Callable[[argparse.Namespace], int]
 #: every subcommand, in the order of ``pocv --help``: (module under pocv.cli, function that adds its
 #: parsers). Each module is light to import; its handlers import what they need when they run.
 COMMANDS: Final = (
-    ("pocv.cli._core", "add_core_parsers"),  # run, challenge, respond, verify, keygen, kernels, calibrate, demo
+    ("pocv.cli._core", "add_core_parsers"),  # run, challenge, respond, verify, keygen, kernels, job, calibrate, demo
+    ("pocv.cli._artifact", "add_artifact_parser"),
     ("pocv.cli._dispute", "add_dispute_parser"),
+    ("pocv.cli._net", "add_net_parsers"),  # serve
     ("pocv.cli._market", "add_market_parser"),
     ("pocv.cli._bench", "add_bench_parser"),
 )
@@ -68,13 +70,15 @@ def build_parser() -> argparse.ArgumentParser:
                     "with a BLAKE3 Merkle root; a verifier challenges random steps with a beacon the worker "
                     "could not predict, and recomputes them.",
         epilog=exit_epilog() + "\n\n" + wrap(
-               "output: commands whose result is a pocv record (run, challenge, respond, verify, keygen, "
+               "output: commands whose result is a pocv record (run, challenge, respond, verify, keygen, job, "
                "dispute) print JSON by default; commands that report to a person (kernels, calibrate, demo, "
-               "market, bench) print text. --output json|text changes it on any command. -o FILE writes the "
+               "market, bench) and artifact (its text is the bare reference, for REF=$(pocv artifact add PATH)) "
+               "print text. --output json|text changes it on any command. -o FILE writes the "
                "result atomically to FILE (a regular file or a new path; a symlink is followed to its "
                "target); -o - is stdout.") + "\n\n"
                "typical flow:\n"
                "  pocv keygen -o worker.json\n"
+               "  pocv job gemm-int8 --steps 200 --param n=256 -o job.json\n"
                "  pocv run job.json --trace T -k worker.json -o commitment.json\n"
                "  pocv challenge commitment.json --beacon random -k verifier.json -o challenge.json\n"
                "  pocv respond T challenge.json -k worker.json -o response.pocv\n"

@@ -60,6 +60,9 @@ SUITES: Final[dict[str, tuple[str, tuple[str, ...]]]] = {
     "toploc": ("test_bench_toploc.py", ("--benchmark-only",)),
     "ezkl": ("test_bench_ezkl.py", ("--benchmark-only",)),
     "startup": ("test_bench_startup.py", ("--benchmark-only",)),
+    "net": ("test_bench_net.py", ("--benchmark-only",)),
+    "llm": ("test_bench_llm.py", ("--benchmark-only",)),  # hf-causal-lm: commit, check and detection costs
+    "worker": ("test_bench_worker.py", ("--benchmark-only",)),  # the worker's whole cost: run, commit, respond
 }
 PYTEST_ARGS: Final = ("-p", "no:cacheprovider", "-q", "-rs")
 #: environment variables passed to the suites (read by bench/conftest.py): results directory, quick mode

@@ -66,7 +66,9 @@ EXIT_TABLE: Final = (
     (EXIT_USAGE, "usage error: unknown command or option, missing or malformed argument"),
     (EXIT_INPUT, "bad or missing input: a file that does not exist, is not a regular file or does not "
                  "parse, the wrong kind of record, a signature that does not verify, an unusable trace "
-                 "or output path (InputError, EvidenceError, StorageError)"),
+                 "or output path (InputError, EvidenceError, StorageError); this side cannot run or judge the "
+                 "job as installed: another kernel provider, a missing or altered artifact (named by its hash), "
+                 "no calibration record (SetupError: ProviderMismatch, ArtifactError, NotCalibrated)"),
     (EXIT_RETRY, "chain, network or transfer error; trying again may help (ChainError, TransientError; a FAIL "
                  "on a response bundle the worker did not sign: UnsignedResponse, fetch it again)"),
     (EXIT_INTERNAL, "internal error: a bug in pocv (one line; POCV_DEBUG=1 or -vv shows the traceback)"),
@@ -328,6 +330,44 @@ def resolve_keypair(path: str | None, role: str) -> Keypair:
     return load_keypair(p)
 
 
+# -- artifacts: the local content-addressed store (pocv.artifacts) -------------------------------------
+
+#: the environment variable that names the artifact store: pocv.artifacts.ENV_VAR (not imported here:
+#: pocv.artifacts loads the kernel registry; tests/test_cli.py checks that the two agree)
+ARTIFACTS_ENV: Final = "POCV_ARTIFACTS"
+#: where the store is when neither --artifacts nor the variable says (pocv.artifacts.default_root)
+ARTIFACTS_DEFAULT: Final = "$XDG_CACHE_HOME/pocv/artifacts, i.e. ~/.cache/pocv/artifacts"
+
+
+def add_artifacts_option(p: argparse.ArgumentParser, role: str | None = None, *, what: str | None = None) -> None:
+    """``--artifacts DIR``: the local artifact store in which ``role`` resolves a job's artifacts
+    (``role`` None: ``what`` the store is for, else the store a pocv artifact command works on)."""
+    default = f"default: ${ARTIFACTS_ENV}, else {ARTIFACTS_DEFAULT}"
+    if role is None:
+        text = f"the artifact store{' ' + what if what else ''} ({default})"
+    else:
+        text = (f"artifact store in which {role} resolves the artifacts the job references (data sets, weights, "
+                f"calibration records), each hash-checked before use; a missing or altered one is refused with "
+                f"exit 3 naming its hash ({default})")
+    p.add_argument("--artifacts", metavar="DIR", default=None, help=text)
+
+
+def artifact_store(args: argparse.Namespace) -> Any:
+    """The :class:`pocv.artifacts.ArtifactStore` that ``--artifacts`` names, else the default one
+    (``$POCV_ARTIFACTS``, else under the user's cache directory)."""
+    from pocv.artifacts import ArtifactStore  # the store loads blake3 and the kernel registry
+
+    where = getattr(args, "artifacts", None)
+    if where is None:
+        return ArtifactStore.default()
+    if not where.strip():
+        raise InputError("--artifacts needs a directory, got an empty string")
+    root = Path(os.path.expanduser(where))
+    if root.exists() and not root.is_dir():
+        raise InputError(f"--artifacts {where!r} is not a directory")
+    return ArtifactStore(root)
+
+
 # -- Solana RPC URLs ----------------------------------------------------------------------------------
 
 #: -u/--url monikers, as the Solana CLI takes them (-ul, -ud, -ut, -um)
@@ -385,7 +425,8 @@ class ProgressLine:
             tty = False
         dt = time.perf_counter() - self.t0
         rate = done / dt if dt > 0 else 0.0
-        msg = f"{self.label}: {self.unit} {done}/{total} ({100 * done / total:.0f}%, {rate:.0f} {self.unit}s/s)"
+        speed = f"{rate:.0f}" if rate >= 10 else f"{rate:.2g}"  # a slow calibration trial is not "0 trials/s"
+        msg = f"{self.label}: {self.unit} {done}/{total} ({100 * done / total:.0f}%, {speed} {self.unit}s/s)"
         try:
             if tty:
                 self.stream.write("\r" + msg + ("\n" if done >= total else ""))

@@ -17,6 +17,12 @@ pocv dispute run A.json B.json --trace-a DIR --trace-b DIR -k referee.json plays
 locally through the same files (in --workdir), and pocv dispute equivocation C1 C2 checks whether
 one worker signed two roots for one job.
 
+Every subcommand that runs or judges a step takes --artifacts DIR: the store in which that role
+resolves the job's artifacts (a calibration record, a data set), each hash-checked before use.
+The referee judges with the kernel it installed itself: when neither commitment names that
+kernel's provider (distribution==version) it refuses (exit 3, naming both); when one does not,
+a note says so and the referee judges with its own.
+
 In pocv dispute, -q is --query; quiet is --quiet (or pocv -q dispute ...).
 Exit codes: 0 the step (pending) or the dispute (resolved) went through; 1 equivocation found
 none; 3 bad or missing input, as everywhere in pocv.
@@ -36,8 +42,10 @@ from pocv.cli._common import (
     EXIT_OK,
     RECORD,
     HelpFormatter,
+    add_artifacts_option,
     add_output_option,
     add_verbosity,
+    artifact_store,
     emit_record,
     keypair_help,
     note,
@@ -71,6 +79,32 @@ def _commitment(path: str) -> Commitment:
     from pocv.store import load_commitment  # refuses another kind of record
 
     return load_commitment(path)
+
+
+def _installed(args: argparse.Namespace, *commitments: Commitment) -> Any:
+    """The referee's artifact store, after checking that it runs the kernel the parties ran: the
+    installed provider must be the one at least one commitment names (else ProviderMismatch naming
+    both; a note when only one names it), and the job's artifacts must be in the store (ArtifactError
+    naming the hash) with a calibration record where the kernel needs one (NotCalibrated)."""
+    from pocv.errors import ProviderMismatch  # exit 3: install the parties' kernel to referee
+    from pocv.kernels import kernel_for  # the installed kernel (a plugin loads here)
+    from pocv.kernels.params import use_artifacts  # the store the kernel reads the job's artifacts from
+
+    store = artifact_store(args)
+    spec = commitments[0].spec
+    kernel = kernel_for(spec)
+    named = sorted({c.provider for c in commitments})
+    if kernel.provider not in named:
+        raise ProviderMismatch(f"the commitments' kernel {spec.kernel_ref} comes from {' and '.join(named)}, but "
+                               f"this referee has {spec.kernel_ref} from {kernel.provider} installed: a referee "
+                               f"runs only the code it installed; install {named[0]} to referee this dispute")
+    for c in commitments:
+        if c.provider != kernel.provider:
+            note(f"pocv dispute: note: a commitment (root {c.root.hex()[:16]}...) names kernel provider "
+                 f"{c.provider}; the referee judges with its installed {kernel.provider}")
+    with use_artifacts(store):
+        kernel.require(spec)
+    return store
 
 
 def _verdicts_dir(args: argparse.Namespace) -> Path | None:
@@ -119,7 +153,9 @@ def _cmd_open(args: argparse.Namespace) -> int:
     session, query = output_target(args.session, "dispute session"), output_target(args.query, "dispute query")
     if session is None:
         raise InputError("-s/--session must be a file: the referee reads it back at every submit")
-    d = Dispute.open(_commitment(args.commitment_a), _commitment(args.commitment_b), device=args.device)
+    ca, cb = _commitment(args.commitment_a), _commitment(args.commitment_b)
+    _installed(args, ca, cb)  # (0) before anything is written: the referee can judge this job
+    d = Dispute.open(ca, cb, device=args.device)
     emit_record(d.to_json(), session)
     q = d.query()
     emit_record(q.to_json(), query)
@@ -129,12 +165,12 @@ def _cmd_open(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _party(trace: str, keypair: str | None = None) -> Any:
+def _party(trace: str, keypair: str | None = None, artifacts: Any = None) -> Any:
     from pocv.keys import Keypair  # cryptography loads with the key
     from pocv.prover import Prover  # torch: states are recomputed from the trace's checkpoints
 
     key = resolve_keypair(keypair, "party") if keypair else Keypair()  # signs a step-round bundle, if given
-    return Prover(trace_dir=trace, key=key)
+    return Prover(trace_dir=trace, key=key, artifacts=artifacts)
 
 
 def _answer(prover: Any, query: Any, device: str | None) -> Any:
@@ -147,7 +183,7 @@ def _cmd_answer(args: argparse.Namespace) -> int:
 
     q = Query.from_json(_read(args.query, limit=MAX_DISPUTE_RECORD_BYTES, what="dispute query"))
     target = output_target(args.out, "dispute answer")
-    ans = _answer(_party(args.trace, args.keypair), q, args.device)
+    ans = _answer(_party(args.trace, args.keypair, artifact_store(args)), q, args.device)
     raw = (ans.to_json() + "\n").encode() if isinstance(ans, Opening) else ans.to_bytes()
     with binary_output(target) as f:
         f.write(raw)
@@ -174,7 +210,11 @@ def _cmd_submit(args: argparse.Namespace) -> int:
     answers = [None if p == "-" else _read(p, limit=limit, what=f"party {party}'s answer")
                for party, p in (("A", args.answer_a), ("B", args.answer_b))]
     key = _referee(args.keypair) if q.kind == "step" or args.keypair else None
-    nxt = d.submit(answers[0], answers[1])
+    from pocv.kernels.params import use_artifacts  # the step round judges with the job's artifacts
+
+    store = _installed(args, d.a, d.b) if q.kind == "step" else None
+    with use_artifacts(store):
+        nxt = d.submit(answers[0], answers[1])
     if nxt is None:
         outcome, verdicts = d.finish(key if key is not None else _referee(args.keypair))
         _write_result(outcome, verdicts, args)
@@ -190,10 +230,12 @@ def _cmd_submit(args: argparse.Namespace) -> int:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     import pocv.dispute as dispute  # the referee, both parties in this process
+    from pocv.kernels.params import use_artifacts  # the referee judges with the job's artifacts
 
     key = _referee(args.keypair)
-    a, b = _party(args.trace_a), _party(args.trace_b)
     ca, cb = _commitment(args.commitment_a), _commitment(args.commitment_b)
+    store = _installed(args, ca, cb)
+    a, b = _party(args.trace_a, artifacts=store), _party(args.trace_b, artifacts=store)
     for name, prover, c, path in (("A", a, ca, args.commitment_a), ("B", b, cb, args.commitment_b)):
         if prover.commitment() != c:
             raise InputError(f"trace {str(prover.trace_dir)!r} does not hold commitment {name} ({path})")
@@ -208,7 +250,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         from pocv.check import Verifier  # torch: the fallback spot check recomputes steps
 
         assert beacon is not None
-        v = Verifier(key=key, device=args.device)
+        v = Verifier(key=key, device=args.device, artifacts=store)
         ch = v.challenge(c, beacon=beacon)  # the referee's nonce: nonce:<now>
         return v.check(c, ch, provers[c.root].respond(ch))
 
@@ -222,9 +264,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
             atomic_write(workdir / name, data, durable=False)
             return read_file(workdir / name, limit=len(data), what=name)
 
-        result = dispute.run_dispute(ca, cb, lambda q: _answer(a, q, None), lambda q: _answer(b, q, None),
-                                     key=key, device=args.device, exchange=via_file,
-                                     spot_check=spot_check if beacon is not None else None)
+        with use_artifacts(store):
+            result = dispute.run_dispute(ca, cb, lambda q: _answer(a, q, None), lambda q: _answer(b, q, None),
+                                         key=key, device=args.device, exchange=via_file,
+                                         spot_check=spot_check if beacon is not None else None)
     _write_result(result.outcome, result.verdicts, args)
     vdir = _verdicts_dir(args)
     for party, v in zip("AB", result.spot_checks):
@@ -294,6 +337,7 @@ def add_dispute_parser(subparsers: Any) -> None:
     s.add_argument("-s", "--session", required=True, metavar="FILE", help="session file to create")
     s.add_argument("-q", "--query", required=True, metavar="FILE", help="first query to write (- for stdout)")
     s.add_argument("--device", default="cpu", help="device the referee recomputes the step on (default cpu)")
+    add_artifacts_option(s, "the referee")
     s.set_defaults(_handler=_cmd_open)
 
     s = _sub(sub, "answer", "party: answer a query from its trace",
@@ -307,6 +351,7 @@ def add_dispute_parser(subparsers: Any) -> None:
     s.add_argument("--device", default=None, help="device to recompute states on (default: the run's)")
     s.add_argument("-k", "--keypair", metavar="FILE",
                    help="the party's keypair file, which signs a step-round bundle (default: none, unsigned)")
+    add_artifacts_option(s, "the party")
     s.set_defaults(_handler=_cmd_answer)
 
     s = _sub(sub, "submit", "referee: take both answers; write the next query or the outcome",
@@ -316,6 +361,7 @@ def add_dispute_parser(subparsers: Any) -> None:
     s.add_argument("answer_a", metavar="ANSWER_A", help="party A's answer, or - if it did not answer in time")
     s.add_argument("answer_b", metavar="ANSWER_B", help="party B's answer, or - if it did not answer in time")
     s.add_argument("-q", "--query", metavar="FILE", help="where to write the next query")
+    add_artifacts_option(s, "the referee (the step round)")
     _result_args(s)
     s.set_defaults(_handler=_cmd_submit)
 
@@ -331,6 +377,7 @@ def add_dispute_parser(subparsers: Any) -> None:
     s.add_argument("--beacon", metavar="HASH|random",
                    help="tolerance kernels: spot-check both parties with this beacon (64 hex digits or base58, "
                         "or random) when both are within the bound")
+    add_artifacts_option(s, "the referee and both parties")
     _result_args(s)
     s.set_defaults(_handler=_cmd_run)
 

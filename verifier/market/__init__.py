@@ -1,9 +1,12 @@
-"""Marketplace and escrow on Solana, composed only from standard programs (docs/protocol.md §12.1).
+"""Marketplace and escrow on Solana, on the pocv job program (programs/README.md, docs/market.md).
 
-* :mod:`~pocv.market.escrow` -- a job's 2-of-3 SPL Token multisig escrow: POST, COMMIT,
-  SETTLE, TIMEOUT; checks before money moves; partial signing; durable nonces; chain beacon.
-* :mod:`~pocv.market.market` -- offers, job requests, the matcher.
-* :mod:`~pocv.market.indexer` -- job histories and reputations rebuilt from the chain.
+* :mod:`~pocv.market.jobprogram` -- the program's client: instructions, addresses, accounts,
+  error codes, deployment through the upgradeable loader.
+* :mod:`~pocv.market.escrow` -- a job's lifecycle as the parties run it: POST, COMMIT, VERDICT,
+  CLAIM; the checks each party makes before it signs; the chain beacon; durable nonces.
+* :mod:`~pocv.market.market` -- offers (worker accounts), capabilities, reputations, the matcher.
+* :mod:`~pocv.market.indexer` -- job histories from the program's transactions, offers and
+  records from its accounts.
 * :mod:`~pocv.market.backend` -- the chain interface and the embedded LiteSVM backend;
   :mod:`~pocv.market.rpc` -- any cluster over JSON-RPC (solana-py ``AsyncClient``);
   :mod:`pocv.testing.rpc` -- a JSON-RPC server over LiteSVM for loopback tests.
@@ -16,27 +19,29 @@ from pocv.market.backend import Backend, LiteSVMBackend, TxOutcome, TxRecord
 from pocv.market.escrow import (
     ChainBeacon,
     Escrow,
-    EscrowAddresses,
     EscrowError,
-    JobTerms,
     SettlementError,
     chain_beacon,
-    check_escrow,
+    check_beacon,
     check_verdict,
-    find_commit,
+    install_program,
 )
-from pocv.market.indexer import Indexer, JobHistory, reputations
-from pocv.market.market import JobRequest, Offer, Reputation, match, publish_offer
+from pocv.market.indexer import Indexer, JobHistory
+from pocv.market.jobprogram import JobAccount, JobProgram, JobState, JobTerms
+from pocv.market.market import Capabilities, JobRequest, Offer, Reputation, match, publish_offer
 
 __all__ = [
     "Backend",
+    "Capabilities",
     "ChainBeacon",
     "Escrow",
-    "EscrowAddresses",
     "EscrowError",
     "Indexer",
+    "JobAccount",
     "JobHistory",
+    "JobProgram",
     "JobRequest",
+    "JobState",
     "JobTerms",
     "LiteSVMBackend",
     "Offer",
@@ -45,12 +50,11 @@ __all__ = [
     "TxOutcome",
     "TxRecord",
     "chain_beacon",
-    "check_escrow",
+    "check_beacon",
     "check_verdict",
-    "find_commit",
+    "install_program",
     "match",
     "publish_offer",
-    "reputations",
 ]
 
 

@@ -25,16 +25,15 @@ from typing import Any, Final, Literal, Protocol
 from solders.account import Account
 from solders.hash import Hash
 from solders.litesvm import LiteSVM
-from solders.message import Message
+from solders.message import Message, MessageV0
 from solders.pubkey import Pubkey
 from solders.signature import Signature
-from solders.transaction import Transaction
+from solders.transaction import Transaction, VersionedTransaction
 from solders.transaction_metadata import FailedTransactionMetadata, TransactionMetadata
 
 from pocv.errors import ChainError
 from pocv.market.programs import (
     ACCOUNT_SIZE,
-    MEMO_PROGRAM_ID,
     SLOT_HASHES_SYSVAR,
     TOKEN_PROGRAM_ID,
     classic_token_elf,
@@ -48,10 +47,13 @@ SYSVAR_SLOT_HASHES: Final = 64
 CLOCK_SYSVAR: Final = Pubkey.from_string("SysvarC1ock11111111111111111111111111111111")
 _SYSVARS_READ: Final = frozenset({SLOT_HASHES_SYSVAR, CLOCK_SYSVAR})
 MAX_SIGNATURES_PER_ADDRESS: Final = 100_000  # the embedded index keeps at most this many per address
+MAX_CACHED_BALANCES: Final = 100_000  # token balance objects the index keeps for reuse (cleared when full)
 TokenBuild = Literal["p-token", "classic"]
 SNAPSHOT_VERSION: Final = 1
+# sysvars and builtins come from LiteSVM itself; upgradeable programs are loaded again from their ELF
 _NOT_SNAPSHOT_OWNERS: Final = frozenset({Pubkey.from_string("Sysvar1111111111111111111111111111111111111"),
-                                         Pubkey.from_string("NativeLoader1111111111111111111111111111111")})
+                                         Pubkey.from_string("NativeLoader1111111111111111111111111111111"),
+                                         Pubkey.from_string("BPFLoaderUpgradeab1e11111111111111111111111")})
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -95,7 +97,7 @@ class TxRecord:
 
     signature: Signature
     slot: int
-    message: Message
+    message: Message | MessageV0  # a v0 message's keys: its static keys (address lookup tables are not read)
     error: str | None
     fee: int
     compute_units: int
@@ -104,6 +106,9 @@ class TxRecord:
     pre_token: tuple[TokenBalance, ...]
     post_token: tuple[TokenBalance, ...]
     logs: tuple[str, ...] = ()
+    # a v0 message's looked-up addresses (meta.loadedAddresses), writable ones first
+    loaded_writable: tuple[Pubkey, ...] = ()
+    loaded_readonly: tuple[Pubkey, ...] = ()
 
     @property
     def ok(self) -> bool:
@@ -111,18 +116,13 @@ class TxRecord:
 
     @cached_property
     def account_keys(self) -> tuple[Pubkey, ...]:
-        return tuple(self.message.account_keys)  # solders builds a new list on every access: keep one
+        """Every key the transaction used: the message's static keys, then the looked-up ones
+        (solders builds a new list on every access: keep one)."""
+        return tuple(self.message.account_keys) + self.loaded_writable + self.loaded_readonly
 
     @property
     def signers(self) -> tuple[Pubkey, ...]:
         return self.account_keys[: self.message.header.num_required_signatures]
-
-    @cached_property
-    def memos(self) -> tuple[tuple[bytes, tuple[Pubkey, ...]], ...]:
-        """(data, named keys) of every SPL Memo instruction, in order."""
-        keys = self.account_keys
-        return tuple((bytes(ix.data), tuple(keys[i] for i in bytes(ix.accounts)))
-                     for ix in self.message.instructions if keys[ix.program_id_index] == MEMO_PROGRAM_ID)
 
     def token_delta(self, account: Pubkey) -> int:
         """Change of ``account``'s token amount in this transaction (0 if not a token account)."""
@@ -142,7 +142,7 @@ class Backend(Protocol):
 
     def latest_blockhash(self) -> Hash: ...
 
-    def send(self, tx: Transaction) -> TxOutcome: ...
+    def send(self, tx: Transaction | VersionedTransaction) -> TxOutcome: ...
 
     def get_account(self, address: Pubkey) -> AccountView | None: ...
 
@@ -171,11 +171,22 @@ def slot_hashes(backend: Backend) -> list[tuple[int, Hash]]:
     return decode_slot_hashes(acct.data)
 
 
-def _writable_indices(header: Any, n: int) -> list[int]:
-    """Indices of the writable keys of a legacy message (from its header, as the runtime reads it)."""
+def _writable_indices(header: Any, n: int, loaded_writable: int = 0) -> list[int]:
+    """Indices of the writable keys of a message with ``n`` static keys (from its header, as the
+    runtime reads it), then of its ``loaded_writable`` looked-up writable keys."""
     signed, ro_signed, ro_unsigned = (header.num_required_signatures, header.num_readonly_signed_accounts,
                                       header.num_readonly_unsigned_accounts)
-    return [i for i in range(n) if i < signed - ro_signed or signed <= i < n - ro_unsigned]
+    return ([i for i in range(n) if i < signed - ro_signed or signed <= i < n - ro_unsigned]
+            + list(range(n, n + loaded_writable)))
+
+
+ALT_META_SIZE: Final = 56  # an address lookup table's header; its addresses follow, 32 bytes each
+
+
+def lookup_table_addresses(data: bytes) -> list[Pubkey]:
+    """The addresses an address lookup table account holds."""
+    body = data[ALT_META_SIZE:]
+    return [Pubkey.from_bytes(body[i: i + 32]) for i in range(0, len(body) - len(body) % 32, 32)]
 
 
 def token_balances(keys: Sequence[Pubkey], accounts: Sequence[AccountView | None]) -> tuple[TokenBalance, ...]:
@@ -191,7 +202,8 @@ def token_balances(keys: Sequence[Pubkey], accounts: Sequence[AccountView | None
 @dataclass
 class _Index:
     records: dict[Signature, TxRecord] = field(default_factory=dict)
-    raw: dict[Signature, tuple[Transaction, object]] = field(default_factory=dict)  # signed tx, solders error
+    # the signed transaction and the solders error
+    raw: dict[Signature, tuple[Transaction | VersionedTransaction, object]] = field(default_factory=dict)
     by_address: dict[Pubkey, list[Signature]] = field(default_factory=dict)
 
 
@@ -219,6 +231,10 @@ class LiteSVMBackend:
         self._touched: set[Pubkey] = set()  # accounts outside any transaction (airdrops): for snapshots
         self._hashes: list[tuple[int, Hash]] = []
         self._dirty = True
+        self._clock_slot = -1
+        self._executables: set[Pubkey] = set()
+        self._inner: Any = getattr(self.svm, "_inner", self.svm)  # the Rust object behind solders' wrapper
+        self._balances: dict[Pubkey, tuple[bytes, TokenBalance]] = {}  # last balance seen per token account
         self._push_slot_hash()
         self._flush()
 
@@ -234,17 +250,36 @@ class LiteSVMBackend:
 
     def _flush(self) -> None:
         """Bring LiteSVM's Clock and SlotHashes sysvars up to date. Done lazily: LiteSVM
-        re-serializes its sysvar cache on every change (~50 us each with 512 slot hashes)."""
+        re-serializes its sysvar cache on every change (~50 us each with 64 slot hashes)."""
+        self._flush_clock()
         if self._dirty:
-            self.svm.warp_to_slot(self._slot)
             self.svm.set_slot_hashes(self._hashes[:SYSVAR_SLOT_HASHES])
             self._dirty = False
+
+    def _flush_clock(self) -> None:
+        """The Clock sysvar: a program reads it through a syscall, named in no account list, so it
+        is brought up to date before every transaction (~40 us when the slot moved)."""
+        if self._clock_slot != self._slot:
+            self.svm.warp_to_slot(self._slot)
+            self._clock_slot = self._slot
 
     def advance_slot(self) -> None:
         """Close the current slot: next slot, new blockhash (the old one stops being accepted)."""
         self._slot += 1
         self.svm.expire_blockhash()
         self._push_slot_hash()
+
+    def warp_to(self, slot: int) -> None:
+        """Let time pass up to ``slot`` (a new slot hash for each slot, as a cluster would):
+        deadlines in tests and in the demo."""
+        if slot < self._slot:
+            raise ValueError(f"the chain is at slot {self._slot}; it cannot go back to {slot}")
+        if slot == self._slot:
+            return
+        while self._slot < slot:  # a hash per slot; one new blockhash at the end is enough to refuse the old ones
+            self._slot += 1
+            self._push_slot_hash()
+        self.svm.expire_blockhash()
 
     def slot_hash(self, slot: int) -> Hash | None:
         """The hash of ``slot`` if it is among the last ``MAX_SLOT_HASHES`` slots."""
@@ -264,21 +299,53 @@ class LiteSVMBackend:
     def slot(self) -> int:
         return self._slot
 
-    def _views(self, keys: Sequence[Pubkey]) -> list[AccountView | None]:
-        return [self.get_account(k) for k in keys]
+    def _peek(self, key: Pubkey) -> tuple[int, TokenBalance | None]:
+        """An account's lamports and, for a token account, its balance: what the index records
+        before and after a transaction. Read straight from LiteSVM, without copying the data of
+        sysvars and programs (never written by a transaction: only their lamports count)."""
+        if key in _SYSVARS_READ or key in self._executables:
+            return self._inner.get_balance(key) or 0, None
+        a = self._inner.get_account(key)
+        if a is None:
+            return 0, None
+        if a.executable:
+            self._executables.add(key)
+            return a.lamports, None
+        if a.owner != TOKEN_PROGRAM_ID:
+            return a.lamports, None
+        data = a.data
+        if len(data) != ACCOUNT_SIZE:
+            return a.lamports, None
+        head = data[:72]  # mint, owner, amount: a balance object is made again only when they change
+        hit = self._balances.get(key)
+        if hit is None or hit[0] != head:
+            if len(self._balances) >= MAX_CACHED_BALANCES:
+                self._balances.clear()
+            hit = (head, TokenBalance(account=key, mint=Pubkey.from_bytes(head[0:32]),
+                                      owner=Pubkey.from_bytes(head[32:64]),
+                                      amount=int.from_bytes(head[64:72], "little")))
+            self._balances[key] = hit
+        return a.lamports, hit[1]
 
-    def send(self, tx: Transaction) -> TxOutcome:
+    def send(self, tx: Transaction | VersionedTransaction) -> TxOutcome:
         sig = tx.signatures[0]
         if sig in self._index.records:  # LiteSVM's own history does not survive a snapshot/restore
             return TxOutcome(signature=sig, ok=False, landed=False, error="AlreadyProcessed", fee=0,
                              compute_units=0, slot=self._slot)
-        keys = list(tx.message.account_keys)
-        if self._dirty and any(k in _SYSVARS_READ for k in keys):
+        msg = tx.message
+        static = list(msg.account_keys)
+        loaded_w, loaded_r = self._loaded(tx)
+        keys = static + loaded_w + loaded_r if loaded_w or loaded_r else static
+        if self._dirty and (SLOT_HASHES_SYSVAR in keys or CLOCK_SYSVAR in keys):
             self._flush()
-        writable = _writable_indices(tx.message.header, len(keys))
-        pre = self._views(keys) if self._indexing else []
-        pre_sum = sum(a.lamports for a in pre if a is not None) if self._indexing else 0
-        payer_before = 0 if self._indexing else (self.svm.get_balance(keys[0]) or 0)
+        else:
+            self._flush_clock()
+        indexing = self._indexing
+        if indexing:
+            pre = [self._peek(k) for k in keys]
+            pre_sum = sum(lam for lam, _ in pre)
+        else:
+            payer_before = self._inner.get_balance(keys[0]) or 0
         result = self.svm.send_transaction(tx)
         raw_err: object = None
         if isinstance(result, FailedTransactionMetadata):
@@ -288,36 +355,58 @@ class LiteSVMBackend:
         else:
             meta = result
             error = None
-        if self._indexing:
+        logs = tuple(meta.logs())
+        cu = meta.compute_units_consumed()
+        if indexing:
             # only writable accounts can change: re-read those, keep the read-only ones as they were
             post = list(pre)
-            for i in writable:
-                post[i] = self.get_account(keys[i])
-            fee = pre_sum - sum(a.lamports for a in post if a is not None)
+            for i in _writable_indices(msg.header, len(static), len(loaded_w)):
+                post[i] = self._peek(keys[i])
+            fee = pre_sum - sum(lam for lam, _ in post)
         else:
-            fee = payer_before - (self.svm.get_balance(keys[0]) or 0) if error is not None else meta.fee()
+            fee = payer_before - (self._inner.get_balance(keys[0]) or 0) if error is not None else meta.fee()
         landed = error is None or fee > 0
         slot = self._slot
-        if landed and self._indexing:
+        if landed and indexing:
             rec = TxRecord(
-                signature=sig, slot=slot, message=tx.message, error=error, fee=fee,
-                compute_units=meta.compute_units_consumed(),
-                pre_lamports=tuple(a.lamports if a else 0 for a in pre),
-                post_lamports=tuple(a.lamports if a else 0 for a in post),
-                pre_token=token_balances(keys, pre), post_token=token_balances(keys, post),
-                logs=tuple(meta.logs()),
+                signature=sig, slot=slot, message=_message(tx), error=error, fee=fee, compute_units=cu,
+                pre_lamports=tuple(lam for lam, _ in pre), post_lamports=tuple(lam for lam, _ in post),
+                pre_token=tuple(b for _, b in pre if b is not None),
+                post_token=tuple(b for _, b in post if b is not None),
+                logs=logs, loaded_writable=tuple(loaded_w), loaded_readonly=tuple(loaded_r),
             )
             self._index.records[sig] = rec
             self._index.raw[sig] = (tx, raw_err)
+            by_address = self._index.by_address
             for k in keys:
-                lst = self._index.by_address.setdefault(k, [])
-                if len(lst) < MAX_SIGNATURES_PER_ADDRESS:
+                lst = by_address.get(k)
+                if lst is None:
+                    by_address[k] = [sig]
+                elif len(lst) < MAX_SIGNATURES_PER_ADDRESS:
                     lst.append(sig)
         if landed:
             self.advance_slot()
         return TxOutcome(signature=sig, ok=error is None, landed=landed, error=error, fee=fee if landed else 0,
-                         compute_units=meta.compute_units_consumed(), slot=slot, logs=tuple(meta.logs()),
-                         raw_error=raw_err)
+                         compute_units=cu, slot=slot, logs=logs, raw_error=raw_err)
+
+    def _loaded(self, tx: Transaction | VersionedTransaction) -> tuple[list[Pubkey], list[Pubkey]]:
+        """A v0 message's looked-up keys (writable, read-only), resolved as the runtime will; a
+        table that does not resolve leaves them out (the transaction then fails to load)."""
+        msg = tx.message
+        lookups = getattr(msg, "address_table_lookups", None)
+        if not lookups:
+            return [], []
+        writable: list[Pubkey] = []
+        readonly: list[Pubkey] = []
+        for lk in lookups:
+            acct = self.svm.get_account(lk.account_key)
+            table = lookup_table_addresses(bytes(acct.data)) if acct is not None else []
+            w, r = bytes(lk.writable_indexes), bytes(lk.readonly_indexes)
+            if any(i >= len(table) for i in w + r):
+                return [], []
+            writable += [table[i] for i in w]
+            readonly += [table[i] for i in r]
+        return writable, readonly
 
     def get_account(self, address: Pubkey) -> AccountView | None:
         if self._dirty and address in _SYSVARS_READ:
@@ -345,7 +434,7 @@ class LiteSVMBackend:
     def get_transaction(self, signature: Signature) -> TxRecord | None:
         return self._index.records.get(signature)
 
-    def signed_transaction(self, signature: Signature) -> Transaction | None:
+    def signed_transaction(self, signature: Signature) -> Transaction | VersionedTransaction | None:
         raw = self._index.raw.get(signature)
         return raw[0] if raw else None
 
@@ -367,7 +456,7 @@ class LiteSVMBackend:
         """Everything needed to continue this chain in another process, as JSON-able data."""
         keys: set[Pubkey] = set(self._touched)
         for rec in self._index.records.values():
-            keys.update(rec.message.account_keys)
+            keys.update(rec.account_keys)
         accounts = {}
         for k in sorted(keys, key=bytes):
             a = self.svm.get_account(k)
@@ -378,20 +467,27 @@ class LiteSVMBackend:
         txs = []
         for sig, rec in self._index.records.items():
             tx = self._index.raw[sig][0]
-            txs.append({"tx": base64.b64encode(bytes(tx)).decode(), "slot": rec.slot, "error": rec.error,
+            txs.append({"tx": base64.b64encode(bytes(tx)).decode(), "v0": isinstance(tx, VersionedTransaction),
+                        "slot": rec.slot, "error": rec.error,
                         "fee": rec.fee, "cu": rec.compute_units, "logs": list(rec.logs),
                         "pre_lamports": list(rec.pre_lamports), "post_lamports": list(rec.post_lamports),
                         "pre_token": [_tb_json(b) for b in rec.pre_token],
-                        "post_token": [_tb_json(b) for b in rec.post_token]})
+                        "post_token": [_tb_json(b) for b in rec.post_token],
+                        "loaded_writable": [str(k) for k in rec.loaded_writable],
+                        "loaded_readonly": [str(k) for k in rec.loaded_readonly]})
         return {"version": SNAPSHOT_VERSION, "token_program": self._token_build, "start_slot": self._start_slot,
                 "slot": self._slot, "slot_hashes": [[s, str(h)] for s, h in self._hashes],
                 "accounts": accounts, "transactions": txs, "touched": sorted(str(k) for k in self._touched)}
 
     @classmethod
-    def from_state(cls, state: dict[str, Any]) -> LiteSVMBackend:
+    def from_state(cls, state: dict[str, Any], programs: Sequence[tuple[Pubkey, bytes]] = ()) -> LiteSVMBackend:
+        """The chain ``to_state`` saved; ``programs`` (address, ELF) are loaded again first (a
+        snapshot keeps no program accounts)."""
         if state.get("version") != SNAPSHOT_VERSION:
             raise ChainError(f"ledger snapshot version {state.get('version')!r}, expected {SNAPSHOT_VERSION}")
         be = cls(token_program=state["token_program"], start_slot=int(state["start_slot"]))
+        for address, elf in programs:
+            be.svm.add_program(address, elf)
         for k, a in state["accounts"].items():
             be.svm.set_account(Pubkey.from_string(k), Account(int(a["lamports"]), base64.b64decode(a["data"]),
                                                               Pubkey.from_string(a["owner"]), False,
@@ -404,13 +500,17 @@ class LiteSVMBackend:
         be._hashes = [(int(s), Hash.from_string(h)) for s, h in state["slot_hashes"]]
         be._touched = {Pubkey.from_string(k) for k in state["touched"]}
         for t in state["transactions"]:
-            tx = Transaction.from_bytes(base64.b64decode(t["tx"]))
-            keys = list(tx.message.account_keys)
-            rec = TxRecord(signature=tx.signatures[0], slot=int(t["slot"]), message=tx.message, error=t["error"],
+            raw = base64.b64decode(t["tx"])
+            tx: Transaction | VersionedTransaction = (
+                VersionedTransaction.from_bytes(raw) if t.get("v0") else Transaction.from_bytes(raw))
+            rec = TxRecord(signature=tx.signatures[0], slot=int(t["slot"]), message=_message(tx), error=t["error"],
                            fee=int(t["fee"]), compute_units=int(t["cu"]), logs=tuple(t["logs"]),
                            pre_lamports=tuple(t["pre_lamports"]), post_lamports=tuple(t["post_lamports"]),
                            pre_token=tuple(_tb_from(b) for b in t["pre_token"]),
-                           post_token=tuple(_tb_from(b) for b in t["post_token"]))
+                           post_token=tuple(_tb_from(b) for b in t["post_token"]),
+                           loaded_writable=tuple(Pubkey.from_string(k) for k in t.get("loaded_writable", ())),
+                           loaded_readonly=tuple(Pubkey.from_string(k) for k in t.get("loaded_readonly", ())))
+            keys = list(rec.account_keys)
             be._index.records[rec.signature] = rec
             be._index.raw[rec.signature] = (tx, None)
             for k in keys:
@@ -418,6 +518,13 @@ class LiteSVMBackend:
         be._dirty = True
         be._flush()
         return be
+
+
+def _message(tx: Transaction | VersionedTransaction) -> Message | MessageV0:
+    msg = tx.message
+    if not isinstance(msg, Message | MessageV0):
+        raise ChainError(f"transaction {tx.signatures[0]} has an unsupported message version ({type(msg).__name__})")
+    return msg
 
 
 def _tb_json(b: TokenBalance) -> list[Any]:

@@ -1,4 +1,4 @@
-"""A whole marketplace round on the embedded chain, for ``pocv demo``.
+"""A whole marketplace round on the embedded chain and the pocv job program, for ``pocv demo``.
 
 :func:`run_market_demo` is the entry point. The caller supplies the compute side as two
 callbacks, so the market layer stays free of kernels and provers:
@@ -6,8 +6,8 @@ callbacks, so the market layer stays free of kernels and provers:
 * ``commit(spec, worker_key, honest) -> Commitment`` runs the job (honestly, or as a cheater)
   and returns the worker's signed commitment;
 * ``verify(commitment, beacon, beacon_source, verifier_key) -> Verdict`` challenges the worker
-  with ``beacon`` -- 32 bytes taken from the chain *after* the commit transaction landed --
-  collects the response, checks it and returns the signed verdict.
+  with ``beacon`` -- the hash of a slot *after* the commit transaction landed -- collects the
+  response, checks it and returns the signed verdict.
 
 :func:`engine_callbacks` builds both from the real engine, given a prover factory.
 
@@ -15,13 +15,16 @@ Without callbacks, the clearly labelled stand-ins of :mod:`pocv.testing.market` 
 fixed "honest" root; the stand-in verifier fails any other root), which exercise every chain
 step but no computation.
 
-The round: a consumer, an honest worker, a cheating worker and a verifier get SOL and tokens;
-both workers publish offers; the consumer posts a job and the matcher picks the honest worker;
-it commits, the verifier draws the beacon from the chain, verifies, and settles PASS with the
-worker co-signing a byte-compared, durable-nonce settlement. The cheater then undercuts the
-price, wins the next job, is caught, and its bond is slashed to the consumer. The indexer
-rebuilds both jobs and the reputations from chain history; balances before and after are printed
-and every token and lamport is accounted for.
+The round: the job program is deployed through the upgradeable loader; a consumer, an honest
+worker, a cheating worker and a verifier get SOL and tokens; both workers write their offers into
+worker accounts; the consumer posts a job with a commit and a verdict deadline (slots) and the
+matcher picks the honest worker; it commits, the verifier draws the beacon from the chain,
+verifies, and its VERDICT pays the worker. The cheater undercuts the price, wins the next job, is
+caught, and the program hands its bond to the consumer. In a third job the verifier never
+answers: a CLAIM at the verdict deadline is refused by the program, and one slot later anyone's
+CLAIM pays the worker. The indexer rebuilds the jobs from the program's transactions and the
+reputations from its accounts; balances before and after are printed and every token and lamport
+is accounted for.
 """
 
 from __future__ import annotations
@@ -37,24 +40,16 @@ from solders.pubkey import Pubkey
 from pocv.errors import ChainError, InputError, MismatchError
 from pocv.jobs import JobSpec
 from pocv.kernels import resolve_spec
-from pocv.market import programs as P
-from pocv.market.backend import Backend, LiteSVMBackend, TxOutcome
-from pocv.market.escrow import Escrow, JobTerms, check_beacon, create_nonce, find_commit
-from pocv.market.indexer import Indexer, reputations
-from pocv.market.market import JobRequest, Offer, match, publish_offer
+from pocv.market import jobprogram as J
+from pocv.market.backend import LiteSVMBackend, TxOutcome
+from pocv.market.escrow import Escrow, check_beacon, install_program
+from pocv.market.indexer import Indexer
+from pocv.market.market import Capabilities, JobRequest, match, publish_offer
 from pocv.market.tokens import create_mint, fund, token_balance
 from pocv.records import Challenge, Commitment, Verdict, meta_hash
 
 CommitFn = Callable[[JobSpec, Keypair, bool], Commitment]
 VerifyFn = Callable[[Commitment, bytes, str, Keypair], Verdict]
-
-
-class ProverLike(Protocol):
-    """What :func:`engine_callbacks` needs of a worker (``pocv.prover.Prover`` is one)."""
-
-    def run(self, spec: JobSpec) -> Commitment: ...
-
-    def respond(self, challenge: Challenge) -> Any: ...
 
 TOKEN_DECIMALS: Final = 6
 START_TOKENS: Final = 100 * 10**TOKEN_DECIMALS  # each party starts with 100 tokens
@@ -63,9 +58,19 @@ HONEST_PRICE: Final = 5 * 10**TOKEN_DECIMALS
 CHEAT_PRICE: Final = 6 * 10**TOKEN_DECIMALS
 CHEAT_UNDERCUT: Final = 3 * 10**TOKEN_DECIMALS
 BOND: Final = 10 * 10**TOKEN_DECIMALS
-DEADLINE_S: Final = 3_600
+MAX_BOND: Final = 50 * 10**TOKEN_DECIMALS
+COMMIT_WINDOW: Final = 20  # slots from POST to the commit deadline (the embedded chain: one slot per transaction)
+VERDICT_WINDOW: Final = 20  # slots from the commit deadline to the verdict deadline
 PARTY_NAMES: Final = ("consumer", "honest worker", "cheating worker", "verifier")
+SILENT_JOB_MIN_STEPS: Final = 8  # job 3 (the verifier never answers) runs a quarter of job 1's steps, at least this
 
+
+class ProverLike(Protocol):
+    """What :func:`engine_callbacks` needs of a worker (``pocv.prover.Prover`` is one)."""
+
+    def run(self, spec: JobSpec) -> Commitment: ...
+
+    def respond(self, challenge: Challenge) -> Any: ...
 
 def engine_callbacks(make_prover: Callable[[Keypair, bool], ProverLike], *, confidence: float = 0.999,
                      cheat_fraction: float = 0.1) -> tuple[CommitFn, VerifyFn]:
@@ -93,6 +98,7 @@ def engine_callbacks(make_prover: Callable[[Keypair, bool], ProverLike], *, conf
     return commit, verify
 
 
+
 @dataclass
 class _Party:
     name: str
@@ -105,13 +111,15 @@ def _fmt_tokens(n: int) -> str:
 
 
 def run_market_demo(*, spec: JobSpec | None = None, commit: CommitFn | None = None, verify: VerifyFn | None = None,
-                    out: TextIO | None = None, backend: Backend | None = None,
+                    out: TextIO | None = None, backend: LiteSVMBackend | None = None,
                     keys: Mapping[str, Keypair] | None = None) -> dict[str, Any]:
     """Run the round; print a narrative to ``out`` (if given); return a JSON-able summary with
-    ``ok`` True when the honest worker was paid, the cheater slashed and every balance reconciles.
+    ``ok`` True when the honest worker was paid, the cheater slashed, the silent verifier's job paid
+    to the worker by CLAIM, and every balance reconciles.
 
     ``keys`` may name any of "consumer", "honest worker", "cheating worker", "verifier" (fresh
-    keys otherwise). Job 1 runs ``spec``; job 2 the same kernel and size with ``seed + 1``."""
+    keys otherwise). Job 1 runs ``spec``; job 2 the same kernel and size with ``seed + 1``; job 3
+    ``seed + 2`` with a quarter of the steps. The backend must be the embedded chain: the third job lets time pass."""
     spec = spec or resolve_spec(JobSpec(kernel="gemm-int8", steps=64, seed=2026, params={"n": 64}))
     commit_fn: CommitFn
     verify_fn: VerifyFn
@@ -122,28 +130,33 @@ def run_market_demo(*, spec: JobSpec | None = None, commit: CommitFn | None = No
         verify_fn = verify or stand_in.stand_in_verify
     else:
         commit_fn, verify_fn = commit, verify
-    be: Backend = backend or LiteSVMBackend()
+    be = backend or LiteSVMBackend()
 
     def say(line: str) -> None:
         if out is not None:
             out.write(line + "\n")
 
-    escrow = Escrow(be)
     txs: list[dict[str, Any]] = []
 
-    def record(what: str, o: TxOutcome) -> TxOutcome:
+    def record(what: str, o: TxOutcome, *, expect_ok: bool = True) -> TxOutcome:
         txs.append({"step": what, "signature": str(o.signature), "ok": o.ok, "fee": o.fee,
                     "compute_units": o.compute_units, "slot": o.slot, "error": o.error})
-        if not o.ok:
-            raise ChainError(f"{what} failed on chain: {o.error}")
-        say(f"  {what:<34} slot {o.slot:>6}  fee {o.fee:>6} lamports  {o.compute_units:>6} CU  "
-            f"{str(o.signature)[:16]}…")
+        if o.ok != expect_ok:
+            raise ChainError(f"{what}: expected {'success' if expect_ok else 'a refusal'}, got {o.error or 'success'}")
+        code = J.program_error(o.error)
+        result = "" if o.ok else f"  refused: {code.name if code is not None else o.error}"
+        say(f"  {what:<36} slot {o.slot:>6}  fee {o.fee:>6} lamports  {o.compute_units:>6} CU  "
+            f"{str(o.signature)[:12]}…{result}")
         return o
 
     say(f"market — {be.description}")
     authority = Keypair()
-    be.airdrop(authority.pubkey(), START_LAMPORTS)
+    be.airdrop(authority.pubkey(), 10 * START_LAMPORTS)
     mint = create_mint(be, authority, decimals=TOKEN_DECIMALS)
+    program = install_program(be, authority)
+    escrow = Escrow(be, program)
+    say(f"  job program {program.program_id} deployed through the upgradeable loader "
+        f"({len(J.program_elf()):,}-byte SBPFv0 ELF)")
     given = dict(keys or {})
     unknown = set(given) - set(PARTY_NAMES)
     if unknown:
@@ -157,85 +170,97 @@ def run_market_demo(*, spec: JobSpec | None = None, commit: CommitFn | None = No
         return {p.name: {"lamports": be.balance(p.pubkey), "tokens": token_balance(be, p.pubkey, mint)}
                 for p in parties}
 
-    nonce = create_nonce(be, verifier.key)  # the verifier's durable nonce for pre-signed settlements
-    say(f"  verifier's durable nonce account {nonce} (rent {be.rent_exempt(P.NONCE_ACCOUNT_SIZE):,} lamports)")
     before = balances()
     say(f"  mint {mint} ({TOKEN_DECIMALS} decimals); parties funded with {_fmt_tokens(START_TOKENS)} tokens "
         f"and {START_LAMPORTS / 1e9:g} SOL each")
 
-    # 1. offers
-    say("offers")
+    # 1. offers: worker accounts of the program
+    say("offers (worker accounts: price, bond range, accepted verifiers, capabilities hash)")
     fp = meta_hash({"device": "cpu", "demo": True})
-    kernel = spec.kernel
-    record("honest worker offer", publish_offer(be, Offer(worker=honest.pubkey, device_class="cpu", fingerprint=fp,
-                                                          price=HONEST_PRICE, bond=BOND, kernels=(kernel,)),
-                                                honest.key, mint))
-    record("cheating worker offer", publish_offer(be, Offer(worker=cheater.pubkey, device_class="cpu",
-                                                            fingerprint=fp, price=CHEAT_PRICE, bond=BOND,
-                                                            kernels=(kernel,)), cheater.key, mint))
-    indexer = Indexer(be, mint)
-    request = JobRequest(kernel=spec.kernel_ref, max_price=10 * 10**TOKEN_DECIMALS, min_bond=BOND)
+    caps = Capabilities(device_class="cpu", kernels=(spec.kernel,))
 
-    def one_job(job_spec: JobSpec, label: str) -> dict[str, Any]:
-        offers, jobs = indexer.refresh()
-        m = match(request, offers, reputations(jobs))
+    def offer(who: _Party, price: int, what: str) -> None:
+        _, o = publish_offer(be, program, who.key, mint=mint, price=price, min_bond=BOND, max_bond=MAX_BOND,
+                             verifiers=(verifier.pubkey,), fingerprint=fp, capabilities=caps)
+        record(what, o)
+
+    offer(honest, HONEST_PRICE, "OFFER  honest worker")
+    offer(cheater, CHEAT_PRICE, "OFFER  cheating worker")
+    indexer = Indexer(be, program, book={caps.digest(): caps})
+    request = JobRequest(kernel=spec.kernel_ref, max_price=10 * 10**TOKEN_DECIMALS, min_bond=BOND,
+                         verifier=verifier.pubkey)
+
+    def one_job(job_spec: JobSpec, label: str, *, silent_verifier: bool = False) -> dict[str, Any]:
+        offers, _ = indexer.refresh()
+        m = match(request, offers, indexer.reputations(), mint=mint)
         if m is None:
             raise InputError(f"no offer qualifies for {request}")
         worker = next(p for p in parties if p.pubkey == m.offer.worker)
         say(f"{label}: job {job_spec.job_id.hex()[:16]}… ({job_spec.kernel_ref}, {job_spec.steps} steps)")
         say(f"  matcher: {m.qualified} of {m.considered} offers qualify; picked {worker.name} "
             f"(price {_fmt_tokens(m.offer.price)}, score {m.score / 10**TOKEN_DECIMALS:.3f})")
-        terms = JobTerms(job_id=job_spec.job_id, spec_hash=bytes(blake3(job_spec.canonical_json()).digest()),
-                         kernel=job_spec.kernel_ref, mint=mint, consumer=consumer.pubkey, worker=worker.pubkey,
-                         verifier=verifier.pubkey, price=m.offer.price, bond=m.offer.bond, deadline=DEADLINE_S,
-                         device_class=request.device_class or "any",
-                         confidence_ppm=round(request.confidence * 1_000_000))
-        record("POST   (consumer: vault+deposit)", escrow.post(terms, consumer.key))
+        terms = escrow.terms(job_id=job_spec.job_id, spec_hash=bytes(blake3(job_spec.canonical_json()).digest()),
+                             consumer=consumer.pubkey, worker=worker.pubkey, verifier=verifier.pubkey, mint=mint,
+                             price=m.offer.price, bond=m.bond, commit_window=COMMIT_WINDOW,
+                             verdict_window=VERDICT_WINDOW)
+        say(f"  terms: price {_fmt_tokens(terms.price)}, bond {_fmt_tokens(terms.bond)}; commit by slot "
+            f"{terms.commit_deadline}, verdict by slot {terms.verdict_deadline}")
+        record("POST    (consumer: job + vault + price)", escrow.post(terms, consumer.key))
         commitment = commit_fn(job_spec, worker.key, worker is honest)
         commitment.verify_signature()
-        record("COMMIT (worker: bond+root)", escrow.commit(terms, commitment.root, worker.key))
-        # the beacon: a slot hash from after the commit landed; the verifier reads the commit from chain
-        committed = find_commit(be, terms)
-        if committed is None or committed.root != commitment.root:
-            raise MismatchError("the commit read back from the chain is not the worker's commitment")
+        record("COMMIT  (worker: bond + root)", escrow.commit(terms, commitment.root, worker.key))
+        job = escrow.job(terms)
+        if job is None or job.root != commitment.root:
+            raise MismatchError("the root read back from the job account is not the worker's commitment")
         beacon = escrow.beacon(terms)
         check_beacon(be, beacon)
         say(f"  beacon: {beacon.source}: {beacon.value.hex()[:16]}…")
+        row: dict[str, Any] = {"job_id": job_spec.job_id.hex(), "worker": worker.name, "root": commitment.root.hex(),
+                               "beacon": beacon.value.hex(), "beacon_source": beacon.source, "price": terms.price,
+                               "bond": terms.bond, "commit_deadline": terms.commit_deadline,
+                               "verdict_deadline": terms.verdict_deadline}
+        if silent_verifier:
+            say("  the verifier never answers")
+            be.warp_to(terms.verdict_deadline)
+            early = J.send(be, [program.claim(terms, committed=True)], [worker.key])
+            record(f"CLAIM   at slot {terms.verdict_deadline} (the deadline)", early, expect_ok=False)
+            be.warp_to(terms.verdict_deadline + 1)
+            o = record("CLAIM   one slot later (worker paid)", escrow.claim(terms, worker.key))
+            row["result"] = "EXPIRED" if J.job_settlement(o.logs) == "EXPIRED" else "?"
+            return row
         verdict = verify_fn(commitment, beacon.value, beacon.source, verifier.key)
         result = "PASS" if verdict.passed else "FAIL"
         say(f"  verdict: {result} ({len(verdict.outcomes)} steps checked, {len(verdict.failures)} failed)")
-        # partial signing: the verifier signs first (durable nonce), the co-signer rebuilds and compares
-        tx = escrow.start_settlement(terms, root=commitment.root, verdict=verdict, key=verifier.key,
-                                     nonce_account=nonce)
-        cosigner = worker if verdict.passed else consumer
-        tx = escrow.cosign_settlement(tx, terms, root=commitment.root, verdict=verdict, key=cosigner.key,
-                                      nonce_account=nonce)
-        say(f"  {cosigner.name} rebuilt the settlement, compared {len(bytes(tx.message))} message bytes, signed")
-        record(f"SETTLE {result} (verifier+{cosigner.name.split()[0]})", escrow.submit(tx))
-        return {"job_id": job_spec.job_id.hex(), "worker": worker.name, "result": result, "root": commitment.root.hex(),
-                "beacon": beacon.value.hex(), "beacon_source": beacon.source, "price": terms.price, "bond": terms.bond}
+        o = record(f"VERDICT {result} (verifier alone)", escrow.verdict(terms, verdict, verifier.key))
+        row["result"] = result
+        row["settled"] = J.job_settlement(o.logs)
+        return row
 
     rounds = [one_job(spec, "job 1")]
-    # the cheater undercuts; with one PASS the honest worker's trust is 2/3, the newcomer's 1/2
-    record("cheating worker undercuts", publish_offer(be, Offer(worker=cheater.pubkey, device_class="cpu",
-                                                                fingerprint=fp, price=CHEAT_UNDERCUT, bond=BOND,
-                                                                kernels=(kernel,)), cheater.key, mint))
-    spec2 = resolve_spec(JobSpec(kernel=spec.kernel, steps=spec.steps, seed=spec.seed + 1, params=dict(spec.params),
-                    version=spec.version))
-    rounds.append(one_job(spec2, "job 2"))
+    say("the cheating worker undercuts")
+    offer(cheater, CHEAT_UNDERCUT, "OFFER  cheating worker (lower price)")
 
-    offers, jobs = indexer.refresh()
-    reps = reputations(jobs)
-    say("chain history (rebuilt by the indexer from signatures, memos and token movements)")
+    def variant(k: int, steps: int) -> JobSpec:
+        return resolve_spec(JobSpec(kernel=spec.kernel, steps=steps, seed=spec.seed + k,
+                                    params=dict(spec.params), version=spec.version))
+
+    rounds.append(one_job(variant(1, spec.steps), "job 2"))
+    # the silent verifier's case is about the chain: a shorter job keeps the demo's compute down
+    rounds.append(one_job(variant(2, max(SILENT_JOB_MIN_STEPS, spec.steps // 4)), "job 3", silent_verifier=True))
+
+    _, jobs = indexer.refresh()
+    reps = indexer.reputations()
+    say("chain history (the indexer: the program's transactions; records: its worker accounts)")
     for j in jobs:
         who = next(p.name for p in parties if p.pubkey == j.terms.worker)
-        say(f"  job {j.job_id.hex()[:16]}…  {who:<16} {j.status:<5} paid {j.paid}  anomalies {len(j.anomalies)}")
+        say(f"  job {j.job_id.hex()[:16]}…  {who:<16} {j.status:<8} paid to {j.paid}  "
+            f"({len(j.events)} transactions)")
     for p in (honest, cheater):
         r = reps.get(p.pubkey)
         if r is not None:
-            say(f"  reputation {p.name:<16} PASS {r.passes}  FAIL {r.fails}  slashed {_fmt_tokens(r.slashed)}  "
-                f"trust {r.trust:.2f}")
-    nxt = match(request, offers, reps)
+            say(f"  record {p.name:<16} PASS {r.passes}  FAIL {r.fails}  paid by CLAIM {r.expired}  "
+                f"slashed {_fmt_tokens(r.slashed)}  distinct consumers {r.distinct_consumers}  trust {r.trust:.2f}")
+    nxt = match(request, indexer.offers(), reps, mint=mint)
     nxt_name = next(p.name for p in parties if nxt is not None and p.pubkey == nxt.offer.worker)
     say(f"  next match for the same request: {nxt_name}")
 
@@ -246,20 +271,27 @@ def run_market_demo(*, spec: JobSpec | None = None, commit: CommitFn | None = No
         b, a = before[p.name], after[p.name]
         say(f"  {p.name:<16} {_fmt_tokens(b['tokens']):>12} → {_fmt_tokens(a['tokens']):>12}   "
             f"{b['lamports']:>14,} → {a['lamports']:>14,}")
-    # reconciliation: tokens only moved between parties; lamports left only as fees and locked rent
-    ms_rent = be.rent_exempt(P.MULTISIG_SIZE) * 2  # one multisig per (consumer, worker, verifier) trio
+    # reconciliation: tokens only moved between parties (every vault closed); lamports left only as
+    # fees and the rent of the records the program keeps (two worker accounts, two pair records)
+    locked = 2 * be.rent_exempt(J.WORKER_SIZE) + 2 * be.rent_exempt(J.PAIR_SIZE)
     token_ok = sum(a["tokens"] for a in after.values()) == sum(b["tokens"] for b in before.values())
     lamport_ok = (sum(b["lamports"] for b in before.values()) - sum(a["lamports"] for a in after.values())
-                  == fees + ms_rent)
-    paid_ok = (after["honest worker"]["tokens"] - before["honest worker"]["tokens"] == rounds[0]["price"]
-               and before["cheating worker"]["tokens"] - after["cheating worker"]["tokens"] == rounds[1]["bond"])
-    ok = (rounds[0]["result"] == "PASS" and rounds[1]["result"] == "FAIL" and rounds[1]["worker"] == "cheating worker"
-          and token_ok and lamport_ok and paid_ok)
-    say(f"  fees paid: {fees:,} lamports over {len(txs)} transactions; rent locked in 2 multisigs: {ms_rent:,}")
+                  == fees + locked)
+    open_jobs = [j for j in jobs if not j.settled]
+    d = {p.name: after[p.name]["tokens"] - before[p.name]["tokens"] for p in parties}
+    paid_ok = (d["honest worker"] == rounds[0]["price"] + rounds[2]["price"]
+               and d["cheating worker"] == -rounds[1]["bond"]
+               and d["consumer"] == -rounds[0]["price"] - rounds[2]["price"] + rounds[1]["bond"])
+    ok = ([r["result"] for r in rounds] == ["PASS", "FAIL", "EXPIRED"]
+          and [r["worker"] for r in rounds] == ["honest worker", "cheating worker", "honest worker"]
+          and token_ok and lamport_ok and paid_ok and not open_jobs)
+    say(f"  fees paid: {fees:,} lamports over {len(txs)} transactions; rent kept by the program's records "
+        f"(2 worker accounts, 2 pair records): {locked:,}; job and vault accounts closed, their rent returned")
     say(f"  reconciled: tokens {'yes' if token_ok else 'NO'}, lamports {'yes' if lamport_ok else 'NO'}")
-    say("result: honest worker PAID, cheater SLASHED" if ok else "result: UNEXPECTED — see above")
-    return {"backend": be.description, "mint": str(mint), "rounds": rounds, "transactions": txs,
-            "balances_before": before, "balances_after": after,
+    say("result: honest worker PAID, cheater SLASHED, silent verifier's job PAID BY CLAIM" if ok
+        else "result: UNEXPECTED — see above")
+    return {"backend": be.description, "mint": str(mint), "program": str(program.program_id), "rounds": rounds,
+            "transactions": txs, "balances_before": before, "balances_after": after,
             "reputation": {p.name: reps[p.pubkey].to_dict() for p in (honest, cheater) if p.pubkey in reps},
-            "fees": fees, "tokens_reconciled": token_ok, "lamports_reconciled": lamport_ok, "ok": ok,
-            "stand_in": commit is None or verify is None}
+            "fees": fees, "rent_locked": locked, "tokens_reconciled": token_ok, "lamports_reconciled": lamport_ok,
+            "ok": ok, "stand_in": commit is None or verify is None}

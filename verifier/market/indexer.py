@@ -1,26 +1,27 @@
-"""Rebuild every job's history and every worker's reputation from the chain alone.
+"""Every job's history and every worker's offer and record, from the job program alone.
 
-Sources: ``getSignaturesForAddress(board)`` finds offers and posts; ``getSignaturesForAddress(vault)``
-finds each job's commit and settlement; ``getTransaction`` gives the memo, who signed it, and the
-token balances before and after. Memos are claims: an event counts only when
+Sources: ``getSignaturesForAddress(program)`` lists every transaction that invoked the program;
+``getTransaction`` gives each one's instructions and logs. Only successful transactions count
+(a failed one changed nothing), and the program has already checked every signer, state,
+deadline and amount, so the history is the program's own: POST (the terms, from its instruction
+data), COMMIT (the root), and the settlement the program logged (``pocv: PASSED | FAILED |
+REFUNDED | EXPIRED``). Offers and reputations are read from the worker accounts themselves, never
+reconstructed: the program alone writes the statistics.
 
-* the memo was signed by the party entitled to make it (the Memo program guarantees the
-  signature; the indexer checks *who*: the registered verifier for a verdict, the worker for a
-  commit, consumer and worker for a timeout), and
-* the transaction actually moved the tokens the memo implies (deposit into the vault, payout to
-  the beneficiary, vault emptied).
-
-Anything else is kept as an *anomaly* (e.g. a PASS memo signed by an outsider) and ignored.
-
-A local SQLite file caches the per-transaction facts, so a refresh fetches only transactions it
-has not seen; the cache can always be deleted and rebuilt from the chain.
+A local SQLite file can cache the decoded transactions, so a refresh fetches only transactions it
+has not seen; the cache can always be deleted and rebuilt from the chain. v0 transactions are read
+like legacy ones (their static keys: the program's instructions name no looked-up account that
+the index needs, and a transaction whose job account comes from a lookup table is reported as an
+anomaly).
 """
 
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
-from collections.abc import Iterable
+import struct
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
@@ -28,260 +29,250 @@ from typing import Any, Final
 from solders.pubkey import Pubkey
 
 from pocv.errors import ChainError, EvidenceError, PocvError
-from pocv.market import memo as memos
+from pocv.market import jobprogram as J
 from pocv.market.backend import Backend, TxRecord
-from pocv.market.escrow import EscrowAddresses, JobTerms, board_address, memo_of
-from pocv.market.market import Offer, Reputation
+from pocv.market.market import Capabilities, Offer, Reputation, read_offer
 
-SCHEMA_VERSION: Final = 1
-MAX_EVENTS_PER_JOB: Final = 64  # a vault's history longer than this is junk (anyone can name a vault)
-
-
-@dataclass(frozen=True, kw_only=True)
-class Facts:
-    """What one landed transaction says and does, as far as the market cares."""
-
-    signature: str
-    slot: int
-    ok: bool
-    fee: int
-    memo: memos.Memo | None
-    memo_signers: tuple[str, ...]
-    deltas: dict[str, int]  # token account -> change of amount
-    token_closed: tuple[str, ...]  # token accounts that existed before and not after
-
-    @classmethod
-    def of(cls, rec: TxRecord) -> Facts:
-        mm = memo_of(rec) if rec.ok else None
-        accounts = {str(b.account) for b in rec.pre_token + rec.post_token}
-        post = {str(b.account) for b in rec.post_token}
-        return cls(signature=str(rec.signature), slot=rec.slot, ok=rec.ok, fee=rec.fee,
-                   memo=mm[0] if mm else None, memo_signers=tuple(str(k) for k in mm[1]) if mm else (),
-                   deltas={a: rec.token_delta(Pubkey.from_string(a)) for a in sorted(accounts)},
-                   token_closed=tuple(sorted(a for a in accounts if a not in post)))
-
-    def to_json(self) -> str:
-        return json.dumps({"signature": self.signature, "slot": self.slot, "ok": self.ok, "fee": self.fee,
-                           "memo": self.memo.text() if self.memo else None, "memo_signers": list(self.memo_signers),
-                           "deltas": self.deltas, "token_closed": list(self.token_closed)}, sort_keys=True)
-
-    @classmethod
-    def from_json(cls, text: str) -> Facts:
-        d = json.loads(text)
-        return cls(signature=d["signature"], slot=d["slot"], ok=d["ok"], fee=d["fee"],
-                   memo=memos.parse(d["memo"]) if d["memo"] else None, memo_signers=tuple(d["memo_signers"]),
-                   deltas=dict(d["deltas"]), token_closed=tuple(d["token_closed"]))
+SCHEMA_VERSION: Final = 2
+STATUSES: Final = ("POSTED", "COMMITTED", "PASSED", "FAILED", "REFUNDED", "EXPIRED")
+_TOP_LEVEL: Final = re.compile(r"^Program (\S+) invoke \[1\]$")
+_POST_HEAD: Final = struct.Struct("<BBBB4xQQQQ")
 
 
 @dataclass(frozen=True, kw_only=True)
 class Event:
-    kind: str  # post | commit | settle
+    kind: str  # OFFER | POST | COMMIT | VERDICT | CLAIM
     signature: str
     slot: int
-    detail: str
+    job: str | None = None  # the job account (base58)
+    detail: dict[str, Any] = field(default_factory=dict)
 
-    def to_dict(self) -> dict[str, object]:
-        return {"kind": self.kind, "signature": self.signature, "slot": self.slot, "detail": self.detail}
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "signature": self.signature, "slot": self.slot, "job": self.job,
+                "detail": self.detail}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Event:
+        return cls(kind=d["kind"], signature=d["signature"], slot=int(d["slot"]), job=d["job"],
+                   detail=dict(d["detail"]))
+
+
+def _terms_json(t: J.JobTerms) -> dict[str, Any]:
+    return {"job_id": t.job_id.hex(), "spec_hash": t.spec_hash.hex(), "consumer": str(t.consumer),
+            "worker": str(t.worker), "verifier": str(t.verifier), "mint": str(t.mint), "price": t.price,
+            "bond": t.bond, "commit_deadline": t.commit_deadline, "verdict_deadline": t.verdict_deadline}
+
+
+def _terms_from(d: dict[str, Any]) -> J.JobTerms:
+    return J.JobTerms(job_id=bytes.fromhex(d["job_id"]), spec_hash=bytes.fromhex(d["spec_hash"]),
+                      consumer=Pubkey.from_string(d["consumer"]), worker=Pubkey.from_string(d["worker"]),
+                      verifier=Pubkey.from_string(d["verifier"]), mint=Pubkey.from_string(d["mint"]),
+                      price=int(d["price"]), bond=int(d["bond"]), commit_deadline=int(d["commit_deadline"]),
+                      verdict_deadline=int(d["verdict_deadline"]))
+
+
+def _segments(logs: Iterable[str]) -> list[list[str]]:
+    """Log lines per top-level instruction, in order."""
+    out: list[list[str]] = []
+    for line in logs:
+        if _TOP_LEVEL.match(line):
+            out.append([line])
+        elif out:
+            out[-1].append(line)
+    return out
+
+
+def decode_events(rec: TxRecord, program_id: Pubkey) -> list[Event]:
+    """The job program's instructions in one successful transaction, as events."""
+    if not rec.ok:
+        return []
+    keys = rec.account_keys
+    segs = _segments(rec.logs)
+    events: list[Event] = []
+    sig = str(rec.signature)
+    for i, ix in enumerate(rec.message.instructions):
+        if ix.program_id_index >= len(keys) or keys[ix.program_id_index] != program_id:
+            continue
+        data, accts = bytes(ix.data), bytes(ix.accounts)
+        if not data or any(a >= len(keys) for a in accts):
+            events.append(Event(kind="ANOMALY", signature=sig, slot=rec.slot,
+                                detail={"why": "an instruction names a looked-up account (v0 lookup table)"}))
+            continue
+        names = [keys[a] for a in accts]
+        tag = data[0]
+        logs = segs[i] if i < len(segs) else []
+        settled = J.job_settlement(logs)
+        try:
+            if tag == 0 and len(names) >= 1:
+                events.append(Event(kind="OFFER", signature=sig, slot=rec.slot, detail={"worker": str(names[0])}))
+            elif tag == 1 and len(names) >= 5 and len(data) == _POST_HEAD.size + 128:
+                _, _, _, _, price, bond, cd, vd = _POST_HEAD.unpack_from(data)
+                o = _POST_HEAD.size
+                terms = J.JobTerms(job_id=data[o:o + 32], spec_hash=data[o + 32:o + 64], consumer=names[0],
+                                   worker=Pubkey.from_bytes(data[o + 64:o + 96]),
+                                   verifier=Pubkey.from_bytes(data[o + 96:o + 128]), mint=names[4], price=price,
+                                   bond=bond, commit_deadline=cd, verdict_deadline=vd)
+                events.append(Event(kind="POST", signature=sig, slot=rec.slot, job=str(names[1]),
+                                    detail={"terms": _terms_json(terms)}))
+            elif tag == 2 and len(names) >= 2 and len(data) == 40:
+                events.append(Event(kind="COMMIT", signature=sig, slot=rec.slot, job=str(names[1]),
+                                    detail={"root": data[8:40].hex()}))
+            elif tag == 3 and len(names) >= 2 and len(data) == 48:
+                (beacon_slot,) = struct.unpack_from("<Q", data, 8)
+                events.append(Event(kind="VERDICT", signature=sig, slot=rec.slot, job=str(names[1]),
+                                    detail={"passed": data[1] == 1, "beacon_slot": beacon_slot,
+                                            "digest": data[16:48].hex(), "settled": settled}))
+            elif tag == 4 and len(names) >= 1:
+                events.append(Event(kind="CLAIM", signature=sig, slot=rec.slot, job=str(names[0]),
+                                    detail={"settled": settled}))
+        except PocvError as e:  # a successful instruction the program accepted always decodes
+            events.append(Event(kind="ANOMALY", signature=sig, slot=rec.slot, detail={"why": str(e)[:200]}))
+    return events
 
 
 @dataclass(frozen=True, kw_only=True)
 class JobHistory:
-    terms: JobTerms
-    status: str  # posted | committed | PASS | FAIL | TIMEOUT
+    terms: J.JobTerms
+    job: Pubkey
+    status: str  # one of STATUSES
     root: bytes | None
+    commit_slot: int | None
     events: tuple[Event, ...]
-    anomalies: tuple[str, ...] = ()
-    paid: dict[str, int] = field(default_factory=dict)  # party role -> tokens received at settlement
 
     @property
     def job_id(self) -> bytes:
         return self.terms.job_id
 
+    @property
+    def settled(self) -> bool:
+        return self.status in ("PASSED", "FAILED", "REFUNDED", "EXPIRED")
+
+    @property
+    def paid(self) -> str | None:
+        """Who the vault went to: the worker (PASSED, EXPIRED) or the consumer (FAILED, REFUNDED)."""
+        return {"PASSED": "worker", "EXPIRED": "worker", "FAILED": "consumer", "REFUNDED": "consumer"}.get(
+            self.status)
+
     def to_dict(self) -> dict[str, Any]:
-        t = self.terms
-        return {
-            "job_id": t.job_id.hex(), "status": self.status, "root": self.root.hex() if self.root else None,
-            "kernel": t.kernel, "device_class": t.device_class, "confidence": t.confidence_ppm / 1e6,
-            "price": t.price, "bond": t.bond, "mint": str(t.mint),
-            "consumer": str(t.consumer), "worker": str(t.worker), "verifier": str(t.verifier),
-            "vault": str(EscrowAddresses.derive(t).vault), "paid": dict(self.paid),
-            "events": [e.to_dict() for e in self.events], "anomalies": list(self.anomalies),
-        }
+        return {**_terms_json(self.terms), "job": str(self.job), "status": self.status, "paid": self.paid,
+                "root": self.root.hex() if self.root else None, "commit_slot": self.commit_slot,
+                "events": [e.to_dict() for e in self.events]}
 
 
-def _segments(facts: list[Facts]) -> list[list[Facts]]:
-    """Split a vault's history at each POST (a closed vault's address can be posted again)."""
-    out: list[list[Facts]] = []
-    for f in facts:
-        if f.memo is not None and f.memo.kind == "post":
-            out.append([])
-        if out:
-            out[-1].append(f)
-    return out
-
-
-def build_history(terms: JobTerms, post: Facts, facts: Iterable[Facts]) -> JobHistory:
-    """One job's history from its vault's transactions, every event checked against token movements."""
-    a = EscrowAddresses.derive(terms)
-    vault, c_ata, w_ata = str(a.vault), str(a.consumer_ata), str(a.worker_ata)
-    c, w, v = str(terms.consumer), str(terms.worker), str(terms.verifier)
-    events = [Event(kind="post", signature=post.signature, slot=post.slot,
-                    detail=f"price {terms.price} deposited by {c}")]
-    anomalies: list[str] = []
-    status, root, held = "posted", None, terms.price
-    paid: dict[str, int] = {}
-    for f in facts:
-        if f.signature == post.signature or not f.ok:
+def _histories(events: Iterable[Event]) -> list[JobHistory]:
+    open_: dict[str, dict[str, Any]] = {}
+    done: list[dict[str, Any]] = []
+    for e in events:
+        if e.job is None:
             continue
-        m = f.memo
-        if m is None or m.fields.get("job") != memos.b58(terms.job_id):
-            if f.deltas.get(vault, 0) and status in ("posted", "committed"):
-                # anyone can send tokens to a token account: count the gift, flag it
-                held += f.deltas[vault]
-                anomalies.append(f"{f.signature}: {f.deltas[vault]} tokens sent to the vault without a pocv memo")
+        if e.kind == "POST":
+            if e.job in open_:  # cannot happen: the program refuses a POST to an open job account
+                done.append(open_.pop(e.job))
+            open_[e.job] = {"terms": _terms_from(e.detail["terms"]), "job": e.job, "status": "POSTED", "root": None,
+                            "commit_slot": None, "events": [e]}
             continue
-        try:
-            if m.kind == "commit" and status == "posted":
-                if w not in f.memo_signers:
-                    anomalies.append(f"{f.signature}: commit memo not signed by the worker {w}: ignored")
-                elif f.deltas.get(vault, 0) != terms.bond:
-                    anomalies.append(f"{f.signature}: commit moved {f.deltas.get(vault, 0)} into the vault, "
-                                     f"expected the bond {terms.bond}: ignored")
-                else:
-                    status, root, held = "committed", m.digest("root"), held + terms.bond
-                    events.append(Event(kind="commit", signature=f.signature, slot=f.slot,
-                                        detail=f"root {m.digest('root').hex()}, bond {terms.bond}"))
-                continue
-            if m.kind == "settle" and status in ("posted", "committed"):
-                result = m.fields["result"]
-                need = {"PASS": (v,), "FAIL": (v,), "TIMEOUT": (c, w)}.get(result, ("?",))
-                if not all(k in f.memo_signers for k in need):
-                    anomalies.append(f"{f.signature}: {result} memo signed by {list(f.memo_signers)}, "
-                                      f"expected {list(need)}: ignored")
-                    continue
-                if result in ("PASS", "FAIL") and (status != "committed" or m.digest("root") != root):
-                    anomalies.append(f"{f.signature}: {result} for root {m.fields['root']} but the commit is "
-                                     f"{root.hex() if root else 'missing'}: ignored")
-                    continue
-                got = {"consumer": f.deltas.get(c_ata, 0), "worker": f.deltas.get(w_ata, 0)}
-                want = {"PASS": {"consumer": 0, "worker": held},
-                        "FAIL": {"consumer": held, "worker": 0},
-                        "TIMEOUT": {"consumer": min(held, terms.price), "worker": held - min(held, terms.price)}}
-                if (got != want.get(result) or f.deltas.get(vault, 0) != -held or vault not in f.token_closed):
-                    anomalies.append(f"{f.signature}: {result} memo but tokens moved {got} (vault "
-                                     f"{f.deltas.get(vault, 0)}), expected {want.get(result)} and the vault "
-                                     f"emptied and closed: ignored")
-                    continue
-                status, paid = result, {k: n for k, n in got.items() if n}
-                events.append(Event(kind="settle", signature=f.signature, slot=f.slot,
-                                    detail=f"{result}: paid {paid}, verdict {m.fields['verdict']}"))
-                continue
-            anomalies.append(f"{f.signature}: {m.kind} memo out of order (job is {status}): ignored")
-        except EvidenceError as e:
-            anomalies.append(f"{f.signature}: malformed {m.kind} memo: {e}")
-    return JobHistory(terms=terms, status=status, root=root, events=tuple(events), anomalies=tuple(anomalies),
-                      paid=paid)
+        h = open_.get(e.job)
+        if h is None:
+            continue
+        h["events"].append(e)
+        if e.kind == "COMMIT":
+            h["status"], h["root"], h["commit_slot"] = "COMMITTED", bytes.fromhex(e.detail["root"]), e.slot
+        elif e.kind in ("VERDICT", "CLAIM") and e.detail.get("settled") in STATUSES:
+            h["status"] = e.detail["settled"]
+            done.append(open_.pop(e.job))
+    rows = done + list(open_.values())
+    rows.sort(key=lambda h: h["events"][0].slot)
+    return [JobHistory(terms=h["terms"], job=Pubkey.from_string(h["job"]), status=h["status"], root=h["root"],
+                       commit_slot=h["commit_slot"], events=tuple(h["events"])) for h in rows]
 
 
 class Indexer:
-    """Chain -> job histories, offers and reputations, with an optional SQLite cache of facts."""
+    """Jobs and offers of one job program. ``book`` maps capability hashes to the documents the
+    caller knows (offers whose document is unknown are listed, and do not qualify in matching)."""
 
-    def __init__(self, backend: Backend, mint: Pubkey, *, cache: str | Path | None = None) -> None:
+    def __init__(self, backend: Backend, program: J.JobProgram, *,
+                 book: Mapping[bytes, Capabilities] | None = None, cache: str | Path | None = None) -> None:
         self.backend = backend
-        self.mint = mint
-        self.board = board_address(mint)
-        self._db = sqlite3.connect(str(cache) if cache is not None else ":memory:")
-        self._db.executescript(
-            "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);"
-            "CREATE TABLE IF NOT EXISTS facts (signature TEXT PRIMARY KEY, slot INTEGER, body TEXT);")
-        row = self._db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
-        if row is None:
-            self._db.execute("INSERT INTO meta VALUES ('schema', ?), ('mint', ?)", (str(SCHEMA_VERSION), str(mint)))
-        elif row[0] != str(SCHEMA_VERSION):
-            self._db.executescript("DELETE FROM facts;")
-            self._db.execute("UPDATE meta SET value=? WHERE key='schema'", (str(SCHEMA_VERSION),))
-        mrow = self._db.execute("SELECT value FROM meta WHERE key='mint'").fetchone()
-        if mrow is not None and mrow[0] != str(mint):
-            raise ChainError(f"index cache {cache} belongs to mint {mrow[0]}, not {mint}")
-        self._db.commit()
-        self.fetched = 0  # transactions fetched from the chain by the last refresh
+        self.program = program
+        self.book = dict(book or {})
+        self._events: dict[str, list[Event]] = {}  # signature -> events, in chain order
+        self._order: list[str] = []
+        self._offers: list[Offer] = []
+        self._reputations: dict[Pubkey, Reputation] = {}
+        self._db: sqlite3.Connection | None = None
+        if cache is not None:
+            try:
+                self._db = sqlite3.connect(str(cache))
+                self._db.execute("CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v TEXT)")
+                row = self._db.execute("SELECT v FROM meta WHERE k = 'schema'").fetchone()
+                if row is None or row[0] != f"{SCHEMA_VERSION}:{program.program_id}":
+                    self._db.execute("DROP TABLE IF EXISTS tx")
+                    self._db.execute("INSERT OR REPLACE INTO meta VALUES ('schema', ?)",
+                                     (f"{SCHEMA_VERSION}:{program.program_id}",))
+                self._db.execute("CREATE TABLE IF NOT EXISTS tx (signature TEXT PRIMARY KEY, events TEXT)")
+                self._db.commit()
+            except sqlite3.Error as e:
+                raise EvidenceError(f"index cache {str(cache)!r} is unusable ({e}); delete it to rebuild") from e
 
     def close(self) -> None:
-        self._db.close()
+        if self._db is not None:
+            self._db.close()
+            self._db = None
 
-    # -- facts ------------------------------------------------------------------------------
-
-    def _facts_for(self, address: Pubkey) -> list[Facts]:
-        sigs = self.backend.signatures_for_address(address)
-        out = []
-        for sig in sigs:
-            s = str(sig)
-            row = self._db.execute("SELECT body FROM facts WHERE signature=?", (s,)).fetchone()
-            if row is not None:
-                out.append(Facts.from_json(row[0]))
-                continue
-            rec = self.backend.get_transaction(sig)
-            if rec is None:
-                continue
-            self.fetched += 1
-            f = Facts.of(rec)
-            self._db.execute("INSERT OR REPLACE INTO facts VALUES (?, ?, ?)", (s, f.slot, f.to_json()))
-            out.append(f)
-        self._db.commit()
-        return out
-
-    # -- views ------------------------------------------------------------------------------
+    def _cached(self, signature: str) -> list[Event] | None:
+        if self._db is None:
+            return None
+        row = self._db.execute("SELECT events FROM tx WHERE signature = ?", (signature,)).fetchone()
+        return None if row is None else [Event.from_dict(d) for d in json.loads(row[0])]
 
     def refresh(self) -> tuple[list[Offer], list[JobHistory]]:
-        self.fetched = 0
-        board = self._facts_for(self.board)
-        offers: dict[Pubkey, Offer] = {}
-        jobs: list[JobHistory] = []
-        for f in board:
-            if not f.ok or f.memo is None:
+        pid = self.program.program_id
+        fresh: list[tuple[str, list[Event]]] = []
+        for sig in self.backend.signatures_for_address(pid):
+            s = str(sig)
+            if s in self._events:
                 continue
-            m = f.memo
-            try:
-                if m.kind == "offer" and len(f.memo_signers) == 1:
-                    o = Offer.from_memo(m, Pubkey.from_string(f.memo_signers[0]))
-                    offers[o.worker] = o  # the latest offer of a worker replaces its earlier ones
-                elif m.kind == "post":
-                    terms = JobTerms.from_post_memo(m, self.mint)
-                    if str(terms.consumer) not in f.memo_signers:
-                        continue  # a post names its consumer, who must have signed it
-                    vault = EscrowAddresses.derive(terms).vault
-                    if f.deltas.get(str(vault), 0) != terms.price:
-                        continue  # no deposit, no job
-                    segs = [s for s in _segments(self._facts_for(vault)) if s and s[0].signature == f.signature]
-                    history = segs[0][:MAX_EVENTS_PER_JOB] if segs else [f]
-                    jobs.append(build_history(terms, f, history))
-            except ChainError:
-                raise
-            except (PocvError, ValueError):
-                continue  # a malformed claim on a public board (bad digest, zero price...): not a record
-        return list(offers.values()), jobs
+            events = self._cached(s)
+            if events is None:
+                rec = self.backend.get_transaction(sig)
+                if rec is None:
+                    raise ChainError(f"transaction {sig} is listed for the job program but cannot be read")
+                events = decode_events(rec, pid)
+                fresh.append((s, events))
+            self._events[s] = events
+            self._order.append(s)
+        if self._db is not None and fresh:
+            self._db.executemany("INSERT OR REPLACE INTO tx VALUES (?, ?)",
+                                 [(s, json.dumps([e.to_dict() for e in ev])) for s, ev in fresh])
+            self._db.commit()
+        workers = dict.fromkeys(Pubkey.from_string(e.detail["worker"]) for s in self._order
+                                for e in self._events[s] if e.kind == "OFFER")
+        offers, reps = [], {}
+        for w in workers:
+            got = read_offer(self.backend, self.program, w, self.book)
+            if got is not None:
+                offers.append(got[0])
+                reps[w] = got[1]
+        self._offers, self._reputations = offers, reps
+        return offers, self.jobs()
+
+    def events(self) -> list[Event]:
+        return [e for s in self._order for e in self._events[s]]
 
     def jobs(self) -> list[JobHistory]:
-        return self.refresh()[1]
+        return _histories(self.events())
 
     def offers(self) -> list[Offer]:
-        return self.refresh()[0]
+        return list(self._offers)
 
-    def job(self, job_id: bytes) -> JobHistory | None:
-        found = [j for j in self.jobs() if j.job_id == job_id]
+    def reputations(self) -> dict[Pubkey, Reputation]:
+        return dict(self._reputations)
+
+    def job(self, job_id: bytes, consumer: Pubkey | None = None) -> JobHistory | None:
+        """The latest job with this id (and consumer, if given)."""
+        self.refresh()
+        found = [j for j in self.jobs() if j.job_id == job_id and (consumer is None or j.terms.consumer == consumer)]
         return found[-1] if found else None
 
 
-def reputations(jobs: Iterable[JobHistory]) -> dict[Pubkey, Reputation]:
-    """Per worker: PASS, FAIL (bond slashed) and TIMEOUT counts over settled jobs."""
-    acc: dict[Pubkey, dict[str, int]] = {}
-    for j in jobs:
-        r = acc.setdefault(j.terms.worker, {"passes": 0, "fails": 0, "timeouts": 0, "slashed": 0})
-        if j.status == "PASS":
-            r["passes"] += 1
-        elif j.status == "FAIL":
-            r["fails"] += 1
-            r["slashed"] += j.terms.bond
-        elif j.status == "TIMEOUT":
-            r["timeouts"] += 1
-    return {w: Reputation(worker=w, **r) for w, r in acc.items()}
+__all__ = ["STATUSES", "Event", "Indexer", "JobHistory", "decode_events"]

@@ -6,9 +6,13 @@ embedded chain in a directory (``--ledger``, default ``./.pocv-ledger``):
 * ``state.json`` -- every account any transaction or airdrop touched (programs and sysvars come
   from LiteSVM itself), the slot and slot hashes, and every landed transaction with its balances
   (the address index ``getSignaturesForAddress`` needs). Written atomically after each command.
-* ``sandbox.json`` -- the sandbox market's mint and its mint authority ("faucet"). The faucet
-  funds any key the embedded chain has not seen (SOL and tokens), as ``solana airdrop`` does on a
-  test validator. It exists only here: on a real cluster the mint is ``--mint``.
+* ``sandbox.json`` -- the sandbox market's mint and its mint authority ("faucet"), and the job
+  program's address. The faucet funds any key the embedded chain has not seen (SOL and tokens),
+  as ``solana airdrop`` does on a test validator. It exists only here: on a real cluster the mint
+  is ``--mint`` and the program ``--program``. The program is deployed through the upgradeable
+  loader when the ledger is created, and loaded again from the same ELF when it is reopened.
+* ``capabilities.json`` -- the capabilities documents offered here (hash -> document), which
+  the matcher needs to read offers (on chain: only their hashes).
 * ``index.sqlite`` -- the indexer's cache (rebuildable from ``state.json``).
 * ``lock`` -- an exclusive lock held for the whole command (two commands at once would fork).
 
@@ -28,8 +32,11 @@ from typing import IO, Final
 from solders.keypair import Keypair
 from solders.pubkey import Pubkey
 
-from pocv.errors import StorageError
+from pocv.errors import PocvError, StorageError
 from pocv.market.backend import LiteSVMBackend, TokenBuild
+from pocv.market.escrow import install_program
+from pocv.market.jobprogram import JobProgram, program_elf
+from pocv.market.market import Capabilities
 from pocv.market.tokens import create_mint, fund
 
 DEFAULT_LEDGER: Final = ".pocv-ledger"
@@ -50,6 +57,7 @@ class EmbeddedLedger:
         self.backend: LiteSVMBackend
         self.mint: Pubkey
         self.faucet: Keypair
+        self.program: JobProgram
         self.created = False
 
     def __enter__(self) -> EmbeddedLedger:
@@ -66,7 +74,8 @@ class EmbeddedLedger:
                     raise StorageError(f"{state_file} is over {MAX_STATE_BYTES} bytes")
                 state = json.loads(state_file.read_text())
                 sandbox = json.loads(sandbox_file.read_text())
-                self.backend = LiteSVMBackend.from_state(state)
+                self.program = JobProgram(Pubkey.from_string(sandbox["program"]))
+                self.backend = LiteSVMBackend.from_state(state, [(self.program.program_id, program_elf())])
                 self.mint = Pubkey.from_string(sandbox["mint"])
                 self.faucet = Keypair.from_bytes(bytes(sandbox["faucet"]))
             except (OSError, ValueError, KeyError, TypeError) as e:
@@ -76,9 +85,29 @@ class EmbeddedLedger:
             self.faucet = Keypair()
             self.backend.airdrop(self.faucet.pubkey(), FAUCET_LAMPORTS)
             self.mint = create_mint(self.backend, self.faucet)
-            self._write(sandbox_file, json.dumps({"mint": str(self.mint), "faucet": list(bytes(self.faucet))}))
+            self.program = install_program(self.backend, self.faucet)
+            self._write(sandbox_file, json.dumps({"mint": str(self.mint), "faucet": list(bytes(self.faucet)),
+                                                  "program": str(self.program.program_id)}))
             self.created = True
         return self
+
+    def capabilities(self) -> dict[bytes, Capabilities]:
+        """The capabilities documents offered on this ledger, by hash."""
+        path = self.path / "capabilities.json"
+        if not path.exists():
+            return {}
+        try:
+            docs = json.loads(path.read_text())
+            book = {bytes.fromhex(h): Capabilities.from_dict(d) for h, d in docs.items()}
+        except (OSError, ValueError, AttributeError, PocvError) as e:
+            raise StorageError(f"{path} is unreadable ({e}); delete it and offer again") from e
+        return {h: c for h, c in book.items() if c.digest() == h}
+
+    def remember(self, caps: Capabilities) -> None:
+        book = self.capabilities()
+        book[caps.digest()] = caps
+        self._write(self.path / "capabilities.json",
+                    json.dumps({h.hex(): c.to_dict() for h, c in sorted(book.items())}, indent=1))
 
     def ensure_funded(self, owner: Pubkey) -> bool:
         """Give a key the embedded chain has never seen SOL and tokens. True if it did."""

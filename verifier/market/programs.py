@@ -1,9 +1,10 @@
-"""Solana's standard programs as the escrow uses them: ids, instruction encoders, account decoders.
+"""Solana's standard programs as the market uses them beside the job program: ids, instruction
+encoders, account decoders.
 
-Only audited, already-deployed programs are used (docs/protocol.md §12.1): System, SPL Token
-(classic, ``Tokenkeg...``), SPL Memo (v2, ``MemoSq...``) and Associated Token Account. The SPL
-Token instructions are encoded here by hand (solana-py 0.41 dropped its token client); each
-encoder names the instruction tag of ``spl_token::instruction::TokenInstruction``.
+System, SPL Token (classic, ``Tokenkeg...``) and Associated Token Account: minting and funding
+parties, reading token accounts, durable nonces, the SlotHashes sysvar. The SPL Token
+instructions are encoded here by hand (solana-py 0.41 dropped its token client); each encoder
+names the instruction tag of ``spl_token::instruction::TokenInstruction``.
 
 Account layouts decoded here (``spl_token::state``):
 
@@ -11,7 +12,6 @@ Account layouts decoded here (``spl_token::state``):
   freeze authority COption<Pubkey>.
 * ``Account`` (165 bytes): mint, owner, amount u64, delegate COption<Pubkey>, state u8,
   is_native COption<u64>, delegated amount u64, close authority COption<Pubkey>.
-* ``Multisig`` (355 bytes): m u8, n u8, initialized u8, 11 signer keys.
 """
 
 from __future__ import annotations
@@ -33,26 +33,20 @@ from pocv.errors import MalformedError
 SYSTEM_PROGRAM_ID: Final = Pubkey.from_string("11111111111111111111111111111111")
 TOKEN_PROGRAM_ID: Final = Pubkey.from_string("TokenkegQfeZyiNwAJbNbGKPFXCWuBvf9Ss623VQ5DA")
 TOKEN_2022_PROGRAM_ID: Final = Pubkey.from_string("TokenzQdBNbLqP5VEhdkAS6EPFLC1PHnBqCXEpPxuEb")
-MEMO_PROGRAM_ID: Final = Pubkey.from_string("MemoSq4gqABAXKb96qnH8TysNcWxMyWCqXgDLGmfcHr")
 ATA_PROGRAM_ID: Final = Pubkey.from_string("ATokenGPvbdGVxr1b2hvZbsiqW5xWH25efTNsLJA8knL")
 SLOT_HASHES_SYSVAR: Final = Pubkey.from_string("SysvarS1otHashes111111111111111111111111111")
 
 MINT_SIZE: Final = 82
 ACCOUNT_SIZE: Final = 165
-MULTISIG_SIZE: Final = 355
 NONCE_ACCOUNT_SIZE: Final = 80
-MAX_MULTISIG_SIGNERS: Final = 11  # spl_token::instruction::MAX_SIGNERS
-MAX_MEMO_BYTES: Final = 566  # the Memo program's practical limit inside one 1,232-byte transaction
 
 # TokenInstruction tags
-_IX_INITIALIZE_MULTISIG: Final = 2
 _IX_TRANSFER: Final = 3
 _IX_SET_AUTHORITY: Final = 6
 _IX_MINT_TO: Final = 7
 _IX_CLOSE_ACCOUNT: Final = 9
 _IX_TRANSFER_CHECKED: Final = 12
 _IX_INITIALIZE_ACCOUNT3: Final = 18
-_IX_INITIALIZE_MULTISIG2: Final = 19
 _IX_INITIALIZE_MINT2: Final = 20
 
 #: spl_token::instruction::AuthorityType
@@ -87,24 +81,6 @@ def initialize_account3(account: Pubkey, mint: Pubkey, owner: Pubkey) -> Instruc
     return Instruction(TOKEN_PROGRAM_ID, data, [
         AccountMeta(account, is_signer=False, is_writable=True),
         AccountMeta(mint, is_signer=False, is_writable=False),
-    ])
-
-
-def initialize_multisig2(multisig: Pubkey, signers: tuple[Pubkey, ...], m: int) -> Instruction:
-    """InitializeMultisig2. NB: the program accepts duplicate signers and m > n (docs/protocol.md §12.1)."""
-    return Instruction(TOKEN_PROGRAM_ID, bytes([_IX_INITIALIZE_MULTISIG2, m]), [
-        AccountMeta(multisig, is_signer=False, is_writable=True),
-        *(AccountMeta(s, is_signer=False, is_writable=False) for s in signers),
-    ])
-
-
-def initialize_multisig_legacy(multisig: Pubkey, signers: tuple[Pubkey, ...], m: int) -> Instruction:
-    """InitializeMultisig (tag 2, needs the rent sysvar). Kept for tests of hostile multisigs."""
-    rent = Pubkey.from_string("SysvarRent111111111111111111111111111111111")
-    return Instruction(TOKEN_PROGRAM_ID, bytes([_IX_INITIALIZE_MULTISIG, m]), [
-        AccountMeta(multisig, is_signer=False, is_writable=True),
-        AccountMeta(rent, is_signer=False, is_writable=False),
-        *(AccountMeta(s, is_signer=False, is_writable=False) for s in signers),
     ])
 
 
@@ -171,14 +147,6 @@ def create_associated_token_account_idempotent(payer: Pubkey, owner: Pubkey, min
     ])
 
 
-def memo(text: str, signers: tuple[Pubkey, ...]) -> Instruction:
-    """An SPL Memo v2 instruction; the program fails the transaction unless every named key signed."""
-    data = text.encode()
-    if len(data) > MAX_MEMO_BYTES:
-        raise MalformedError(f"memo is at most {MAX_MEMO_BYTES} bytes, got {len(data)}")
-    return Instruction(MEMO_PROGRAM_ID, data, [AccountMeta(s, is_signer=True, is_writable=False) for s in signers])
-
-
 # -- account decoders -------------------------------------------------------------------------
 
 
@@ -229,24 +197,6 @@ class TokenAccountState:
         return cls(mint=Pubkey.from_bytes(data[0:32]), owner=Pubkey.from_bytes(data[32:64]), amount=amount,
                    delegate=_coption_key_at(data, 72), state=data[108], is_native=native_tag != 0,
                    delegated_amount=delegated, close_authority=_coption_key_at(data, 129))
-
-
-@dataclass(frozen=True, kw_only=True)
-class MultisigState:
-    m: int
-    n: int
-    initialized: bool
-    signers: tuple[Pubkey, ...]  # the first n of the 11 slots
-
-    @classmethod
-    def decode(cls, data: bytes) -> MultisigState:
-        if len(data) != MULTISIG_SIZE:
-            raise MalformedError(f"a multisig account is {MULTISIG_SIZE} bytes, got {len(data)}")
-        m, n, init = data[0], data[1], data[2]
-        if n > MAX_MULTISIG_SIGNERS:
-            raise MalformedError(f"multisig claims {n} signers, at most {MAX_MULTISIG_SIGNERS} exist")
-        signers = tuple(Pubkey.from_bytes(data[3 + 32 * i: 35 + 32 * i]) for i in range(n))
-        return cls(m=m, n=n, initialized=init == 1, signers=signers)
 
 
 def nonce_value(data: bytes) -> Hash:

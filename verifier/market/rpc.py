@@ -3,12 +3,26 @@ sync client), behind the synchronous :class:`~pocv.market.backend.Backend` inter
 
 ``--url`` follows the Solana CLI: a URL, or one of the monikers in :data:`CLUSTERS`.
 
-Transactions are sent with ``skip_preflight`` and then polled until confirmed, so a transaction
-that executes and fails comes back as a :class:`TxOutcome` value (``ok=False, landed=True``),
-exactly as on the embedded backend; one the node refuses before execution comes back with
-``landed=False``. Transport trouble, timeouts and unparseable answers raise
-:class:`~pocv.errors.ChainError`. solders' response parsers can raise ``PanicException`` (a
-``BaseException``), so it is caught here explicitly.
+RPC semantics this backend relies on, as a validator gives them (the loopback server in
+:mod:`pocv.testing.rpc` follows the same, checked against ``@solana/web3.js``):
+
+* Transactions are sent with ``skipPreflight``: the node answers with the signature (checked to
+  be the transaction's first) and nothing else. The backend then polls ``getSignatureStatuses``
+  until the transaction is confirmed, and reads it back with ``getTransaction``: one that
+  executed and failed comes back as a :class:`TxOutcome` value (``ok=False, landed=True``) with
+  its error, exactly as on the embedded backend.
+* Blockhashes expire by block height: ``getLatestBlockhash``'s ``lastValidBlockHeight`` is kept
+  for each blockhash handed out; while a transaction has no status the backend polls
+  ``getBlockHeight``, and once the height passes that limit the transaction can never land: it
+  comes back with ``landed=False`` and error ``BlockhashExpired`` (safe to rebuild and resend).
+  A transaction on a durable nonce has no such height; it is polled until the timeout, then
+  reported as unknown (a :class:`~pocv.errors.ChainError`: it may still land).
+* Legacy and v0 transactions are read (``maxSupportedTransactionVersion: 0``); a v0
+  transaction's keys are its static keys followed by the addresses its lookup tables loaded.
+
+Transport trouble, timeouts and unparseable answers raise :class:`~pocv.errors.ChainError`.
+solders' response parsers can raise ``PanicException`` (a ``BaseException``), so it is caught
+here explicitly.
 """
 
 from __future__ import annotations
@@ -25,7 +39,7 @@ from solana.rpc.models import TxOpts
 from solders.hash import Hash
 from solders.pubkey import Pubkey
 from solders.signature import Signature
-from solders.transaction import Transaction
+from solders.transaction import Transaction, VersionedTransaction
 from solders.transaction_status import TransactionConfirmationStatus
 
 from pocv.errors import ChainError, InputError
@@ -41,6 +55,7 @@ CONFIRM_TIMEOUT_S: Final = 60.0  # a blockhash lives ~150 slots (~60-90 s); afte
 CONFIRM_POLL_S: Final = 0.25
 HTTP_TIMEOUT_S: Final = 30.0
 SIGNATURES_PAGE: Final = 1_000  # getSignaturesForAddress's maximum page
+MAX_KNOWN_BLOCKHASHES: Final = 1_024  # blockhash -> lastValidBlockHeight entries kept
 MAX_SIGNATURES: Final = 100_000  # stop paging an address's history after this many
 
 T = TypeVar("T")
@@ -69,6 +84,7 @@ class RpcBackend:
         self.poll_s = poll_s
         self._loop = asyncio.new_event_loop()
         self._client = AsyncClient(self.url, commitment=Confirmed, timeout=http_timeout_s, http2=False)
+        self._valid_until: dict[Hash, int] = {}  # blockhash -> lastValidBlockHeight
 
     def _run(self, what: str, make: Callable[[], Awaitable[T]]) -> T:
         try:
@@ -89,23 +105,34 @@ class RpcBackend:
         return "cluster"
 
     def latest_blockhash(self) -> Hash:
-        return self._run("getLatestBlockhash", lambda: self._client.get_latest_blockhash()).value.blockhash
+        v = self._run("getLatestBlockhash", lambda: self._client.get_latest_blockhash()).value
+        if len(self._valid_until) >= MAX_KNOWN_BLOCKHASHES:
+            self._valid_until.clear()
+        self._valid_until[v.blockhash] = int(v.last_valid_block_height)
+        return v.blockhash
+
+    def block_height(self) -> int:
+        return int(self._run("getBlockHeight", lambda: self._client.get_block_height()).value)
 
     def slot(self) -> int:
         return int(self._run("getSlot", lambda: self._client.get_slot()).value)
 
-    def send(self, tx: Transaction) -> TxOutcome:
+    def send(self, tx: Transaction | VersionedTransaction) -> TxOutcome:
         sig = tx.signatures[0]
+        blockhash = tx.message.recent_blockhash
+        valid_until = self._valid_until.get(blockhash)
         opts = TxOpts(skip_preflight=True, skip_confirmation=True, preflight_commitment=Confirmed)
         try:
-            self._loop.run_until_complete(self._client.send_raw_transaction(bytes(tx), opts))
+            got = self._loop.run_until_complete(self._client.send_raw_transaction(bytes(tx), opts)).value
         except BaseException as e:
             if _is_fatal(e):
                 raise
-            if isinstance(e, RPCException):  # the node refused it before execution (preflight, bad blockhash)
+            if isinstance(e, RPCException):  # refused before execution (malformed, or a node that checks anyway)
                 return TxOutcome(signature=sig, ok=False, landed=False, error=str(e)[:500], fee=0, compute_units=0,
                                  slot=0)
             raise ChainError(f"sendTransaction at {self.url} failed: {type(e).__name__}: {str(e)[:300]}") from e
+        if got != sig:
+            raise ChainError(f"sendTransaction at {self.url} answered signature {got}, the transaction's is {sig}")
         deadline = time.monotonic() + self.confirm_timeout_s
         while True:
             statuses = self._run("getSignatureStatuses", lambda: self._client.get_signature_statuses([sig])).value
@@ -113,6 +140,10 @@ class RpcBackend:
             if st is not None and st.confirmation_status in (TransactionConfirmationStatus.Confirmed,
                                                              TransactionConfirmationStatus.Finalized):
                 break
+            if st is None and valid_until is not None and self.block_height() > valid_until:
+                # past its blockhash's last valid height with no status: it never landed and never will
+                return TxOutcome(signature=sig, ok=False, landed=False, error="BlockhashExpired", fee=0,
+                                 compute_units=0, slot=0)
             if time.monotonic() > deadline:
                 # unknown, not failed: it may still land until its blockhash expires
                 raise ChainError(f"transaction {sig} not confirmed within {self.confirm_timeout_s} s; "
@@ -190,9 +221,13 @@ def _record(signature: Signature, v: Any) -> TxRecord:
         raise ChainError(f"transaction {signature} has no status meta")
     vtx = etx.transaction
     msg = vtx.message
-    if not hasattr(msg, "header") or type(msg).__name__ != "Message":
-        raise ChainError(f"transaction {signature} is not a legacy transaction")
+    if type(msg).__name__ not in ("Message", "MessageV0"):
+        raise ChainError(f"transaction {signature} has a message of version {type(msg).__name__}")
     keys = list(msg.account_keys)
+    loaded = meta.loaded_addresses
+    loaded_w = tuple(loaded.writable) if loaded is not None else ()
+    loaded_r = tuple(loaded.readonly) if loaded is not None else ()
+    keys += list(loaded_w) + list(loaded_r)  # v0: the static keys, then the writable and read-only looked-up ones
 
     def balances(items: Any) -> tuple[TokenBalance, ...]:
         out = []
@@ -209,5 +244,5 @@ def _record(signature: Signature, v: Any) -> TxRecord:
         fee=int(meta.fee), compute_units=int(cu) if cu is not None else 0,
         pre_lamports=tuple(meta.pre_balances), post_lamports=tuple(meta.post_balances),
         pre_token=balances(meta.pre_token_balances), post_token=balances(meta.post_token_balances),
-        logs=tuple(meta.log_messages or ()),
+        logs=tuple(meta.log_messages or ()), loaded_writable=loaded_w, loaded_readonly=loaded_r,
     )

@@ -1,11 +1,27 @@
 """A small Solana JSON-RPC server over the embedded LiteSVM chain, for loopback tests and benches.
 
 No Solana validator can be installed here, so the RPC backend is tested end to end against this:
-solana-py's ``AsyncClient`` talks HTTP to it exactly as to a cluster. It answers the methods the
-market uses -- getLatestBlockhash, sendTransaction, getSignatureStatuses, getTransaction,
-getAccountInfo, getBalance, requestAirdrop, getMinimumBalanceForRentExemption,
-getSignaturesForAddress, getSlot, getVersion, getHealth -- in the shapes a validator gives.
-It binds to 127.0.0.1 only. Not a validator: one slot per landed transaction, no forks, no auth.
+solana-py's ``AsyncClient`` talks HTTP to it exactly as to a cluster, and a test checks every
+answer with ``@solana/web3.js`` as an independent client (tests/market/web3). It answers the
+methods the market uses -- getLatestBlockhash, getBlockHeight, sendTransaction,
+getSignatureStatuses, getTransaction, getAccountInfo, getBalance, requestAirdrop,
+getMinimumBalanceForRentExemption, getSignaturesForAddress, getSlot, getVersion, getHealth -- in
+the shapes a validator gives, with a validator's semantics where the market depends on them:
+
+* ``sendTransaction`` with ``skipPreflight`` returns the signature whatever then happens to the
+  transaction; one that cannot be executed (an expired blockhash, a fee payer without funds) is
+  dropped without a status, as a leader drops it. Without ``skipPreflight`` the transaction is
+  simulated first and a failing one is refused with the simulation's error and logs (-32002).
+* Blockhashes expire by block height: ``getLatestBlockhash`` gives the ``lastValidBlockHeight``
+  past which the blockhash is refused. LiteSVM accepts only its latest blockhash, so that height
+  is the current one; a dropped transaction lets one empty block pass, so a client polling
+  ``getBlockHeight`` sees its blockhash expire (a cluster makes blocks without transactions).
+* A transaction that executes and fails lands, pays its fee, and has its error in
+  ``getSignatureStatuses`` and ``getTransaction`` (``meta.err``), as ``{"InstructionError":
+  [index, {"Custom": code}]}``.
+* Legacy and v0 transactions are accepted and read back (``"version": "legacy"`` or ``0``).
+
+It binds to 127.0.0.1 only. Not a validator: one block per landed transaction, no forks, no auth.
 """
 
 from __future__ import annotations
@@ -19,7 +35,7 @@ from typing import Any, Final
 
 from solders.pubkey import Pubkey
 from solders.signature import Signature
-from solders.transaction import Transaction
+from solders.transaction import VersionedTransaction
 from solders.transaction_metadata import FailedTransactionMetadata
 
 from pocv.market.backend import LiteSVMBackend, TokenBalance, TxRecord
@@ -31,6 +47,7 @@ JSONRPC_INVALID_PARAMS: Final = -32602
 JSONRPC_METHOD_NOT_FOUND: Final = -32601
 JSONRPC_PARSE_ERROR: Final = -32700
 JSONRPC_SEND_FAILED: Final = -32002
+JSONRPC_UNSUPPORTED_VERSION: Final = -32015
 
 
 class RpcError(Exception):
@@ -90,8 +107,11 @@ class LoopbackRpc:
             return {"solana-core": "2.2.0", "feature-set": 0}
         if method == "getSlot":
             return be.slot()
+        if method == "getBlockHeight":
+            return be.slot()  # one block per slot: no skipped slots here
         if method == "getLatestBlockhash":
-            return self._ctx({"blockhash": str(be.latest_blockhash()), "lastValidBlockHeight": be.slot() + 150})
+            # LiteSVM accepts only the latest blockhash: valid while the block height is the current one
+            return self._ctx({"blockhash": str(be.latest_blockhash()), "lastValidBlockHeight": be.slot()})
         if method == "getMinimumBalanceForRentExemption":
             return be.rent_exempt(int(params[0]))
         if method == "getBalance":
@@ -115,12 +135,20 @@ class LoopbackRpc:
             opts = params[1] if len(params) > 1 and isinstance(params[1], dict) else {}
             raw = params[0]
             data = base64.b64decode(raw) if opts.get("encoding", "base58") == "base64" else _b58decode(raw)
-            tx = Transaction.from_bytes(data)
+            tx = VersionedTransaction.from_bytes(data)  # legacy and v0 wire formats alike
+            sig = str(tx.signatures[0])
+            if not opts.get("skipPreflight", False):
+                sim = be.svm.simulate_transaction(tx)
+                if isinstance(sim, FailedTransactionMetadata):
+                    meta = sim.meta()
+                    raise RpcError(JSONRPC_SEND_FAILED, f"Transaction simulation failed: {sim.err()}", data={
+                        "err": _err_json(sim.err()), "logs": list(meta.logs()), "accounts": None,
+                        "unitsConsumed": meta.compute_units_consumed(), "returnData": None,
+                        "innerInstructions": None})
             out = be.send(tx)
-            if not out.landed:
-                raise RpcError(JSONRPC_SEND_FAILED, f"Transaction simulation failed: {out.error}", data={
-                    "err": _err_json(out.raw_error), "logs": list(out.logs), "accounts": None,
-                    "unitsConsumed": out.compute_units, "returnData": None, "innerInstructions": None})
+            if not out.landed:  # dropped before execution: no status; a block passes without it
+                be.advance_slot()
+                return sig
             raw_err = be.raw_error(out.signature)
             self._statuses[str(out.signature)] = (out.slot, None if raw_err is None else _err_json(raw_err))
             return str(out.signature)
@@ -153,14 +181,23 @@ class LoopbackRpc:
                               "confirmationStatus": "finalized"})
             return found
         if method == "getTransaction":
+            opts = params[1] if len(params) > 1 and isinstance(params[1], dict) else {}
             rec = be.get_transaction(Signature.from_string(params[0]))
             if rec is None:
                 return None
-            return self._transaction_json(rec)
+            encoding = opts.get("encoding", "json")
+            if encoding not in ("json", "base64"):
+                raise RpcError(JSONRPC_INVALID_PARAMS, f"Invalid params: encoding {encoding!r} is not served here")
+            signed = be.signed_transaction(rec.signature)
+            if signed is not None and not _is_legacy_tx(signed) and opts.get("maxSupportedTransactionVersion") is None:
+                raise RpcError(JSONRPC_UNSUPPORTED_VERSION, "Transaction version (0) is not supported by the "
+                               "requesting client. Please try the request again with the following configuration "
+                               "parameter: \"maxSupportedTransactionVersion\": 0")
+            return self._transaction_json(rec, encoding)
         raise RpcError(JSONRPC_METHOD_NOT_FOUND, f"Method not found: {method}")
 
-    def _transaction_json(self, rec: TxRecord) -> dict[str, Any]:
-        keys = list(rec.message.account_keys)
+    def _transaction_json(self, rec: TxRecord, encoding: str = "base64") -> dict[str, Any]:
+        keys = list(rec.account_keys)
         index = {k: i for i, k in enumerate(keys)}
 
         def tb(items: tuple[TokenBalance, ...]) -> list[dict[str, Any]]:
@@ -174,14 +211,53 @@ class LoopbackRpc:
         if tx is None:
             raise RpcError(JSONRPC_INVALID_PARAMS, f"transaction {rec.signature} is not stored")
         return {
-            "slot": rec.slot, "blockTime": None, "version": "legacy",
-            "transaction": [base64.b64encode(bytes(tx)).decode(), "base64"],
+            "slot": rec.slot, "blockTime": None,
+            "version": "legacy" if _is_legacy_tx(tx) else 0,
+            "transaction": [base64.b64encode(bytes(tx)).decode(), "base64"] if encoding == "base64" else _tx_json(tx),
             "meta": {"err": err, "status": {"Ok": None} if err is None else {"Err": err}, "fee": rec.fee,
                      "preBalances": list(rec.pre_lamports), "postBalances": list(rec.post_lamports),
                      "innerInstructions": [], "logMessages": list(rec.logs), "preTokenBalances": tb(rec.pre_token),
                      "postTokenBalances": tb(rec.post_token), "rewards": [],
-                     "loadedAddresses": {"writable": [], "readonly": []}, "computeUnitsConsumed": rec.compute_units},
+                     "loadedAddresses": {"writable": [str(k) for k in rec.loaded_writable],
+                                         "readonly": [str(k) for k in rec.loaded_readonly]},
+                     "computeUnitsConsumed": rec.compute_units},
         }
+
+
+def _is_legacy_tx(tx: Any) -> bool:
+    return type(tx.message).__name__ == "Message"
+
+
+def _tx_json(tx: Any) -> dict[str, Any]:
+    """A transaction in getTransaction's ``"encoding": "json"`` shape."""
+    msg = tx.message
+    h = msg.header
+    out: dict[str, Any] = {
+        "accountKeys": [str(k) for k in msg.account_keys],
+        "header": {"numRequiredSignatures": h.num_required_signatures,
+                   "numReadonlySignedAccounts": h.num_readonly_signed_accounts,
+                   "numReadonlyUnsignedAccounts": h.num_readonly_unsigned_accounts},
+        "recentBlockhash": str(msg.recent_blockhash),
+        "instructions": [{"programIdIndex": ix.program_id_index, "accounts": list(bytes(ix.accounts)),
+                          "data": _b58encode(bytes(ix.data)), "stackHeight": None} for ix in msg.instructions],
+    }
+    if not _is_legacy_tx(tx):
+        out["addressTableLookups"] = [{"accountKey": str(lk.account_key), "writableIndexes": list(lk.writable_indexes),
+                                       "readonlyIndexes": list(lk.readonly_indexes)}
+                                      for lk in msg.address_table_lookups]
+    return {"signatures": [str(sg) for sg in tx.signatures], "message": out}
+
+
+_B58: Final = "123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz"
+
+
+def _b58encode(data: bytes) -> str:
+    n = int.from_bytes(data, "big")
+    out = ""
+    while n:
+        n, r = divmod(n, 58)
+        out = _B58[r] + out
+    return "1" * (len(data) - len(data.lstrip(b"\x00"))) + out
 
 
 def _b58decode(text: str) -> bytes:

@@ -4,6 +4,10 @@
     pocv-digits job --data REF --calibration REF [--steps N] [--seed S] -o job.json
     pocv-digits cheat job.json --trace DIR -k worker.json --attack lr-1%-off   a worker that cheats
     pocv-digits accuracy TRACE                        accuracy of the trained model on the data set
+
+(pocv job digits-cnn --steps N --param data=REF --param calibration=REF writes the same job spec.)
+The cheating worker keeps every state in its trace, so pocv respond answers from it with the
+states it lied about instead of recomputing honest ones.
 """
 
 from __future__ import annotations
@@ -122,9 +126,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--trace", required=True)
     p.add_argument("-k", "--keypair", required=True)
     p.add_argument("--attack", choices=ATTACKS, default="lr-1%-off")
-    p.add_argument("--checkpoint-every", type=int, default=16)
-    p.add_argument("--artifacts", default=None)
-    p.add_argument("-o", "--output", default=None)
+    p.add_argument("--checkpoint-every", type=int, default=1,
+                   help="keep every C-th state (default 1: pocv respond then answers with the lies, never "
+                        "recomputing honest states)")
+    p.add_argument("--artifacts", default=None, help="artifact store (default: $POCV_ARTIFACTS or ~/.cache)")
+    p.add_argument("-o", "--output", default=None, help="commitment JSON to write (default: stdout)")
     p.set_defaults(fn=_cheat)
     p = sub.add_parser("accuracy", help="accuracy of a trace's last checkpoint on the data set")
     p.add_argument("trace")
