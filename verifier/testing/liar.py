@@ -48,7 +48,7 @@ import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import numpy as np
 import torch
@@ -365,6 +365,10 @@ def forge(kind: str) -> Strategy:
 # -- the lying prover ------------------------------------------------------------------------------
 
 
+#: states a lying prover keeps in memory to replay (more than any replay lag the strategies use)
+HISTORY_STATES: Final = 64
+
+
 class LyingProver(Prover):
     """A real prover that lies the way ``strategy`` says (see the module docstring)."""
 
@@ -380,11 +384,15 @@ class LyingProver(Prover):
         return super().run(spec, device=device)
 
     def history_state(self, j: int, device: str) -> dict[str, Tensor]:
-        """s_j as this worker committed it (from the trace: the checkpoint and its own steps)."""
+        """s_j as this worker committed it: from the states this run computed last (checkpoints
+        are written behind the run, so the one for s_j may not be on disk yet), else from the
+        trace's checkpoint and its own steps (a resumed trace)."""
+        if j in self._history:
+            return dict(self._history[j])
         store = TraceStore.open(self.trace_dir)
+        kernel = kernel_for(store.spec)
         base = store.nearest_checkpoint(j)
         state: dict[str, Tensor] = dict(decode_state(store.read_checkpoint(base)))
-        kernel = kernel_for(store.spec)
         for t in range(base + 1, j + 1):
             state = self._step(kernel, state, t, store.spec, device)
         return state
@@ -392,9 +400,15 @@ class LyingProver(Prover):
     def _step(self, kernel: Kernel, state: State, i: int, spec: JobSpec, device: str) -> dict[str, Tensor]:
         if not self.faked:  # opening a trace in a fresh process: re-derive the faked set
             self.faked = self.strategy.faked_steps(spec.steps)
+        self._history.setdefault(i - 1, dict(state))
         if self.strategy.fake is not None and i in self.faked:
-            return self.strategy.fake(self, kernel, state, i, spec, device)
-        return super()._step(kernel, state, i, spec, device)
+            out = self.strategy.fake(self, kernel, state, i, spec, device)
+        else:
+            out = super()._step(kernel, state, i, spec, device)
+        self._history[i] = dict(out)
+        for old in [k for k in self._history if k <= i - HISTORY_STATES]:  # bounded: the last few states
+            del self._history[old]
+        return out
 
     def respond(self, challenge: Challenge, *, device: str | None = None) -> Response | None:  # type: ignore[override]
         resp = super().respond(challenge, device=device)
