@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Any
 
 import pytest
 from solders.keypair import Keypair
@@ -25,7 +26,7 @@ CAPS = Capabilities(device_class="cpu", kernels=("gemm-int8",))
 
 @dataclass
 class World:
-    backend: LiteSVMBackend
+    backend: Any  # LiteSVMBackend, or an RpcBackend on the loopback server
     program: J.JobProgram
     mint: Pubkey
     authority: Keypair
@@ -72,8 +73,9 @@ class World:
         return root
 
 
-def make_world(token_program: str = "p-token", *, index: bool = True) -> World:
-    be = LiteSVMBackend(token_program=token_program, index=index)  # type: ignore[arg-type]
+def make_world(token_program: str = "p-token", *, index: bool = True, backend: Any = None) -> World:
+    """Four funded parties, a mint and the job program on ``backend`` (default: a new LiteSVM)."""
+    be = backend if backend is not None else LiteSVMBackend(token_program=token_program, index=index)  # type: ignore[arg-type]
     auth = Keypair()
     be.airdrop(auth.pubkey(), 100 * LAMPORTS)
     mint = create_mint(be, auth)

@@ -7,7 +7,6 @@ block height, v0 transactions are read back."""
 from __future__ import annotations
 
 import base64
-import hashlib
 import json
 import os
 import shutil
@@ -15,16 +14,14 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from solders.keypair import Keypair
 from solders.signature import Signature
 
 from pocv.market import jobprogram as J
 from pocv.market.backend import LiteSVMBackend
-from pocv.market.escrow import Escrow, install_program
 from pocv.market.rpc import RpcBackend
-from pocv.market.tokens import create_mint, fund
 from pocv.testing.rpc import LoopbackServer
-from tests.market.conftest import LAMPORTS, TOKENS, World
+from tests.market.conftest import make_world
+from tests.npm_cache import npm_modules
 
 WEB3_DIR = Path(__file__).resolve().parent / "web3"
 
@@ -33,34 +30,14 @@ def _web3_modules() -> Path:
     """node_modules with @solana/web3.js, installed (once) into a cache outside the checkout."""
     if shutil.which("node") is None or shutil.which("npm") is None:
         pytest.skip("node and npm are needed for the @solana/web3.js check (CI installs them)")
-    lock = (WEB3_DIR / "package-lock.json").read_bytes()
-    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "pocv" / (
-        "web3-" + hashlib.sha256(lock).hexdigest()[:16])
-    modules = cache / "node_modules"
-    if not (modules / "@solana" / "web3.js").is_dir():
-        cache.mkdir(parents=True, exist_ok=True)
-        for f in ("package.json", "package-lock.json"):
-            shutil.copy(WEB3_DIR / f, cache / f)
-        r = subprocess.run(["npm", "ci", "--no-audit", "--no-fund", "--ignore-scripts"], cwd=cache,
-                           capture_output=True, text=True, timeout=300)
-        if r.returncode != 0:
-            pytest.fail(f"npm ci of @solana/web3.js failed:\n{r.stderr[-2000:]}")
-    return modules
+    return npm_modules(WEB3_DIR, "web3", "@solana/web3.js")
 
 
 def test_loopback_server_answers_web3js_like_a_validator() -> None:
     modules = _web3_modules()
     with LoopbackServer(LiteSVMBackend()) as url:
-        be = RpcBackend(url, poll_s=0.001)
-        auth = Keypair()
-        be.airdrop(auth.pubkey(), 100 * LAMPORTS)
-        mint = create_mint(be, auth)
-        program = install_program(be, auth)
-        keys = [Keypair() for _ in range(4)]
-        for k in keys:
-            fund(be, mint=mint, mint_authority=auth, owner=k.pubkey(), tokens=TOKENS, lamports=LAMPORTS)
-        w = World(be, program, mint, auth, *keys, Escrow(be, program))  # type: ignore[arg-type]
-        w.offer(w.worker)
+        w = make_world(backend=RpcBackend(url, poll_s=0.001))  # with the worker's offer
+        be, program = w.backend, w.program
         t = w.terms()
         post = w.escrow.post(t, w.consumer, version="v0")
         assert post.ok

@@ -4,7 +4,6 @@ every transaction recorded so that the same transactions can be replayed in sola
 from __future__ import annotations
 
 import base64
-import hashlib
 import json
 import os
 import re
@@ -28,6 +27,7 @@ from spl.token.constants import ACCOUNT_LEN, MINT_LEN
 
 from pocv.market import jobprogram as J
 from pocv.market.backend import LiteSVMBackend, TxOutcome
+from tests.npm_cache import npm_modules
 
 REPO = Path(__file__).resolve().parents[2]
 PROGRAM_SO = REPO / "verifier" / "market" / "pocv_job.so"
@@ -129,19 +129,7 @@ def _bankrun_modules() -> Path | None:
     """node_modules with solana-bankrun@0.4.0, installed (once) into a cache outside the checkout."""
     if shutil.which("node") is None or shutil.which("npm") is None:
         return None
-    lock = (BANKRUN_DIR / "package-lock.json").read_bytes()
-    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "pocv" / (
-        "bankrun-" + hashlib.sha256(lock).hexdigest()[:16])
-    modules = cache / "node_modules"
-    if not (modules / "solana-bankrun").is_dir():
-        cache.mkdir(parents=True, exist_ok=True)
-        for f in ("package.json", "package-lock.json"):
-            shutil.copy(BANKRUN_DIR / f, cache / f)
-        r = subprocess.run(["npm", "ci", "--no-audit", "--no-fund", "--ignore-scripts"], cwd=cache,
-                           capture_output=True, text=True, timeout=300)
-        if r.returncode != 0:
-            pytest.fail(f"npm ci of solana-bankrun failed:\n{r.stderr[-2000:]}")
-    return modules
+    return npm_modules(BANKRUN_DIR, "bankrun", "solana-bankrun")
 
 
 def replay_in_bankrun(events: Sequence[dict[str, Any] | Recorded], programs: dict[str, Pubkey]) -> list[dict[str, Any]]:
