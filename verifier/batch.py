@@ -66,6 +66,8 @@ log = logging.getLogger(__name__)
 START_TIMEOUT_S: Final = 120.0
 #: an idle slot's process gets this long to exit when the pool shuts down, then it is killed
 CLOSE_TIMEOUT_S: Final = 5.0
+#: a batch iterator closed early polls its finishing event loop this often while draining it
+DRAIN_POLL_S: Final = 0.005
 
 
 # -- what crosses to an executor ------------------------------------------------------------
@@ -646,19 +648,23 @@ class BatchVerifier:
 
         thread = threading.Thread(target=asyncio.run, args=(pump(),), daemon=True, name="pocv-batch")
         thread.start()
+        drained = False
         try:
             while True:
                 item = out.get()
                 if item is None:
+                    drained = True  # the loop hands over nothing more: it is only shutting down
                     return
                 if isinstance(item, BaseException):
+                    drained = True
                     raise item
                 yield item
         finally:
             self.cancel()
-            while thread.is_alive():  # let the loop finish: drain what it still hands over
+            while not drained and thread.is_alive():  # closed early: drain what the loop still hands over
                 with contextlib.suppress(queue.Empty):
-                    out.get(timeout=0.1)
+                    out.get_nowait()
+                thread.join(DRAIN_POLL_S)
             thread.join()
 
 
