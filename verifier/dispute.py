@@ -79,10 +79,13 @@ from pocv.errors import (
     MalformedError,
     MismatchError,
     ProofError,
+    ProviderMismatch,
     Reason,
     SignatureError,
 )
 from pocv.kernels import kernel_for
+from pocv.kernels.base import Kernel
+from pocv.kernels.params import ArtifactSource, use_artifacts
 from pocv.keys import Signer, b58encode, sign, verify
 from pocv.limits import DIGEST_SIZE, MAX_DETAIL_BYTES, MAX_STEPS, PUBKEY_SIZE, SIGNATURE_SIZE
 from pocv.merkle import verify_inclusion, verify_multiproof
@@ -534,7 +537,7 @@ class Dispute:
     """
 
     def __init__(self, a: Commitment, b: Commitment, *, device: str = "cpu",
-                 rounds: Sequence[Round] = ()) -> None:
+                 rounds: Sequence[Round] = (), artifacts: ArtifactSource | None = None) -> None:
         a.verify_signature()
         b.verify_signature()
         if a.job_id != b.job_id:
@@ -546,14 +549,41 @@ class Dispute:
             raise InputError(f"the referee's device is cpu, cuda or cuda:N, got {str(device)[:40]!r}")
         self.a, self.b = a, b
         self.device = device
+        self.artifacts = artifacts  # the referee's own store (None: the store in use, use_artifacts)
+        self.notes: list[str] = []  # what the referee should know (a party named another provider)
         self.rounds: list[Round] = list(rounds)
         self.lo, self.hi = _replay(self.rounds, a.steps)
         self._result: _Result | None = None
 
     @classmethod
-    def open(cls, a: Commitment, b: Commitment, *, device: str = "cpu") -> Dispute:
-        """Start a dispute: both signatures verify, same job id, different roots."""
-        return cls(a, b, device=device)
+    def open(cls, a: Commitment, b: Commitment, *, device: str = "cpu",
+             artifacts: ArtifactSource | None = None) -> Dispute:
+        """Start a dispute: both signatures verify, same job id, different roots, and this
+        referee can judge the job (:meth:`installed_kernel`) before any round is played."""
+        d = cls(a, b, device=device, artifacts=artifacts)
+        d.installed_kernel()
+        return d
+
+    def installed_kernel(self) -> Kernel:
+        """(0) The kernel this referee installed for the job, which must be the one at least one
+        party ran: its provider (distribution and version) named by a commitment, else
+        ProviderMismatch naming both (a note in :attr:`notes` when only one party names it).
+        Then every artifact the job references must be in the referee's store with its hash
+        (ArtifactError) and a calibrated kernel's record present (NotCalibrated). Checked when a
+        dispute opens and again before the step round runs the kernel."""
+        spec = self.a.spec
+        kernel = kernel_for(spec)
+        named = sorted({self.a.provider, self.b.provider})
+        if kernel.provider not in named:
+            raise ProviderMismatch(f"the commitments' kernel {spec.kernel_ref} comes from {' and '.join(named)}, but "
+                                   f"this referee has {spec.kernel_ref} from {kernel.provider} installed: a referee "
+                                   f"runs only the code it installed; install {named[0]} to referee this dispute")
+        self.notes = [f"a commitment (root {c.root.hex()[:16]}...) names kernel provider {c.provider}; the referee "
+                      f"judges with its installed {kernel.provider}" for c in (self.a, self.b)
+                      if c.provider != kernel.provider]
+        with use_artifacts(self.artifacts):
+            kernel.require(spec)
+        return kernel
 
     @property
     def id(self) -> bytes:
@@ -637,9 +667,13 @@ class Dispute:
     # -- (3), (4) the step round ---------------------------------------------------------------
 
     def _step_round(self, q: Query, answer_a: Answer, answer_b: Answer) -> None:
+        kernel = self.installed_kernel()  # (0) again: a session read back was never checked here
+        with use_artifacts(self.artifacts):
+            self._judge_step(kernel, q, answer_a, answer_b)
+
+    def _judge_step(self, kernel: Kernel, q: Query, answer_a: Answer, answer_b: Answer) -> None:
         i = q.step
         spec = self.a.spec
-        kernel = kernel_for(spec)
         opened: dict[Party, Response] = {}
         failed: dict[Party, tuple[Reason, str]] = {}
         for party, ans in zip(PARTIES, (answer_a, answer_b)):
@@ -769,7 +803,7 @@ class Dispute:
                           indent=2, sort_keys=True)
 
     @classmethod
-    def from_json(cls, text: str | bytes) -> Dispute:
+    def from_json(cls, text: str | bytes, *, artifacts: ArtifactSource | None = None) -> Dispute:
         what = "dispute-session"
         d = _load(text, what, {"dispute_id", "device", "commitment_a", "commitment_b", "rounds"})
         a = _commitment(d.get("commitment_a"), f"{what}.commitment_a")
@@ -778,7 +812,7 @@ class Dispute:
         device = F.get(d, "device", str, what)
         if not _DEVICE_RE.fullmatch(device):
             raise MalformedError(f"{what}.device: expected cpu, cuda or cuda:N, got {device[:40]!r}")
-        session = cls(a, b, device=device, rounds=rounds)
+        session = cls(a, b, device=device, rounds=rounds, artifacts=artifacts)
         if "dispute_id" in d and d["dispute_id"] != session.id.hex():
             raise MalformedError(f"{what}.dispute_id {str(d['dispute_id'])[:70]} is not the id of its commitments")
         return session
@@ -823,6 +857,7 @@ def run_dispute(
     device: str = "cpu",
     exchange: Exchange | None = None,
     spot_check: Callable[[Commitment], Verdict] | None = None,
+    artifacts: ArtifactSource | None = None,
 ) -> DisputeResult:
     """Play a whole dispute between the parties of commitments ``a`` and ``b`` as the referee.
 
@@ -832,17 +867,18 @@ def run_dispute(
     back from what it returns, exactly as ``pocv dispute`` exchanges them between processes.
     When the kernel's rule accepts both parties' states (``both-within-bound``),
     ``spot_check(commitment)`` (if given) is called for each party and its verdicts returned.
-    Touches no file itself.
+    ``artifacts`` is the referee's own store (see :meth:`Dispute.installed_kernel`). Touches no
+    file itself.
     """
 
     def via(name: str, data: bytes) -> bytes:
         return data if exchange is None else exchange(name, data)
 
-    d = Dispute.open(a, b, device=device)
+    d = Dispute.open(a, b, device=device, artifacts=artifacts)
     while not d.done:
         r = len(d.rounds)
         if exchange is not None:
-            d = Dispute.from_json(via("session.json", d.to_json().encode()))
+            d = Dispute.from_json(via("session.json", d.to_json().encode()), artifacts=artifacts)
         q = Query.from_json(via(f"query-{r:02d}.json", d.query().to_json().encode()))
         answers: list[Answer] = []
         for party, answer in zip(PARTIES, (answer_a, answer_b)):

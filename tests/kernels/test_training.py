@@ -17,6 +17,7 @@ from solders.keypair import Keypair
 from pocv.artifacts import ArtifactStore
 from pocv.bundle import Response
 from pocv.check import Verifier
+from pocv.dispute import Dispute, Opening, Query, run_dispute
 from pocv.encoding import State, decode_state, digest_encoded, encode_state
 from pocv.errors import ArtifactError, NotCalibrated, ProviderMismatch, Reason
 from pocv.jobs import JobSpec
@@ -143,6 +144,16 @@ class Party:
         self.tree = MerkleTree(b"".join(digest_encoded(e) for e in self.encoded))
         self.commitment = Commitment.create(spec=spec, root=self.tree.root, key=WORKER, provider=provider)
 
+    def reply(self, q: Query) -> Opening | Response:
+        """A dispute party's answer to the referee's query, from this trace."""
+        c = self.commitment
+        if q.kind == "bisect":
+            m = q.leaves[0]
+            return Opening(job_id=c.job_id, root=c.root, tree_size=c.tree_size, leaf=m,
+                           value=self.tree.leaf_value(m), proof=tuple(self.tree.inclusion_proof(m)))
+        return Response(job_id=c.job_id, root=c.root, tree_size=c.tree_size, indices=(q.step,),
+                        states={j: self.encoded[j] for j in q.leaves}, proof=tuple(self.tree.multiproof(q.leaves)))
+
     def answer(self, indices: tuple[int, ...]) -> Response:
         leaves = Response.opened_leaves(list(indices))
         c = self.commitment
@@ -199,6 +210,58 @@ def test_a_verifier_without_the_artifact_refuses_naming_its_hash(setup: Setup, t
     altered.add_bytes(setup.store.read_bytes(setup.cal["digits-cnn"]))
     with pytest.raises(ArtifactError, match=f"{setup.data}.*altered"):
         Verifier(key=VERIFIER, artifacts=altered).challenge(c, beacon=bytes(32))
+
+
+# -- the referee's installation (pocv.dispute) ---------------------------------------------------------
+
+
+def _pair(setup: Setup, provider_a: str | None = None, provider_b: str | None = None) -> tuple[Party, Party]:
+    """An honest party and one whose step 2 used a learning rate 1% off, on the plugin kernel."""
+    spec = setup.spec("plugin-mlp", steps=4)
+    k = kernel_for(spec)
+    assert isinstance(k, TorchTraining)
+    chain = honest(spec, setup.store)
+    with use_artifacts(setup.store):
+        bad, _ = _with(Variant(lr_scale=1.01))(k, spec, chain)
+    bad = [decode_state(encode_state(s)) for s in bad]
+    for i in range(3, spec.steps + 1):  # the liar goes on from its own state
+        with use_artifacts(setup.store):
+            bad[i] = decode_state(encode_state(k.step(bad[i - 1], i, spec)))
+    return Party(spec, chain, provider_a or k.provider), Party(spec, bad, provider_b or k.provider)
+
+
+def test_the_referee_judges_with_its_own_store_and_names_the_liar(setup: Setup) -> None:
+    a, b = _pair(setup)
+    result = run_dispute(a.commitment, b.commitment, a.reply, b.reply, key=VERIFIER, artifacts=setup.store)
+    assert (result.outcome.case, result.outcome.liars, result.outcome.step) == ("outside-bound", ("B",), 2)
+    assert [v.root for v in result.verdicts] == [b.commitment.root] and not result.verdicts[0].passed
+
+
+def test_a_referee_with_another_provider_refuses_before_any_round(setup: Setup) -> None:
+    a, b = _pair(setup, "pocv-plugin-test==0.0.9", "pocv-plugin-test==0.0.8")
+    with pytest.raises(ProviderMismatch, match=r"pocv-plugin-test==0\.0\.8 and pocv-plugin-test==0\.0\.9.*"
+                                               r"pocv-plugin-test==0\.1\.0 installed"):
+        Dispute.open(a.commitment, b.commitment, artifacts=setup.store)
+    d = Dispute.from_json(Dispute(a.commitment, b.commitment).to_json(), artifacts=setup.store)
+    q = d.query()
+    while q.kind == "bisect":  # bisect rounds compare hashes: no kernel runs
+        d.submit(a.reply(q), b.reply(q))
+        q = d.query()
+    with pytest.raises(ProviderMismatch):  # a session read back is checked before the kernel runs
+        d.submit(a.reply(q), b.reply(q))
+    assert not d.done
+
+
+def test_one_party_naming_another_provider_is_noted_not_refused(setup: Setup) -> None:
+    a, b = _pair(setup, provider_b="pocv-plugin-test==0.0.9")
+    d = Dispute.open(a.commitment, b.commitment, artifacts=setup.store)
+    assert len(d.notes) == 1 and "pocv-plugin-test==0.0.9" in d.notes[0] and b.commitment.root.hex()[:16] in d.notes[0]
+
+
+def test_a_referee_without_the_calibration_record_refuses_naming_its_hash(setup: Setup, tmp_path: Path) -> None:
+    a, b = _pair(setup)
+    with pytest.raises(ArtifactError, match=f"{setup.cal['plugin-mlp']} is not in the artifact store"):
+        Dispute.open(a.commitment, b.commitment, artifacts=ArtifactStore(tmp_path / "empty"))
 
 
 # -- the attacks (issue 11, point 6) ---------------------------------------------------------------

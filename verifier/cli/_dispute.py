@@ -81,30 +81,22 @@ def _commitment(path: str) -> Commitment:
     return load_commitment(path)
 
 
-def _installed(args: argparse.Namespace, *commitments: Commitment) -> Any:
-    """The referee's artifact store, after checking that it runs the kernel the parties ran: the
-    installed provider must be the one at least one commitment names (else ProviderMismatch naming
-    both; a note when only one names it), and the job's artifacts must be in the store (ArtifactError
-    naming the hash) with a calibration record where the kernel needs one (NotCalibrated)."""
-    from pocv.errors import ProviderMismatch  # exit 3: install the parties' kernel to referee
-    from pocv.kernels import kernel_for  # the installed kernel (a plugin loads here)
-    from pocv.kernels.params import use_artifacts  # the store the kernel reads the job's artifacts from
+def _installed(args: argparse.Namespace, a: Commitment, b: Commitment) -> Any:
+    """The referee's artifact store, after :meth:`pocv.dispute.Dispute.installed_kernel` found
+    that it runs the kernel the parties ran (ProviderMismatch naming both, exit 3) and holds the
+    job's artifacts (ArtifactError naming the hash) and calibration record (NotCalibrated)."""
+    from pocv.dispute import Dispute  # the referee's check (0)
 
     store = artifact_store(args)
-    spec = commitments[0].spec
-    kernel = kernel_for(spec)
-    named = sorted({c.provider for c in commitments})
-    if kernel.provider not in named:
-        raise ProviderMismatch(f"the commitments' kernel {spec.kernel_ref} comes from {' and '.join(named)}, but "
-                               f"this referee has {spec.kernel_ref} from {kernel.provider} installed: a referee "
-                               f"runs only the code it installed; install {named[0]} to referee this dispute")
-    for c in commitments:
-        if c.provider != kernel.provider:
-            note(f"pocv dispute: note: a commitment (root {c.root.hex()[:16]}...) names kernel provider "
-                 f"{c.provider}; the referee judges with its installed {kernel.provider}")
-    with use_artifacts(store):
-        kernel.require(spec)
+    d = Dispute(a, b, device=args.device, artifacts=store)
+    d.installed_kernel()
+    _notes(d)
     return store
+
+
+def _notes(d: Any) -> None:
+    for text in d.notes:
+        note(f"pocv dispute: note: {text}")
 
 
 def _verdicts_dir(args: argparse.Namespace) -> Path | None:
@@ -154,8 +146,8 @@ def _cmd_open(args: argparse.Namespace) -> int:
     if session is None:
         raise InputError("-s/--session must be a file: the referee reads it back at every submit")
     ca, cb = _commitment(args.commitment_a), _commitment(args.commitment_b)
-    _installed(args, ca, cb)  # (0) before anything is written: the referee can judge this job
-    d = Dispute.open(ca, cb, device=args.device)
+    d = Dispute.open(ca, cb, device=args.device, artifacts=artifact_store(args))  # (0) before anything is written
+    _notes(d)
     emit_record(d.to_json(), session)
     q = d.query()
     emit_record(q.to_json(), query)
@@ -204,17 +196,15 @@ def _cmd_submit(args: argparse.Namespace) -> int:
     session = output_target(args.session, "dispute session")
     if session is None:
         raise InputError("SESSION must be a file")
-    d = Dispute.from_json(_read(args.session, limit=MAX_DISPUTE_RECORD_BYTES, what="dispute session"))
+    d = Dispute.from_json(_read(args.session, limit=MAX_DISPUTE_RECORD_BYTES, what="dispute session"),
+                          artifacts=artifact_store(args))
     q = d.query()
     limit = MAX_DISPUTE_RECORD_BYTES if q.kind == "bisect" else MAX_BUNDLE_BYTES
     answers = [None if p == "-" else _read(p, limit=limit, what=f"party {party}'s answer")
                for party, p in (("A", args.answer_a), ("B", args.answer_b))]
     key = _referee(args.keypair) if q.kind == "step" or args.keypair else None
-    from pocv.kernels.params import use_artifacts  # the step round judges with the job's artifacts
-
-    store = _installed(args, d.a, d.b) if q.kind == "step" else None
-    with use_artifacts(store):
-        nxt = d.submit(answers[0], answers[1])
+    nxt = d.submit(answers[0], answers[1])  # the step round checks (0) before it runs the kernel
+    _notes(d)
     if nxt is None:
         outcome, verdicts = d.finish(key if key is not None else _referee(args.keypair))
         _write_result(outcome, verdicts, args)
@@ -230,7 +220,6 @@ def _cmd_submit(args: argparse.Namespace) -> int:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     import pocv.dispute as dispute  # the referee, both parties in this process
-    from pocv.kernels.params import use_artifacts  # the referee judges with the job's artifacts
 
     key = _referee(args.keypair)
     ca, cb = _commitment(args.commitment_a), _commitment(args.commitment_b)
@@ -264,10 +253,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
             atomic_write(workdir / name, data, durable=False)
             return read_file(workdir / name, limit=len(data), what=name)
 
-        with use_artifacts(store):
-            result = dispute.run_dispute(ca, cb, lambda q: _answer(a, q, None), lambda q: _answer(b, q, None),
-                                         key=key, device=args.device, exchange=via_file,
-                                         spot_check=spot_check if beacon is not None else None)
+        result = dispute.run_dispute(ca, cb, lambda q: _answer(a, q, None), lambda q: _answer(b, q, None),
+                                     key=key, device=args.device, exchange=via_file, artifacts=store,
+                                     spot_check=spot_check if beacon is not None else None)
     _write_result(result.outcome, result.verdicts, args)
     vdir = _verdicts_dir(args)
     for party, v in zip("AB", result.spot_checks):
