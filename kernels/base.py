@@ -26,7 +26,7 @@ import logging
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar, Final, Literal, final
+from typing import Any, ClassVar, Literal, final
 
 from pocv.bundle import MAX_BUNDLE_BYTES, answer_bytes_bound
 from pocv.challenge import sample_size
@@ -41,12 +41,6 @@ log = logging.getLogger(__name__)
 
 Mode = Literal["exact", "tolerance"]
 
-#: built-in kernel classes whose step keeps the :attr:`Kernel.pure_step` promise (their
-#: modules may declare ``pure_step = True`` themselves; a class named here that does is fine)
-PURE_BUILTIN_STEPS: Final = frozenset({
-    "pocv.kernels.gemm_fp32.GemmFp32", "pocv.kernels.gemm_fp32_exact.GemmFp32Exact",
-    "pocv.kernels.gemm_int8.GemmInt8", "pocv.kernels.heat2d.Heat2d", "pocv.kernels.mlp_sgd.MlpSgd",
-    "pocv.kernels.transformer_decode.TransformerDecode"})
 Schema = dict[str, tuple[str, tuple[int, ...]]]
 
 
@@ -82,15 +76,15 @@ class Kernel(ABC):
     #: writes ``s_i`` on another thread while ``s_(i+1)`` computes without copying ``s_i`` first,
     #: and recomputes independent segments of a challenge on several threads at once
     #: (``respond_workers``). False (the default) costs a copy of each state and answers
-    #: one segment at a time: declare it only for a step that keeps the promise.
+    #: one segment at a time: declare it only for a step that keeps the promise. It counts
+    #: only in the class body that declares it: a subclass inherits the step but not the
+    #: promise (any method it overrides may change what the step does), so it declares it again.
     pure_step: ClassVar[bool] = False
 
     def step_is_pure(self) -> bool:
-        """Whether :attr:`pure_step` holds for this kernel's class (see there); the built-in
-        kernels listed in :data:`PURE_BUILTIN_STEPS` hold it too (tests/test_commit_pipeline.py
-        checks each), a subclass of theirs only if it declares it itself."""
-        cls = type(self)
-        return bool(cls.pure_step) or f"{cls.__module__}.{cls.__qualname__}" in PURE_BUILTIN_STEPS
+        """Whether this kernel's own class declares :attr:`pure_step` (see there); the built-in
+        kernels do, and tests/test_commit_pipeline.py checks that each keeps the promise."""
+        return type(self).__dict__.get("pure_step", False) is True
 
     @classmethod
     def declared_params(cls) -> dict[str, Param]:

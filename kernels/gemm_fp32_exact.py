@@ -139,6 +139,7 @@ def chain_init(context: str, spec: JobSpec) -> tuple[np.ndarray[Any, Any], np.nd
 @register
 class GemmFp32Exact(Kernel):
     name: ClassVar[str] = "gemm-fp32-exact"
+    pure_step = True  # returns new tensors, never touches its input (tests/test_commit_pipeline.py)
     version: ClassVar[int] = 1
     mode = "exact"
     summary: ClassVar[str] = "x <- softsign(x) @ W in float32 with one canonical order: same bits on CPU and GPU"

@@ -46,6 +46,7 @@ def _shift(n: int) -> int:
 @register
 class GemmInt8(Kernel):
     name: ClassVar[str] = "gemm-int8"
+    pure_step = True  # returns new tensors, never touches its input (tests/test_commit_pipeline.py)
     version: ClassVar[int] = 1
     mode = "exact"
     summary: ClassVar[str] = "x <- requant(x @ W): int8 x int8 -> int32 products, exact on any device"

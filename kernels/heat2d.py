@@ -76,6 +76,7 @@ def heat_reference(u: np.ndarray[Any, Any], steps: int, alpha: float = ALPHA) ->
 @register
 class Heat2d(Kernel):
     name: ClassVar[str] = "heat2d"
+    pure_step = True  # returns new tensors, never touches its input (tests/test_commit_pipeline.py)
     version: ClassVar[int] = 1
     mode = "exact"
     summary: ClassVar[str] = "explicit float32 heat stencil with seeded heat pulses, same bits on CPU and GPU"

@@ -169,6 +169,7 @@ def _train(
 @register
 class MlpSgd(ToleranceKernel):
     name: ClassVar[str] = "mlp-sgd"
+    pure_step = True  # returns new tensors, never touches its input (tests/test_commit_pipeline.py)
     version: ClassVar[int] = 1
     summary: ClassVar[str] = "SGD-momentum steps of a float32 tanh MLP on seeded data (tolerance)"
     int_params: ClassVar[dict[str, tuple[int, int, int]]] = {

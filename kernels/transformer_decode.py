@@ -132,6 +132,7 @@ class _Weights:
 @register
 class TransformerDecode(ToleranceKernel):
     name: ClassVar[str] = "transformer-decode"
+    pure_step = True  # returns new tensors, never touches its input (tests/test_commit_pipeline.py)
     version: ClassVar[int] = 1
     summary: ClassVar[str] = "token generation with a seeded decoder-only transformer; KV cache + tokens (tolerance)"
     int_params: ClassVar[dict[str, tuple[int, int, int]]] = {

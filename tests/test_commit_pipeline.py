@@ -165,7 +165,7 @@ def test_builtin_steps_do_not_modify_their_input(kernel: str) -> None:
         pytest.skip(f"{kernel}: no small spec without artifacts; not declared pure, so its states are copied")
     spec = resolve_spec(JobSpec(kernel=kernel, steps=3, seed=2, params=TINY[kernel]))
     k = kernel_for(spec)
-    assert k.step_is_pure()  # declared (pocv.kernels.base.PURE_BUILTIN_STEPS), and kept:
+    assert k.step_is_pure()  # declared in its class (Kernel.pure_step), and kept:
     s = k.init_state(spec)
     for i in range(1, 3):
         before = encode_state(s)
@@ -326,6 +326,36 @@ def test_a_copying_committer_hashes_the_state_as_submitted(tmp_path) -> None:
     store.close()
     assert store.read_leaves() == b"".join(want)
     assert tree.root() == MerkleTree(want).root
+
+
+@pytest.mark.parametrize("cost_s", [0.0, float("inf")])
+def test_an_adaptive_committer_moves_to_its_thread_by_the_measured_cost(tmp_path, monkeypatch, cost_s: float) -> None:
+    """``background=None``: the first ADAPT_STATES states are hashed inline and timed; the thread
+    takes over when they cost BACKGROUND_MIN_COMMIT_S or more. Either way the leaves, the tree and
+    the checkpoints are those of a synchronous commit, and a copying committer hashes each state as
+    it was submitted even when the switch comes mid-run."""
+    import pocv.trace as trace_module  # the threshold, set to always (0) and never (inf)
+
+    monkeypatch.setattr(trace_module, "BACKGROUND_MIN_COMMIT_S", cost_s)
+    states = [{"x": torch.full((512,), float(i)), "y": torch.arange(i, i + 64, dtype=torch.int64)} for i in range(11)]
+    want = [state_digest({k: v.clone() for k, v in st.items()}) for st in states]
+    store = TraceStore.open(tmp_path / "t", SMALL, checkpoint_every=3)
+    tree = IncrementalTree()
+    committer = Committer(store, tree, background=None, copy=True)
+    seen = []
+    for i, st in enumerate(states):
+        committer.submit(i, st)
+        seen.append(committer.background)
+        st["x"].fill_(-1.0)  # an impure step changes its input after the hand-over
+    committer.close()
+    store.close()
+    n = trace_module.ADAPT_STATES
+    assert seen[: n - 1] == [False] * (n - 1)
+    assert seen[n - 1:] == [cost_s == 0.0] * (len(states) - n + 1)
+    assert store.read_leaves() == b"".join(want)
+    assert tree.root() == MerkleTree(want).root
+    for i in range(0, len(states), 3):
+        assert digest_encoded(store.read_checkpoint(i)) == want[i]
 
 
 def test_a_file_system_that_refuses_direct_io_gets_ordinary_writes(tmp_path, monkeypatch) -> None:

@@ -39,7 +39,9 @@ import os
 import queue
 import re
 import secrets
+import statistics
 import threading
+import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -522,6 +524,13 @@ CHECKPOINT_WRITERS: Final = 2
 MAX_PENDING_WRITE_BYTES: Final = 256 << 20
 #: states waiting for a checkpoint write at most, whatever their size
 MAX_PENDING_WRITES: Final = 8
+#: an adaptive committer (``background=None``) hashes the first states this many on the
+#: caller's thread and times them ...
+ADAPT_STATES: Final = 4
+#: ... then moves the hashing to its own thread when committing one state took this long or more
+#: (the median): handing a state over costs the caller 20-50 us in thread switches, a 64 KiB
+#: state's hash about as much, a training step's 0.3 MB state's 0.3 ms
+BACKGROUND_MIN_COMMIT_S: Final = 150e-6
 
 
 class Committer:
@@ -544,10 +553,14 @@ class Committer:
     With ``background`` false the hashing happens in ``submit`` on the caller's thread (for small
     states: a thread handing each state over costs the caller more, in GIL switches, than
     hashing it), and checkpoint writes still go to the writer threads when ``async_writes``;
-    with both false everything happens in ``submit``. The order and the files are the same.
+    with both false everything happens in ``submit``. With ``background`` None (adaptive) the
+    first :data:`ADAPT_STATES` states are committed in ``submit`` and timed, and the committer
+    thread takes over from then on if the median took :data:`BACKGROUND_MIN_COMMIT_S` or more
+    (the states before it are committed by then: the order holds). The order and the files are
+    the same in every mode.
     """
 
-    def __init__(self, store: TraceStore, tree: IncrementalTree, *, depth: int = 2, background: bool = True,
+    def __init__(self, store: TraceStore, tree: IncrementalTree, *, depth: int = 2, background: bool | None = True,
                  copy: bool = False, writers: int = CHECKPOINT_WRITERS, async_writes: bool | None = None) -> None:
         if depth < 1:
             raise InputError(f"committer queue depth must be positive, got {depth}")
@@ -566,11 +579,20 @@ class Committer:
         self._pending = threading.Condition()
         self._pending_bytes = 0
         self._pending_count = 0
-        if background if async_writes is None else async_writes:
+        self._timings: list[float] | None = [] if background is None else None  # adaptive: inline commits timed
+        if (background is not False) if async_writes is None else async_writes:
             self._pool = ThreadPoolExecutor(max_workers=writers, thread_name_prefix="pocv-write")
         if background:
-            self._thread = threading.Thread(target=self._work, name="pocv-commit", daemon=True)
-            self._thread.start()
+            self._start_thread()
+
+    @property
+    def background(self) -> bool:
+        """Whether states are hashed on the committer thread now."""
+        return self._thread is not None
+
+    def _start_thread(self) -> None:
+        self._thread = threading.Thread(target=self._work, name="pocv-commit", daemon=True)
+        self._thread.start()
 
     def _raise_if_failed(self) -> None:
         if self._error is not None:
@@ -582,7 +604,14 @@ class Committer:
         if self._thread is None:  # hashed here, before the next step runs; a checkpoint written
             # later by a writer thread is copied first if the next step may modify its input
             later = self._pool is not None and index % self.store.checkpoint_every == 0
+            t0 = time.perf_counter()
             self._commit(index, snapshot(state, copy=self.copy and later))
+            if self._timings is not None:
+                self._timings.append(time.perf_counter() - t0)
+                if len(self._timings) >= ADAPT_STATES:
+                    if statistics.median(self._timings) >= BACKGROUND_MIN_COMMIT_S:
+                        self._start_thread()
+                    self._timings = None  # decided, once
             return
         snap = snapshot(state, copy=self.copy)
         while True:
