@@ -61,6 +61,7 @@ EXPECTED: dict[str, str] = {
     "ezkl": "needs `ezkl` (the bench extra: `pip install -e '.[bench]'`)",
     "worker": "`pocv bench --suite worker` (bench/test_bench_worker.py)",
     "merkle_scale": "`pocv bench --suite merkle` (needs pymerkle: the bench extra)",
+    "net": "`pocv bench --suite net` (the Ray part needs the ray extra)",
 }
 
 #: targets of the core suite (bench/test_bench_core.py; docs/protocol.md §5, §9)
@@ -920,6 +921,46 @@ def render_merkle_scale(sec: Section, data: dict[str, Any], plot: Plotter) -> No
         ["verify us / proof (plain loop)", data.get("verify_us", {}).get("plain_loop"), None]]))
 
 
+def render_net(sec: Section, data: dict[str, Any], plot: Plotter) -> None:
+    sec.title = "Across machines and at scale (`net`)"
+    t = data.get("targets") or {}
+    remote, batch, ray = data.get("remote") or {}, data.get("batch") or {}, data.get("ray") or {}
+    if not (remote or batch or ray):
+        raise KeyError("none of remote, batch, ray")
+    figs = []
+    if remote:
+        figs.append(Figure(f"remote / file verification, bundles {fmt(min(remote.get('bundle_mb') or [0]))}-"
+                           f"{fmt(max(remote.get('bundle_mb') or [0]))} MB (median of {remote.get('rounds')} rounds)",
+                           remote.get("ratio_median"), _num(t.get("remote_over_file_max")), "<="))
+    if batch:
+        figs.append(Figure(f"batch throughput / ({batch.get('cores')} x one job at a time), "
+                           f"{batch.get('jobs')} jobs on LocalPool", batch.get("efficiency"),
+                           _num(t.get("batch_efficiency_min")), ">="))
+    if ray.get("overhead_ms") is not None:
+        figs.append(Figure("Ray adds per task over a warm local pool", ray.get("overhead_ms"),
+                           _num(t.get("ray_overhead_ms_max")), "<=", "ms"))
+    elif ray:
+        sec.blocks.append(f"Ray not measured: {_cell(str(ray.get('why', '')))}")
+    sec.add_figures(figs)
+    rows = []
+    if remote:
+        rows.append(["remote / file, ratio of minima", remote.get("ratio_min")])
+        rows.append(["remote / file written without fsync (median)", remote.get("ratio_median_no_fsync")])
+    if batch:
+        rows.append(["one job at a time, jobs/s (median)", batch.get("single_jobs_per_s")])
+        rows.append(["batch on the pool, jobs/s (median)", batch.get("batch_jobs_per_s")])
+    for how, f in ray.items():
+        if isinstance(f, dict) and "ray_ms_median" in f:
+            rows.append([f"Ray ({how}): ms per task / local pool ms per task",
+                         f"{fmt(f.get('ray_ms_median'))} / {fmt(f.get('pool_ms_median'))}"])
+    if rows:
+        sec.blocks.append(table(["what", "value"], rows))
+    loads = {k: v.get("load") for k, v in (("remote", remote), ("batch", batch)) if isinstance(v, dict) and v.get("load")}
+    if loads:
+        sec.reading.append("Load average (1, 5, 15 min) before and after each part: "
+                           + "; ".join(f"{k} {v}" for k, v in loads.items()) + ".")
+
+
 #: file stem -> renderer for the suites whose layout is known
 RENDERERS: dict[str, Renderer] = {
     "core": render_core,
@@ -932,6 +973,7 @@ RENDERERS: dict[str, Renderer] = {
     "scaling": render_scaling,
     "worker": render_worker,
     "merkle_scale": render_merkle_scale,
+    "net": render_net,
 }
 
 

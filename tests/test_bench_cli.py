@@ -155,6 +155,26 @@ def test_report_header_and_new_sections(tmp_path: Path, capsys: pytest.CaptureFi
     assert "**quick run**" in text
 
 
+def test_the_net_section_states_each_target(tmp_path: Path) -> None:
+    """net.json (bench/test_bench_net.py) renders its three targets, met or missed, with the detail."""
+    net = {"machine": MACHINE, "targets": {"remote_over_file_max": 1.2, "batch_efficiency_min": 0.8,
+                                           "ray_overhead_ms_max": 10.0},
+           "remote": {"bundle_mb": [12.6, 29.4], "rounds": 11, "ratio_median": 0.77, "ratio_min": 0.8,
+                      "ratio_median_no_fsync": 1.1, "load": [[0.5, 0.6, 0.7], [0.6, 0.6, 0.7]]},
+           "batch": {"cores": 2, "jobs": 100, "single_jobs_per_s": 12.0, "batch_jobs_per_s": 18.0,
+                     "efficiency": 0.75, "load": [[1.0, 1.0, 1.0], [1.1, 1.0, 1.0]]},
+           "ray": {"tasks": 30, "bytes": {"ray_ms_median": 20.5, "pool_ms_median": 12.0, "overhead_ms": 8.5},
+                   "overhead_ms": 8.5}}
+    (tmp_path / "net.json").write_text(json.dumps(net))
+    assert main(["bench", "--report-only", "--out", str(tmp_path)]) == 0
+    text = (tmp_path / "REPORT.md").read_text()
+    assert "## Across machines and at scale (`net`)" in text
+    assert "| remote / file verification, bundles 12.6-29.4 MB (median of 11 rounds) | 0.77 | <= 1.2 | met |" in text
+    assert "| batch throughput / (2 x one job at a time), 100 jobs on LocalPool | 0.75 | >= 0.8 | **missed** |" in text
+    assert "| Ray adds per task over a warm local pool | 8.5 ms | <= 10 ms | met |" in text
+    assert "| Ray (bytes): ms per task / local pool ms per task | 20.5 / 12 |" in text
+
+
 def test_peer_section_renders_itself(tmp_path: Path) -> None:
     """A results file <stem>.json whose bench/peer_<stem>.py exists is rendered by that module."""
     real = bench_dir()
