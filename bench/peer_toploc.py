@@ -30,6 +30,11 @@ validation script (``vllm_validate_poly.py``) passes a chunk when the mantissa e
 the median <= 8 and at least 90 of the 128 top-k exponents match.
 
     pytest bench/test_bench_toploc.py --benchmark-only -s      (needs pip install -e '.[bench]')
+
+bench/test_bench_llm.py reuses :func:`toploc_proofs`, :func:`toploc_verify` and :func:`toploc_judge`
+(they take any activations float32[B, T, d]) for ``hf-causal-lm``: there the activations are the
+input of the model's output layer, captured with a forward pre-hook during the worker's own decode
+and during the verifier's prefill.
 """
 
 from __future__ import annotations

@@ -10,7 +10,11 @@ The job (typed parameters, all in the job id):
   the model directory's tokenizer, ``{"text": ["...", ...]}``); B prompts = a batch of B sequences;
 * ``dtype`` float32 | bfloat16 | float16 (the ordered precision of the weights and activations);
 * ``temperature`` (0: greedy), ``top_k`` (0: off), ``top_p`` (1: off): the sampling rule;
-* ``block`` tokens per step; ``steps`` x ``block`` new tokens per sequence (no early stop at EOS);
+* ``block`` tokens per step; ``steps`` x ``block`` new tokens per sequence at most;
+* ``stop_at_eos`` (default false: every sequence runs ``steps`` x ``block`` tokens): a sequence ends
+  at its first EOS token (the model artifact's ``eos_token_id``, config.json or
+  generation_config.json); every later position holds STOPPED (-2) and an all-zero fingerprint, and
+  once every sequence has ended the remaining steps cost no model call;
 * ``fingerprint_k``: top-k logits in each position's fingerprint;
 * ``calibration``: the calibration record of (model, dtype) (:func:`calibrate_record`).
 
@@ -40,7 +44,10 @@ the block, with its own logits ``e`` (float32 of the ordered dtype), the record'
 ``u = 2^-24``, noise ``b(x) = tau u (|x| + rms(e)) + floor`` and position noise
 ``B = tau u (max|e| + rms(e)) + floor``:
 
-1. tokens before the block are the previous state's, tokens after it are ``-1``;
+1. tokens before the block are the previous state's, tokens after it are ``-1``; with
+   ``stop_at_eos``, every position after a sequence's first EOS is STOPPED and no position is
+   STOPPED without an EOS before it (else FAIL, bad state: a worker cannot end a sequence early);
+   the EOS token that stopped a sequence before the block is judged by rule 2 in the same pass;
 2. the claimed token is the one its own logits select, except within the noise: greedy
    ``e[c] >= max e - 2B``; sampling ``c`` allowed by the filter loosened by the noise and
    ``e[c]/T + g_c >= max_{v allowed under the tightened filter} (e[v]/T + g_v) - 2B/T``;
@@ -72,7 +79,9 @@ from pocv.errors import ArtifactError, EvidenceError, NotCalibrated, SetupError,
 from pocv.jobs import JobSpec
 from pocv.kernels import register
 from pocv.kernels._llm import (
+    FILL,
     PAD,
+    STOPPED,
     Job,
     Variant,
     allowed,
@@ -80,12 +89,15 @@ from pocv.kernels._llm import (
     gumbel,
     judge_positions,
     needed_tau,
+    position_noise,
     select,
+    stop_layout,
+    token_verdict,
 )
 from pocv.kernels._tolerance import U32, StepFn, ToleranceKernel, torch_threads
 from pocv.kernels._util import as_numpy, strict_fp32
 from pocv.kernels.base import Comparison, Schema
-from pocv.kernels.params import Artifact, Enum, Float, Int, Param, Str, artifact_bytes, artifact_path
+from pocv.kernels.params import Artifact, Bool, Enum, Float, Int, Param, Str, artifact_bytes, artifact_path
 
 FLOOR: Final = 2.0**-100
 RECORD_TYPE: Final = "pocv calibration record"
@@ -139,6 +151,7 @@ class CausalLM(ToleranceKernel):
         "top_p": Float(1.0, 1e-6, 1.0),
         "block": Int(16, 1, 4096),
         "fingerprint_k": Int(4, 1, MAX_FINGERPRINT_K),
+        "stop_at_eos": Bool(False),
         "calibration": Artifact(what="calibration record: pocv.kernels.causal_lm.calibrate_record"),
     }
 
@@ -159,9 +172,15 @@ class CausalLM(ToleranceKernel):
         if longest is not None and max(len(p) for p in prompts) + n > longest:
             raise SpecError(f"{self.name}: the longest prompt ({max(len(p) for p in prompts)} tokens) + {n} new tokens "
                             f"exceed the model's {longest} positions")
+        eos: frozenset[int] = frozenset()
+        if P["stop_at_eos"]:
+            eos = self._config(str(P["model"]))["eos"]
+            if not eos:
+                raise SpecError(f"{self.name}: stop_at_eos=true, but model artifact {P['model']} names no "
+                                f"eos_token_id (config.json or generation_config.json)")
         return Job(prompts=prompts, temperature=float(P["temperature"]), top_k=int(P["top_k"]),
                    top_p=float(P["top_p"]), block=int(P["block"]), k=int(P["fingerprint_k"]),
-                   n=spec.steps * int(P["block"]), dtype=str(P["dtype"]), model=str(P["model"]))
+                   n=spec.steps * int(P["block"]), dtype=str(P["dtype"]), model=str(P["model"]), eos=eos)
 
     def _prompt_ids(self, model: str, prompt: str, ref: str) -> tuple[tuple[int, ...], ...]:
         key = (model, prompt, ref)
@@ -224,7 +243,17 @@ class CausalLM(ToleranceKernel):
         if not isinstance(vocab, int) or vocab < 2:
             raise ArtifactError(f"model artifact {model}: config.json must give vocab_size, got {vocab!r}")
         longest = cfg.get("max_position_embeddings", cfg.get("n_positions"))
-        self._configs[model] = {"vocab": vocab, "positions": longest if isinstance(longest, int) else None}
+        eos: set[int] = set()
+        sources = [cfg]
+        with contextlib.suppress(OSError, ValueError):
+            sources.append(json.loads((path.parent / "generation_config.json").read_text()))
+        for src in sources:
+            ids = src.get("eos_token_id") if isinstance(src, dict) else None
+            for t in ids if isinstance(ids, list) else [ids]:
+                if isinstance(t, int) and not isinstance(t, bool) and 0 <= t < vocab:
+                    eos.add(t)
+        self._configs[model] = {"vocab": vocab, "positions": longest if isinstance(longest, int) else None,
+                                "eos": frozenset(eos)}
         return self._configs[model]
 
     def check_params(self, params: dict[str, Any]) -> dict[str, Any]:
@@ -315,14 +344,18 @@ class CausalLM(ToleranceKernel):
             raise StateError(f"{which} state: tokens must be int32{(j.batch, j.n)}, got {t.shape}")
         vocab = self._config(j.model)["vocab"]
         head, tail = t[:, :n], t[:, n:]
-        if not ((head >= 0) & (head < vocab)).all():
-            raise StateError(f"{which} state: the first {n} tokens of each sequence must be ids in 0..{vocab - 1}")
+        if not (((head >= 0) & (head < vocab)) | ((head == STOPPED) & bool(j.eos))).all():
+            raise StateError(f"{which} state: the first {n} tokens of each sequence must be ids in 0..{vocab - 1}"
+                             + (f" or {STOPPED} (stopped after EOS)" if j.eos else ""))
         if not (tail == PAD).all():
             raise StateError(f"{which} state: tokens from position {n} on must be {PAD} (not generated yet)")
+        why = stop_layout(t, n, j.eos)
+        if why is not None:
+            raise StateError(f"{which} state: {why}")
         return t.astype(np.int32)
 
     def _contexts(self, j: Job, tokens: np.ndarray[Any, Any], n: int) -> list[list[int]]:
-        return [list(p) + [int(x) for x in tokens[b, :n]] for b, p in enumerate(j.prompts)]
+        return [list(p) + [int(x) if x >= 0 else FILL for x in tokens[b, :n]] for b, p in enumerate(j.prompts)]
 
     def _generate(self, tokens: np.ndarray[Any, Any], n: int, spec: JobSpec, j: Job, device: str,
                   v: Variant) -> tuple[np.ndarray[Any, Any], dict[str, np.ndarray[Any, Any]]]:
@@ -331,17 +364,24 @@ class CausalLM(ToleranceKernel):
         ctxs = self._contexts(j, tokens, n)
         if v.window:
             ctxs = [c[-v.window:] for c in ctxs]
+        # a sequence whose EOS came in an earlier step is stopped: no model runs for it
+        done = np.array([n > 0 and (int(tokens[b, n - 1]) == STOPPED or int(tokens[b, n - 1]) in j.eos)
+                         for b in range(j.batch)], dtype=bool)
+        new = np.full((j.batch, j.block), STOPPED, dtype=np.int32)
+        if done.all():  # every sequence has stopped: the job's remaining steps cost no model call
+            self._kv = None
+            rows0 = np.zeros((j.batch, j.block, max(j.k, 1)), dtype=np.float32)
+            return new, fingerprints(rows0, new, j.k)
         groups = [[b] for b in range(j.batch)] if v.per_sequence else [list(range(j.batch))]
-        new = np.zeros((j.batch, j.block), dtype=np.int32)
         parts: list[np.ndarray[Any, Any]] = []
         use_cache = v == Variant() and len(groups) == 1
         key = _cache_key(spec, tokens) if use_cache else b""
         for g in groups:
             r, t, kv = self._decode(model, [ctxs[b] for b in g], g, n, j.block, spec.seed, (temp, top_k, top_p),
-                                    device, v.extra_pad, key)
+                                    device, v.extra_pad, key, done[g], j.eos, v.stop_without_eos)
             new[g] = t
             parts.append(r)
-            if use_cache:
+            if use_cache and kv is not None:
                 after = tokens.copy()
                 after[:, n:n + j.block] = new
                 self._kv = (_cache_key(spec, after), *kv)
@@ -353,12 +393,16 @@ class CausalLM(ToleranceKernel):
         return new, fingerprints(rows, new, j.k)
 
     def _decode(self, model: Any, ctxs: list[list[int]], seqs: list[int], n: int, blk: int, seed: int,
-                sampling: tuple[float, int, float], device: str, extra: int,
-                key: bytes) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any], tuple[Any, ...]]:
+                sampling: tuple[float, int, float], device: str, extra: int, key: bytes,
+                done: np.ndarray[Any, Any] | None = None, eos: frozenset[int] = frozenset(),
+                stop_without_eos: int = -1,
+                ) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any], tuple[Any, ...] | None]:
         """Generate ``blk`` tokens after each context: (logit rows float32[B, blk, V], tokens int32[B, blk],
-        the KV cache to continue from). ``key``: the worker's cached KV of its previous step, if it
-        was taken at exactly these tokens."""
+        the KV cache to continue from, None when every sequence has stopped). ``key``: the worker's
+        cached KV of its previous step, if it was taken at exactly these tokens. ``done``: the
+        sequences already stopped (their tokens are STOPPED; a sequence stops after an ``eos`` token)."""
         temp, top_k, top_p = sampling
+        stopped = np.zeros(len(seqs), dtype=bool) if done is None else done.copy()
         hit = self._kv if key and self._kv is not None and self._kv[0] == key else None
         self._kv = None
         with torch.no_grad():
@@ -374,15 +418,25 @@ class CausalLM(ToleranceKernel):
                 out = model(input_ids=ids, attention_mask=mask, position_ids=posm, use_cache=True, logits_to_keep=1)
             rows: list[np.ndarray[Any, Any]] = []
             toks: list[np.ndarray[Any, Any]] = []
+            tok = torch.zeros(len(seqs), dtype=torch.long)
             for jj in range(blk):
                 row = out.logits[:, -1, :].float().cpu().numpy()
                 rows.append(row)
                 choice = np.array([select(row[b].astype(np.float64), temp, top_k, top_p,
                                           gumbel(seed, s, n + jj, row.shape[-1]) if temp > 0 else None)
                                    for b, s in enumerate(seqs)], dtype=np.int64)
+                if stop_without_eos >= 0 and n + jj >= stop_without_eos:  # a cheat: sequence 0 ends, no EOS
+                    stopped |= np.array([s == 0 for s in seqs])
+                choice[stopped] = STOPPED
                 toks.append(choice)
-                tok = torch.from_numpy(choice).to(device)
+                stopped |= np.isin(choice, list(eos)) if eos else False
                 cache = _cache_of(out)
+                if stopped.all():  # every sequence has ended: the rest of the block is STOPPED, no model call
+                    rest = blk - jj - 1
+                    rows += [np.zeros_like(row)] * rest
+                    toks += [np.full(len(seqs), STOPPED, dtype=np.int64)] * rest
+                    return np.stack(rows, axis=1), np.stack(toks, axis=1).astype(np.int32), None
+                tok = torch.from_numpy(np.where(choice >= 0, choice, FILL)).to(device)
                 if jj < blk - 1:
                     mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
                     pos = pos + 1
@@ -457,7 +511,12 @@ class CausalLM(ToleranceKernel):
             with _context(device, j.dtype, Variant()):
                 for toks, m, members in groups:
                     starts = sorted({(ok_items[p][3] - 1) * j.block for p in members})
-                    rows = self._forced(model, j, toks, m, [s + q for s in starts for q in range(j.block)], device)
+                    # the EOS that stopped a sequence before a judged block is judged too (rule 2), in the
+                    # same pass: a claimed stop is checked wherever a stopped position is challenged
+                    ends = {p: _stops_before(ok_items[p][1], (ok_items[p][3] - 1) * j.block, j) for p in members}
+                    extra = sorted({at for d in ends.values() for at in d.values()})
+                    cols = [s + q for s in starts for q in range(j.block)] + extra
+                    rows = self._forced(model, j, toks, m, cols, device)
                     for p in members:
                         idx, claimed_toks, fp, i = ok_items[p]
                         n = (i - 1) * j.block
@@ -465,6 +524,15 @@ class CausalLM(ToleranceKernel):
                         mine = rows[:, at:at + j.block]
                         out[idx] = judge_positions(mine, claimed_toks[:, n:n + j.block], fp, spec.seed, n, j, tau,
                                                    floor)
+                        for b, at_eos in ends[p].items():
+                            if not out[idx].ok:  # type: ignore[union-attr]
+                                break
+                            row = rows[b, len(starts) * j.block + extra.index(at_eos)].astype(np.float64)
+                            bad = token_verdict(row, int(claimed_toks[b][at_eos]),
+                                                float(position_noise(row, tau, floor)), spec.seed, b, at_eos, j)
+                            if bad is not None:
+                                out[idx] = dataclasses.replace(bad, detail=f"the EOS token that stopped the "
+                                                                           f"sequence: {bad.detail}")
         return [c if c is not None else Comparison(False, "not judged", bad_state=True) for c in out]
 
     def _judge_with(self, states: Sequence[State], spec: JobSpec, rec: dict[str, Any]) -> list[Comparison]:
@@ -525,6 +593,7 @@ class CausalLM(ToleranceKernel):
         filled = int((te[0] != PAD).sum())
         n = filled - blk
         same = np.cumprod(te[:, n:filled] == tc[:, n:filled], axis=1).astype(bool)  # [B, blk]
+        same &= te[:, n:filled] >= 0  # STOPPED positions hold no fingerprint
         scales = self.scales(expected, spec)
         out: dict[str, list[np.ndarray[Any, Any]]] = {"fp": []}
         for name in ("fp.chosen", "fp.rms"):
@@ -594,6 +663,18 @@ def _left_pad(ctxs: list[list[int]], extra: int, device: str) -> tuple[torch.Ten
         mask[b, length - len(c):] = 1
     pos = (mask.cumsum(-1) - 1).clamp(min=0)
     return ids.to(device), mask.to(device), pos.to(device)
+
+
+def _stops_before(tokens: np.ndarray[Any, Any], n: int, j: Job) -> dict[int, int]:
+    """Per sequence stopped at position ``n`` (STOPPED there), the position of the EOS token that
+    stopped it, when that lies before ``n`` (in an earlier step)."""
+    out: dict[int, int] = {}
+    if not j.eos or n == 0:
+        return out
+    for b in range(tokens.shape[0]):
+        if int(tokens[b, n]) == STOPPED:
+            out[b] = int(np.argmax(np.isin(tokens[b, :n], list(j.eos))))
+    return out
 
 
 def _cache_of(out: Any) -> Any:
