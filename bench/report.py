@@ -57,7 +57,7 @@ EXPECTED: dict[str, str] = {
     "market": "`pocv bench --suite market`",
     "detection": "`pocv bench --suite detection`",
     "gpu": "needs a CUDA GPU; skipped on machines without one",
-    "toploc": "needs `toploc` (the bench extra: `pip install -e '.[bench]'`)",
+    "llm": "`pocv bench --suite llm` (needs transformers; TOPLOC and token-difr beside it when installed)",
     "ezkl": "needs `ezkl` (the bench extra: `pip install -e '.[bench]'`)",
     "worker": "`pocv bench --suite worker` (bench/test_bench_worker.py)",
     "merkle_scale": "`pocv bench --suite merkle` (needs pymerkle: the bench extra)",

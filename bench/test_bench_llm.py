@@ -9,8 +9,8 @@ bench itself; never a download.
     fingerprints, encoding and hashing every state) over plain ``model.generate`` of the same tokens
     (<= 1.05); checking the challenged positions (k >= 66 of a 1,024-token generation, one
     teacher-forced pass) over generating the job (<= 1/10); bytes committed and opened.
-(b) ``test_detection`` (per architecture): N greedy jobs of 256 tokens per attack (int8 / int4
-    weights, bf16 / fp16 inference when fp32 was ordered) and N honest jobs (rotating through honest
+(b) ``test_detection`` (per architecture): N greedy jobs of 256 tokens per attack (another model of
+    the same architecture, int8 / int4 weights, bf16 / fp16 inference when fp32 was ordered) and N honest jobs (rotating through honest
     worker variants: the default with its KV cache, eager attention, one thread, extra left padding);
     each job is judged by
     * pocv: ``CHALLENGED`` beacon-drawn steps of 16 positions, one teacher-forced pass, the calibrated
@@ -66,7 +66,10 @@ CFG: dict[str, Any] = {"vocab": 2048, "width": quick(64, 128), "layers": quick(2
 DET: dict[str, Any] = {"archs": ("llama", "gpt2", "qwen2"), "vocab": 512, "width": 64, "layers": 2, "heads": 4,
                        "prompt_tokens": 16, "new_tokens": quick(64, 256), "block": 16, "jobs": quick(1, 8),
                        "challenged_steps": 4, "threads": 1}
-ATTACKS: dict[str, Variant] = {"int8-weights": Variant(quant="int8", cache=False),
+#: "another-model": the same architecture with other weights (its artifact is the lab's "<arch>-other",
+#: filled in per architecture): the swapped model the retired transformer-decode's TOPLOC bench ran
+ATTACKS: dict[str, Variant] = {"another-model": Variant(cache=False),
+                               "int8-weights": Variant(quant="int8", cache=False),
                                "int4-weights": Variant(quant="int4", cache=False),
                                "bf16-when-fp32-ordered": Variant(dtype="bfloat16", cache=False),
                                "fp16-when-fp32-ordered": Variant(dtype="float16", cache=False)}
@@ -259,6 +262,8 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Lab:
     for arch in DET["archs"]:
         _tiny(arch, 0).save_pretrained(str(root / arch))
         models[arch] = store.add(root / arch)
+        _tiny(arch, 1).save_pretrained(str(root / f"{arch}-other"))  # the "another-model" attack's weights
+        models[f"{arch}-other"] = store.add(root / f"{arch}-other")
         with use_artifacts(store), torch_threads(DET["threads"]):
             report = calibrate_record({"model": models[arch], "block": DET["block"]}, trials=1, steps=2, batch=2)
         assert report["false_fails"] == 0, report
@@ -407,7 +412,8 @@ def test_detection(lab: Lab, arch: str, benchmark: Any) -> None:
             honest = _run(lab, spec, hv)
             rows["honest"].append({"variant": name, **_judge(lab, spec, honest, seed, peers)})
             for attack, v in ATTACKS.items():
-                cheat = _run(lab, spec, v)
+                other = lab.models[f"{arch}-other"]
+                cheat = _run(lab, spec, dataclasses.replace(v, model=other) if attack == "another-model" else v)
                 same = int((cheat.states[-1]["tokens"] == honest.states[-1]["tokens"]).sum())
                 rows[attack].append({"tokens_equal_to_honest": same, **_judge(lab, spec, cheat, seed, peers)})
         return rows

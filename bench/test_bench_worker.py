@@ -52,7 +52,7 @@ INTERVALS = (1, 2, 4, 8, 16)
 #: ~100x slower than with VNNI, so gemm-int8 shrinks most)
 QUICK_PARAMS: dict[str, dict[str, int]] = {
     "gemm-fp32": {"n": 512}, "gemm-fp32-exact": {"n": 512}, "gemm-int8": {"n": 256, "layers": 1},
-    "heat2d": {"n": 256, "substeps": 64}, "mlp-sgd": {"batch": 256}, "transformer-decode": {"batch": 4}}
+    "heat2d": {"n": 256, "substeps": 64}, "mlp-sgd": {"batch": 256}}
 
 
 def _previous() -> dict[str, Any]:

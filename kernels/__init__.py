@@ -16,6 +16,10 @@ Kernels come from three places:
 * :func:`register_kernel` at run time (a notebook's or a test's own kernel); its provider is the
   distribution that installed the class's top-level package, else ``unpackaged:<module>==0``.
 
+A retired built-in (``RETIRED``: ``transformer-decode``, replaced by ``hf-causal-lm``) keeps its
+name reserved: naming it anywhere (a job spec, a commitment, ``pocv kernels``, a plugin, a class
+registered at run time) is a :class:`pocv.errors.SpecError` that says why and what replaces it.
+
 The provider is recorded in every commitment; a verifier refuses a commitment whose provider
 differs from the one installed here (:class:`pocv.errors.ProviderMismatch`).
 """
@@ -44,7 +48,17 @@ _MODULES: Final[dict[str, str]] = {
     "gemm-fp32": "pocv.kernels.gemm_fp32",
     "gemm-fp32-exact": "pocv.kernels.gemm_fp32_exact",
     "heat2d": "pocv.kernels.heat2d",
-    "transformer-decode": "pocv.kernels.transformer_decode",
+}
+
+#: built-in kernels that were removed -> why, and what to use instead. Their names stay reserved: a
+#: job spec or commitment naming one is refused with that reason (SpecError, CLI exit 3), never
+#: resolved through a plugin of the same name.
+RETIRED: Final[dict[str, str]] = {
+    "transformer-decode": (
+        "was retired (issue 12): its small built-in model kept the whole KV cache in every state "
+        "(16.6 KB opened per checked token); LLM decoding has one code path now, 'hf-causal-lm' (any "
+        "Hugging Face causal LM from a model artifact, committed tokens + per-position fingerprints; "
+        "docs/llm.md); commitments naming it cannot be verified by this pocv"),
 }
 
 #: the entry-point group plugins declare their kernels in
@@ -98,6 +112,9 @@ def register_kernel(cls: type[Kernel], *, provider: str | None = None) -> type[K
         provider = BUILTIN_PROVIDER if _is_builtin(cls) else _LOADING[-1] if _LOADING else _dist_of(cls)
     if not PROVIDER_RE.fullmatch(provider):
         raise SpecError(f"kernel provider must be 'pocv' or 'distribution==version', got {provider!r:.80}")
+    if cls.name in RETIRED:
+        raise SpecError(f"kernel class {cls.__qualname__} is named {cls.name!r}, a retired built-in kernel "
+                        f"whose name stays reserved: the name {RETIRED[cls.name]}; name the class otherwise")
     key = (cls.name, cls.version)
     if key in _REGISTRY and _REGISTRY[key] is not cls:
         raise SpecError(f"kernel {cls.name}@{cls.version} is registered twice: by {_REGISTRY[key].__module__} "
@@ -163,10 +180,12 @@ def kernel_names(*, plugins: bool = False) -> list[str]:
     names = set(_MODULES) | {n for (n, v) in _REGISTRY if (n, v) not in _FROM_PLUGINS}
     if plugins:
         names |= _plugin_names() | {n for (n, _) in _FROM_PLUGINS}
-    return sorted(names)
+    return sorted(names - set(RETIRED))
 
 
 def get_kernel(name: str, version: int | None = None) -> Kernel:
+    if name in RETIRED:
+        raise SpecError(f"kernel {name!r} {RETIRED[name]}")
     if name in _MODULES:
         importlib.import_module(_MODULES[name])
     elif not any(n == name for (n, _) in _REGISTRY):
@@ -221,5 +240,5 @@ def resolve_spec(spec: JobSpec) -> JobSpec:
     return resolved
 
 
-__all__ = ["ENTRY_POINT_GROUP", "PROVIDER_RE", "get_kernel", "kernel_for", "kernel_names", "kernel_provider",
-           "kernel_table", "register", "register_kernel", "resolve_spec"]
+__all__ = ["ENTRY_POINT_GROUP", "PROVIDER_RE", "RETIRED", "get_kernel", "kernel_for", "kernel_names",
+           "kernel_provider", "kernel_table", "register", "register_kernel", "resolve_spec"]

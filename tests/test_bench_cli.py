@@ -238,14 +238,14 @@ def test_a_suite_skipped_as_a_whole_is_not_a_failure(tmp_path: Path, monkeypatch
                                                        capsys: pytest.CaptureFixture[str]) -> None:
     """A peer whose library is missing skips at import (pytest exit 5): status skipped, it says what is
     missing and exits 3; the committed results and report stay as they were."""
-    fake = _stand_in_bench(tmp_path, monkeypatch, "test_bench_toploc.py",
+    fake = _stand_in_bench(tmp_path, monkeypatch, "test_bench_ezkl.py",
                            "import pytest\npytest.importorskip('no_such_peer_library', reason='peer not installed')\n")
     committed = _committed(fake)
-    for args in (["--suite", "toploc"], [], ["--update-report"]):
+    for args in (["--suite", "ezkl"], [], ["--update-report"]):
         assert main(["bench", *args, "--output", "json"]) == 3
         out = capsys.readouterr()
         summary = json.loads(out.out)
-        assert [(r["suite"], r["status"], r["returncode"]) for r in summary["suites"]] == [("toploc", "skipped", 5)]
+        assert [(r["suite"], r["status"], r["returncode"]) for r in summary["suites"]] == [("ezkl", "skipped", 5)]
         assert summary["ok"] is False
         assert "could not run" in out.err and "peer not installed" in out.err
         assert _snapshot(fake) == committed, args
@@ -255,7 +255,7 @@ def _committed(fake: Path) -> dict[str, bytes]:
     """A committed report and results in a stand-in bench/; returns their bytes."""
     (fake / "results").mkdir()
     (fake / "results" / "core.json").write_text(json.dumps(CORE))
-    (fake / "results" / "toploc.json").write_text(json.dumps({"machine": MACHINE, "z": {"ratio": 1, "target_max": 2}}))
+    (fake / "results" / "ezkl.json").write_text(json.dumps({"machine": MACHINE, "z": {"ratio": 1, "target_max": 2}}))
     (fake / "REPORT.md").write_text("the committed report\n")
     return _snapshot(fake)
 
@@ -288,7 +288,7 @@ def test_partial_run_leaves_the_committed_report(tmp_path: Path, monkeypatch: py
     assert main(["bench", "--suite", "core", "--update-report"]) == 0
     assert Path(capsys.readouterr().out.strip()) == fake / "REPORT.md"
     assert json.loads((fake / "results" / "core.json").read_text())["y"] == {"ratio": 7}
-    assert (fake / "results" / "toploc.json").read_bytes() == committed["results/toploc.json"]  # kept
+    assert (fake / "results" / "ezkl.json").read_bytes() == committed["results/ezkl.json"]  # kept
     assert "New CPU" in (fake / "REPORT.md").read_text()
 
 

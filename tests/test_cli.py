@@ -354,6 +354,28 @@ def test_bad_inputs_other_commands(flow, tmp_path, capsys, case: str) -> None:
     assert "Traceback" not in r.stderr
 
 
+def test_a_retired_kernel_is_refused_with_what_replaces_it(flow, tmp_path, capsys) -> None:
+    """transformer-decode was retired (issue 12): a job spec or a commitment naming it is refused in one
+    line, exit 3, saying so and naming hf-causal-lm; no traceback, nothing on stdout."""
+    from pocv.jobs import JobSpec
+    from pocv.records import Commitment
+
+    retired = JobSpec(kernel="transformer-decode", steps=4, seed=1, params={"width": 64}, version=1)
+    (tmp_path / "job.json").write_text(retired.to_json())
+    (tmp_path / "commitment.json").write_text(Commitment.create(spec=retired, root=bytes(32), key=WORKER).to_json())
+    for argv in (["run", tmp_path / "job.json", "--trace", tmp_path / "t", "-k", flow["wkey"]],
+                 ["job", "transformer-decode", "--steps", "4"],
+                 ["kernels", "transformer-decode"],
+                 ["verify", tmp_path / "commitment.json", flow["challenge"], flow["response"], "-k", flow["vkey"]]):
+        r = pocv_here(capsys, *argv)
+        assert r.returncode == 3, (argv, r.stdout, r.stderr)
+        assert "'transformer-decode' was retired" in r.stderr and "'hf-causal-lm'" in r.stderr, (argv, r.stderr)
+        assert r.stderr.count("\n") == 1 and r.stdout == "", (argv, r.stderr)
+    assert not (tmp_path / "t").exists()
+    r = pocv_here(capsys, "kernels")
+    assert r.returncode == 0 and "transformer-decode" not in r.stdout and "hf-causal-lm" in r.stdout
+
+
 def test_failed_write_leaves_no_partial_file(flow, tmp_path, capsys) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("a file where a directory should be")

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from pocv.cli._common import EXIT_INPUT, exit_code
+from pocv.encoding import State
 from pocv.errors import InputError, LimitExceeded, MalformedError, SpecError
 from pocv.jobs import MAX_SPEC_BYTES, JobSpec
-from pocv.kernels import resolve_spec
+from pocv.kernels import get_kernel, kernel_names, register_kernel, resolve_spec
+from pocv.kernels.base import Kernel, Schema
 
 
 def test_defaults_are_filled_so_equal_jobs_have_equal_ids() -> None:
@@ -62,18 +66,66 @@ def test_bad_specs(case: str) -> None:
         resolve_spec(JobSpec.from_json(json.dumps(d)))  # kernel-dependent cases fail on resolving
 
 
-@pytest.mark.parametrize(("kernel", "params", "match"), [
-    ("mlp-sgd", {"width": 4096, "depth": 8}, r"133 states of 1,074,005,000 bytes.*at most 68,719,476,736"),
-    ("transformer-decode", {"width": 1024, "depth": 8, "batch": 256, "context": 4096},
-     r"states of 68,728,128,247 bytes; a state is at most 4,294,967,296"),
-])
-def test_jobs_no_honest_worker_can_answer_are_refused_with_their_sizes(kernel: str, params: dict[str, int],
-                                                                        match: str) -> None:
-    # issue 15 class 7: legal parameters whose states or honest answer exceed the limits
-    with pytest.raises(SpecError, match=match):
-        resolve_spec(JobSpec(kernel=kernel, steps=1000, seed=1, params=params))
+def test_jobs_no_honest_worker_can_answer_are_refused_with_their_sizes() -> None:
+    # issue 15 class 7: legal parameters whose honest answer exceeds the limits
+    with pytest.raises(SpecError, match=r"133 states of 1,074,005,000 bytes.*at most 68,719,476,736"):
+        resolve_spec(JobSpec(kernel="mlp-sgd", steps=1000, seed=1, params={"width": 4096, "depth": 8}))
     few = resolve_spec(JobSpec(kernel="mlp-sgd", steps=30, seed=1, params={"width": 1024, "depth": 8}))
     assert few.params["width"] == 1024  # a smaller state of the same kernel resolves
+
+
+class _HugeState(Kernel):
+    """A kernel whose one state is 8 GiB (no built-in kernel's legal parameters reach 4 GiB any more:
+    the retired transformer-decode's KV cache did). Not registered: only its check_limits runs."""
+
+    name = "test-huge-state"
+    version = 1
+    mode = "exact"
+    summary = "declares an 8 GiB state (test only)"
+
+    def init_state(self, spec: JobSpec, device: str = "cpu") -> dict[str, Any]:
+        raise AssertionError("never run")
+
+    def step(self, state: State, i: int, spec: JobSpec, device: str = "cpu") -> dict[str, Any]:
+        raise AssertionError("never run")
+
+    def schema(self, spec: JobSpec) -> Schema:
+        return {"x": ("float32", (1 << 31,))}
+
+
+def test_a_state_over_the_limit_is_refused_with_its_size() -> None:
+    with pytest.raises(SpecError, match=r"states of 8,589,934,6\d\d bytes; a state is at most 4,294,967,296"):
+        _HugeState().check_limits(JobSpec(kernel="test-huge-state", steps=10, seed=1))
+
+
+def test_an_llm_job_over_the_new_token_limit_is_refused() -> None:
+    from pocv.kernels.causal_lm import MAX_NEW_TOKENS  # reason: the LLM kernel's module, only for this test
+
+    kernel = get_kernel("hf-causal-lm")
+    spec = JobSpec(kernel="hf-causal-lm", steps=MAX_NEW_TOKENS // 16 + 1, seed=1, params={"block": 16})
+    with pytest.raises(SpecError, match=rf"{spec.steps * 16:,} new tokens; at most {MAX_NEW_TOKENS:,}"):
+        kernel.check_limits(spec)  # before any artifact is needed
+
+
+@pytest.mark.parametrize("version", [None, 1])
+def test_the_retired_transformer_decode_kernel_is_refused_with_what_replaces_it(version: int | None) -> None:
+    spec = JobSpec(kernel="transformer-decode", steps=10, seed=1, params={"width": 64}, version=version or 0)
+    with pytest.raises(SpecError, match=r"'transformer-decode' was retired.*'hf-causal-lm'"):
+        resolve_spec(spec)
+    with pytest.raises(SpecError, match="retired"):
+        get_kernel("transformer-decode", version)
+    assert "transformer-decode" not in kernel_names(plugins=True)
+    assert exit_code(SpecError("x")) == EXIT_INPUT
+
+
+def test_a_retired_kernel_name_cannot_be_registered_again() -> None:
+    class _Again(_HugeState):
+        name = "transformer-decode"
+
+    with pytest.raises(SpecError, match="retired built-in kernel"):
+        register_kernel(_Again)
+    with pytest.raises(SpecError, match="retired"):
+        get_kernel("transformer-decode")
 
 
 def test_a_spec_is_plain_data_until_resolved() -> None:

@@ -47,7 +47,8 @@ Step (4) judges each party's ``s_i`` with the kernel's one rule, :meth:`Kernel.j
 <pocv.kernels.base.Kernel.judge>` -- the rule the spot check (:mod:`pocv.check`) applies -- so
 a state the spot check accepts is never named the lie here, and one it rejects loses. When the
 rule accepts both parties' states (tolerance kernels, or a near-tie token of
-``transformer-decode``) the case is ``both-within-bound`` and nobody is named.
+``hf-causal-lm`` chosen either way within the calibrated noise) the case is ``both-within-bound``
+and nobody is named.
 
 This module is the records and the pure referee: :class:`Dispute` takes records or their
 bytes and returns records, with no files, no prover and no trace. A party answers a

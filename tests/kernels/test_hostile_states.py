@@ -9,7 +9,9 @@ exception escaping here would be an exit 70 instead of a FAIL.
 
 from __future__ import annotations
 
+import json
 import logging
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -30,7 +32,6 @@ SMALL: dict[str, dict[str, int]] = {
     "gemm-int8": {"n": 16, "layers": 1},
     "heat2d": {"n": 6, "substeps": 2},
     "mlp-sgd": {"width": 8, "depth": 1, "batch": 4},
-    "transformer-decode": {"width": 32, "depth": 1, "batch": 2, "context": 4, "chunk": 2},
 }
 
 _TORCH = {"bool": torch.bool, "uint8": torch.uint8, "int8": torch.int8, "int16": torch.int16,
@@ -134,13 +135,33 @@ def test_an_exception_in_a_plugin_kernel_is_that_steps_fail_and_is_logged(caplog
     assert ok.ok
 
 
-def test_a_token_beyond_the_vocabulary_in_the_previous_state_is_a_fail() -> None:
-    # the example of the issue: a value only the previous state carries, far outside the range
-    spec = _spec("transformer-decode")
-    kernel = kernel_for(spec)
-    prev = kernel.init_state(spec)
-    prev = {**prev, "tokens": torch.full_like(prev["tokens"], 10**15)}
-    claimed = {**kernel.step(kernel.init_state(spec), 1, spec), "tokens": prev["tokens"].clone()}
-    result = kernel.judge(prev, claimed, 1, spec)
-    assert not result.ok  # a judgement (FAIL), whichever check sees the hostile token first
-    assert kernel.judge(prev, claimed, 2, spec).ok is False
+def test_a_token_beyond_the_vocabulary_in_the_previous_state_is_a_fail(tmp_path: Path) -> None:
+    """The example of the issue: a value only the previous state carries, far outside its range, on the
+    LLM kernel (hf-causal-lm; the retired transformer-decode had this test). The model artifact here is
+    a config.json without weights: the verdict must come from the token layout, before any model loads
+    (loading would raise ArtifactError, which ``judge`` does not turn into a verdict)."""
+    from pocv.artifacts import ArtifactStore  # reason: the kernel's artifacts, only for this test
+    from pocv.kernels.causal_lm import RECORD_TYPE  # reason: the LLM kernel's module, only for this test
+    from pocv.kernels.params import use_artifacts  # reason: as above
+
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "config.json").write_text(json.dumps({"vocab_size": 64, "max_position_embeddings": 64}))
+    store = ArtifactStore(tmp_path / "store")
+    model = store.add(tmp_path / "model")
+    record = {"type": RECORD_TYPE, "version": 1, "kernel": "hf-causal-lm@1", "tau": {"fp": 32.0}, "floor": 0.0,
+              "params": {"model": model, "dtype": "float32"}}
+    cal = store.add_bytes(json.dumps(record).encode())
+    with use_artifacts(store):
+        spec = resolve_spec(JobSpec(kernel="hf-causal-lm", steps=4, seed=3,
+                                    params={"model": model, "prompt": "1,2,3", "block": 2, "calibration": cal}))
+        kernel = kernel_for(spec)
+        honest = kernel.init_state(spec)
+        prev = {**honest, "tokens": honest["tokens"].clone()}
+        prev["tokens"][:, :2] = 2**31 - 1  # step 1's tokens, far beyond the vocabulary of 64
+        claimed = {**honest, "tokens": prev["tokens"].clone()}
+        claimed["tokens"][:, 2:4] = 5
+        result = kernel.judge(prev, claimed, 2, spec)
+        assert not result.ok and result.bad_state, result
+        assert "0..63" in result.detail
+        batched = kernel.judge_many([(prev, claimed, 2)], spec)  # the verifier's path: one pass per response
+        assert [(c.ok, c.bad_state) for c in batched] == [(False, True)]

@@ -57,11 +57,10 @@ SUITES: Final[dict[str, tuple[str, tuple[str, ...]]]] = {
     "market": ("test_bench_market.py", ("-m", "bench")),
     "detection": ("test_bench_detection.py", ("--benchmark-only",)),
     "gpu": ("test_bench_gpu.py", ("--benchmark-only",)),
-    "toploc": ("test_bench_toploc.py", ("--benchmark-only",)),
     "ezkl": ("test_bench_ezkl.py", ("--benchmark-only",)),
     "startup": ("test_bench_startup.py", ("--benchmark-only",)),
     "net": ("test_bench_net.py", ("--benchmark-only",)),
-    "llm": ("test_bench_llm.py", ("--benchmark-only",)),  # hf-causal-lm: commit, check and detection costs
+    "llm": ("test_bench_llm.py", ("--benchmark-only",)),  # hf-causal-lm: costs, detection, vs TOPLOC and token-difr
     "worker": ("test_bench_worker.py", ("--benchmark-only",)),  # the worker's whole cost: run, commit, respond
 }
 PYTEST_ARGS: Final = ("-p", "no:cacheprovider", "-q", "-rs")
