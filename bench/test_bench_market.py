@@ -21,6 +21,7 @@ import pytest
 from solders.keypair import Keypair
 
 from bench.conftest import quick, write_result
+from pocv.keys import as_keypair
 from pocv.market import jobprogram as J
 from pocv.market import programs as P
 from pocv.market.backend import Backend, LiteSVMBackend
@@ -50,6 +51,8 @@ class Parties:
         self.program = install_program(be, auth)
         self.c, self.w, self.v = Keypair(), Keypair(), Keypair()
         self.cp, self.wp, self.vp = self.c.pubkey(), self.w.pubkey(), self.v.pubkey()
+        # the verifier signs its verdicts with pocv's own key type (the same key, the same signature)
+        self.v_key = as_keypair(self.v)
         for pk in (self.cp, self.wp, self.vp):
             fund(be, mint=self.mint, mint_authority=auth, owner=pk, tokens=10**15, lamports=10**13)
         self.escrow = Escrow(be, self.program)
@@ -74,8 +77,8 @@ class Parties:
             outs.append(self.escrow.commit(t, root, self.w))
         if result in ("PASSED", "FAILED"):
             beacon = self.escrow.beacon(t)
-            v = stand_in_verdict(job_id=t.job_id, root=root, beacon=beacon.value, kernel="gemm-int8@1", key=self.v,
-                                 ok=result == "PASSED")
+            v = stand_in_verdict(job_id=t.job_id, root=root, beacon=beacon.value, kernel="gemm-int8@1",
+                                 key=self.v_key, ok=result == "PASSED")
             outs.append(self.escrow.verdict(t, v, self.v))
         else:
             assert isinstance(self.be, LiteSVMBackend)
@@ -83,6 +86,11 @@ class Parties:
             outs.append(self.escrow.claim(t, self.w))
         assert all(o.ok for o in outs), [o.error for o in outs]
         assert J.job_settlement(outs[-1].logs) == result
+        for o in outs:  # the indexer's side: each of the job's transactions read back with its balances
+            rec = self.be.get_transaction(o.signature)
+            assert rec is not None
+            assert rec.fee == o.fee
+            assert rec.post_token
         return outs
 
 
@@ -188,7 +196,8 @@ def test_lifecycles_per_second_litesvm(benchmark: Any, build: str) -> None:
         "per_second_from_median": round(1 / stats.median, 1), "target": THROUGHPUT_TARGET, **_load(),
         "includes": "POST (offer checked), COMMIT (job account read back and compared), beacon from SlotHashes, "
                     "verdict made, signature and detection checked, VERDICT; CLAIMs after warped deadlines; the "
-                    "address index with pre/post lamports and token balances; LiteSVM's signature verification"}
+                    "address index with pre/post lamports and token balances, each of the job's transactions read "
+                    "back from it; LiteSVM's signature verification"}
     assert wall > 0  # the 500/s target is marked met/missed in the report (with the load), not asserted
 
 

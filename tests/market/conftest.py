@@ -83,7 +83,8 @@ def make_world(token_program: str = "p-token", *, index: bool = True, backend: A
     keys = [Keypair() for _ in range(4)]
     for k in keys:
         fund(be, mint=mint, mint_authority=auth, owner=k.pubkey(), tokens=TOKENS, lamports=LAMPORTS)
-    w = World(be, program, mint, auth, *keys, Escrow(be, program))
+    consumer, worker, verifier, outsider = keys
+    w = World(be, program, mint, auth, consumer, worker, verifier, outsider, Escrow(be, program))
     w.offer(w.worker)
     return w
 

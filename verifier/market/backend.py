@@ -17,10 +17,10 @@ from __future__ import annotations
 import base64
 import importlib.metadata
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from functools import cached_property
-from typing import Any, Final, Literal, Protocol
+from functools import cached_property, lru_cache
+from typing import Any, Final, Literal, Protocol, TypeVar
 
 from solders.account import Account
 from solders.hash import Hash
@@ -48,6 +48,8 @@ CLOCK_SYSVAR: Final = Pubkey.from_string("SysvarC1ock111111111111111111111111111
 _SYSVARS_READ: Final = frozenset({SLOT_HASHES_SYSVAR, CLOCK_SYSVAR})
 MAX_SIGNATURES_PER_ADDRESS: Final = 100_000  # the embedded index keeps at most this many per address
 MAX_CACHED_BALANCES: Final = 100_000  # token balance objects the index keeps for reuse (cleared when full)
+_NO_SLOT_HASHES: Final[list[tuple[int, Hash]]] = []
+_RANDOM_BATCH: Final = 4_096  # bytes of OS randomness drawn at once for slot hashes (128 slots)
 TokenBuild = Literal["p-token", "classic"]
 SNAPSHOT_VERSION: Final = 1
 # sysvars and builtins come from LiteSVM itself; upgradeable programs are loaded again from their ELF
@@ -131,6 +133,11 @@ class TxRecord:
         return post - pre
 
 
+_R = TypeVar("_R", AccountView, TokenBalance, TxOutcome, TxRecord)
+for _cls in (AccountView, TokenBalance, TxOutcome, TxRecord):  # _record_of skips __init__: nothing may need it
+    assert not hasattr(_cls, "__post_init__"), _cls
+
+
 class Backend(Protocol):
     """The chain, as the market layer uses it."""
 
@@ -163,6 +170,18 @@ class Backend(Protocol):
     def close(self) -> None: ...
 
 
+_new = object.__new__
+
+
+def _record_of(cls: type[_R], **fields: Any) -> _R:
+    """A frozen record built from values this module made itself, without the generated
+    ``__init__`` (one store per field through ``object.__setattr__``: 2-5 us a record on the
+    per-transaction path). Only for the records below, which have no ``__post_init__``."""
+    obj = _new(cls)
+    obj.__dict__.update(fields)
+    return obj
+
+
 def slot_hashes(backend: Backend) -> list[tuple[int, Hash]]:
     """The SlotHashes sysvar, newest first (read like any account: works on every backend)."""
     acct = backend.get_account(SLOT_HASHES_SYSVAR)
@@ -171,13 +190,17 @@ def slot_hashes(backend: Backend) -> list[tuple[int, Hash]]:
     return decode_slot_hashes(acct.data)
 
 
-def _writable_indices(header: Any, n: int, loaded_writable: int = 0) -> list[int]:
+def _writable_indices(header: Any, n: int, loaded_writable: int = 0) -> tuple[int, ...]:
     """Indices of the writable keys of a message with ``n`` static keys (from its header, as the
     runtime reads it), then of its ``loaded_writable`` looked-up writable keys."""
-    signed, ro_signed, ro_unsigned = (header.num_required_signatures, header.num_readonly_signed_accounts,
-                                      header.num_readonly_unsigned_accounts)
-    return ([i for i in range(n) if i < signed - ro_signed or signed <= i < n - ro_unsigned]
-            + list(range(n, n + loaded_writable)))
+    return _writable(header.num_required_signatures, header.num_readonly_signed_accounts,
+                     header.num_readonly_unsigned_accounts, n, loaded_writable)
+
+
+@lru_cache(maxsize=1_024)
+def _writable(signed: int, ro_signed: int, ro_unsigned: int, n: int, loaded_writable: int) -> tuple[int, ...]:
+    return (tuple(i for i in range(n) if i < signed - ro_signed or signed <= i < n - ro_unsigned)
+            + tuple(range(n, n + loaded_writable)))
 
 
 ALT_META_SIZE: Final = 56  # an address lookup table's header; its addresses follow, 32 bytes each
@@ -199,12 +222,47 @@ def token_balances(keys: Sequence[Pubkey], accounts: Sequence[AccountView | None
     return tuple(out)
 
 
+# A landed transaction as the embedded index keeps it until someone reads it: signature, slot,
+# message, error, fee, units, pre and post (lamports, token account head) per key, logs, looked-up
+# keys (writable, read-only). The TxRecord is built from it on the first read (most are never read).
+_Pending = tuple[Signature, int, "Message | MessageV0", "str | None", int, int, list[tuple[int, "bytes | None"]],
+                 list[tuple[int, "bytes | None"]], tuple[str, ...], tuple[Pubkey, ...], tuple[Pubkey, ...]]
+_TOKEN_HEAD: Final = 72  # a token account's mint, owner and amount
+
+
 @dataclass
 class _Index:
-    records: dict[Signature, TxRecord] = field(default_factory=dict)
+    records: dict[Signature, TxRecord | _Pending] = field(default_factory=dict)
     # the signed transaction and the solders error
     raw: dict[Signature, tuple[Transaction | VersionedTransaction, object]] = field(default_factory=dict)
     by_address: dict[Pubkey, list[Signature]] = field(default_factory=dict)
+
+
+class _EmbeddedSVM(LiteSVM):
+    """solders' LiteSVM as the embedded chain holds it: reading SlotHashes through it (an account
+    read, a simulation, a transaction sent past the backend) first puts back the slot hashes the
+    backend parked (see LiteSVMBackend._flush)."""
+
+    def __init__(self, restore: Callable[[], None]) -> None:
+        super().__init__()
+        self._restore = restore
+
+    def get_account(self, address: Pubkey) -> Account | None:
+        if address == SLOT_HASHES_SYSVAR:
+            self._restore()
+        return super().get_account(address)
+
+    def get_slot_hashes(self) -> list[tuple[int, Hash]]:
+        self._restore()
+        return super().get_slot_hashes()
+
+    def simulate_transaction(self, tx: Transaction | VersionedTransaction) -> Any:
+        self._restore()
+        return super().simulate_transaction(tx)
+
+    def send_transaction(self, tx: Transaction | VersionedTransaction) -> Any:
+        self._restore()
+        return super().send_transaction(tx)
 
 
 class LiteSVMBackend:
@@ -218,7 +276,7 @@ class LiteSVMBackend:
 
     def __init__(self, *, token_program: TokenBuild = "p-token", index: bool = True,  # noqa: S107
                  start_slot: int = 1_000) -> None:
-        self.svm = LiteSVM()
+        self.svm: LiteSVM = _EmbeddedSVM(self._restore_slot_hashes)
         if token_program == "classic":  # noqa: S105
             self.svm.add_program(TOKEN_PROGRAM_ID, classic_token_elf())
         elif token_program != "p-token":  # noqa: S105
@@ -230,9 +288,14 @@ class LiteSVMBackend:
         self._start_slot = start_slot
         self._touched: set[Pubkey] = set()  # accounts outside any transaction (airdrops): for snapshots
         self._hashes: list[tuple[int, Hash]] = []
-        self._dirty = True
+        self._dirty = True  # LiteSVM's SlotHashes is not the newest (a slot passed since it was written)
+        self._written: list[tuple[int, Hash]] = []  # the slot hashes last written into LiteSVM
+        self._parked = False  # LiteSVM's SlotHashes is empty for now; _written goes back before any read
         self._clock_slot = -1
-        self._executables: set[Pubkey] = set()
+        # sysvars and programs: accounts whose data the index never copies (only their lamports count)
+        self._no_data: set[Pubkey] = set(_SYSVARS_READ)
+        self._random = b""  # OS randomness for slot hashes, drawn 4 KiB at a time; the next 32 bytes at:
+        self._random_at = _RANDOM_BATCH
         self._inner: Any = getattr(self.svm, "_inner", self.svm)  # the Rust object behind solders' wrapper
         self._balances: dict[Pubkey, tuple[bytes, TokenBalance]] = {}  # last balance seen per token account
         self._push_slot_hash()
@@ -244,29 +307,55 @@ class LiteSVMBackend:
         # A real slot hash is the bank hash: unpredictable before the slot ends. LiteSVM's
         # blockhashes are a public hash chain (predictable), so the embedded chain draws each
         # slot's hash from the OS's CSPRNG instead.
-        self._hashes.insert(0, (self._slot, Hash(os.urandom(32))))
+        at = self._random_at
+        if at >= _RANDOM_BATCH:
+            self._random, at = os.urandom(_RANDOM_BATCH), 0
+        self._random_at = at + 32
+        self._hashes.insert(0, (self._slot, Hash(self._random[at:at + 32])))
         del self._hashes[MAX_SLOT_HASHES:]
         self._dirty = True
 
+    # LiteSVM parses every sysvar again on each sysvar change (a clock tick, a new blockhash):
+    # with 64 slot hashes in SlotHashes that is ~45 us more per change, two changes per
+    # transaction. So SlotHashes is written only for what reads it (a transaction naming it, an
+    # account read) and is parked empty while the clock and the blockhash move; whatever reads
+    # LiteSVM directly (``self.svm``) first gets the slot hashes last written back.
+
     def _flush(self) -> None:
-        """Bring LiteSVM's Clock and SlotHashes sysvars up to date. Done lazily: LiteSVM
-        re-serializes its sysvar cache on every change (~50 us each with 64 slot hashes)."""
+        """Bring LiteSVM's Clock and SlotHashes sysvars up to date, for a reader of SlotHashes."""
         self._flush_clock()
         if self._dirty:
-            self.svm.set_slot_hashes(self._hashes[:SYSVAR_SLOT_HASHES])
-            self._dirty = False
+            self._written = self._hashes[:SYSVAR_SLOT_HASHES]
+            self._inner.set_slot_hashes(self._written)
+            self._dirty = self._parked = False
+        else:
+            self._restore_slot_hashes()
+
+    def _restore_slot_hashes(self) -> None:
+        """Put the slot hashes last written back into LiteSVM (a direct reader sees what it saw
+        before SlotHashes was parked)."""
+        if self._parked:
+            self._inner.set_slot_hashes(self._written)
+            self._parked = False
+
+    def _park_slot_hashes(self) -> None:
+        if not self._parked:
+            self._inner.set_slot_hashes(_NO_SLOT_HASHES)
+            self._parked = True
 
     def _flush_clock(self) -> None:
         """The Clock sysvar: a program reads it through a syscall, named in no account list, so it
-        is brought up to date before every transaction (~40 us when the slot moved)."""
+        is brought up to date before every transaction."""
         if self._clock_slot != self._slot:
-            self.svm.warp_to_slot(self._slot)
+            self._park_slot_hashes()
+            self._inner.warp_to_slot(self._slot)
             self._clock_slot = self._slot
 
     def advance_slot(self) -> None:
         """Close the current slot: next slot, new blockhash (the old one stops being accepted)."""
         self._slot += 1
-        self.svm.expire_blockhash()
+        self._park_slot_hashes()
+        self._inner.expire_blockhash()
         self._push_slot_hash()
 
     def warp_to(self, slot: int) -> None:
@@ -279,7 +368,8 @@ class LiteSVMBackend:
         while self._slot < slot:  # a hash per slot; one new blockhash at the end is enough to refuse the old ones
             self._slot += 1
             self._push_slot_hash()
-        self.svm.expire_blockhash()
+        self._park_slot_hashes()
+        self._inner.expire_blockhash()
 
     def slot_hash(self, slot: int) -> Hash | None:
         """The hash of ``slot`` if it is among the last ``MAX_SLOT_HASHES`` slots."""
@@ -294,59 +384,82 @@ class LiteSVMBackend:
         return self._token_build
 
     def latest_blockhash(self) -> Hash:
-        return self.svm.latest_blockhash()
+        h: Hash = self._inner.latest_blockhash()
+        return h
 
     def slot(self) -> int:
         return self._slot
 
-    def _peek(self, key: Pubkey) -> tuple[int, TokenBalance | None]:
-        """An account's lamports and, for a token account, its balance: what the index records
-        before and after a transaction. Read straight from LiteSVM, without copying the data of
-        sysvars and programs (never written by a transaction: only their lamports count)."""
-        if key in _SYSVARS_READ or key in self._executables:
+    def _peek(self, key: Pubkey) -> tuple[int, bytes | None]:
+        """An account's lamports and, for a token account, the head of its data (mint, owner,
+        amount): what the index records before and after a transaction. Read straight from
+        LiteSVM, without copying the data of sysvars and programs (never written by a
+        transaction: only their lamports count)."""
+        if key in self._no_data:
             return self._inner.get_balance(key) or 0, None
         a = self._inner.get_account(key)
         if a is None:
             return 0, None
+        if a.owner == TOKEN_PROGRAM_ID and not a.executable:
+            data = a.data
+            return a.lamports, data[:_TOKEN_HEAD] if len(data) == ACCOUNT_SIZE else None
         if a.executable:
-            self._executables.add(key)
-            return a.lamports, None
-        if a.owner != TOKEN_PROGRAM_ID:
-            return a.lamports, None
-        data = a.data
-        if len(data) != ACCOUNT_SIZE:
-            return a.lamports, None
-        head = data[:72]  # mint, owner, amount: a balance object is made again only when they change
+            self._no_data.add(key)
+        return a.lamports, None
+
+    def _balance(self, key: Pubkey, head: bytes) -> TokenBalance:
+        """The balance a token account's head says (one object per account and head, reused)."""
         hit = self._balances.get(key)
         if hit is None or hit[0] != head:
             if len(self._balances) >= MAX_CACHED_BALANCES:
                 self._balances.clear()
-            hit = (head, TokenBalance(account=key, mint=Pubkey.from_bytes(head[0:32]),
-                                      owner=Pubkey.from_bytes(head[32:64]),
-                                      amount=int.from_bytes(head[64:72], "little")))
+            hit = (head, _record_of(TokenBalance, account=key, mint=Pubkey.from_bytes(head[0:32]),
+                                    owner=Pubkey.from_bytes(head[32:64]),
+                                    amount=int.from_bytes(head[64:72], "little")))
             self._balances[key] = hit
-        return a.lamports, hit[1]
+        return hit[1]
+
+    def _record(self, p: _Pending) -> TxRecord:
+        sig, slot, msg, error, fee, cu, pre, post, logs, loaded_w, loaded_r = p
+        keys = tuple(msg.account_keys) + loaded_w + loaded_r
+        balance = self._balance
+        return _record_of(
+            TxRecord, signature=sig, slot=slot, message=msg, error=error, fee=fee, compute_units=cu,
+            pre_lamports=tuple([lam for lam, _ in pre]), post_lamports=tuple([lam for lam, _ in post]),
+            pre_token=tuple([balance(k, h) for k, (_, h) in zip(keys, pre) if h is not None]),
+            post_token=tuple([balance(k, h) for k, (_, h) in zip(keys, post) if h is not None]),
+            logs=logs, loaded_writable=loaded_w, loaded_readonly=loaded_r,
+            account_keys=keys,  # the cached_property's value, known here
+        )
 
     def send(self, tx: Transaction | VersionedTransaction) -> TxOutcome:
         sig = tx.signatures[0]
-        if sig in self._index.records:  # LiteSVM's own history does not survive a snapshot/restore
+        index = self._index
+        if sig in index.records:  # LiteSVM's own history does not survive a snapshot/restore
             return TxOutcome(signature=sig, ok=False, landed=False, error="AlreadyProcessed", fee=0,
                              compute_units=0, slot=self._slot)
         msg = tx.message
-        static = list(msg.account_keys)
-        loaded_w, loaded_r = self._loaded(tx)
-        keys = static + loaded_w + loaded_r if loaded_w or loaded_r else static
-        if self._dirty and (SLOT_HASHES_SYSVAR in keys or CLOCK_SYSVAR in keys):
+        static = msg.account_keys
+        if type(tx) is Transaction:  # a legacy message looks nothing up
+            loaded_w: tuple[Pubkey, ...] = ()
+            loaded_r: tuple[Pubkey, ...] = ()
+            keys = static
+        else:
+            lw, lr = self._loaded(tx)
+            loaded_w, loaded_r = tuple(lw), tuple(lr)
+            keys = static + lw + lr if lw or lr else static
+        if SLOT_HASHES_SYSVAR in keys or CLOCK_SYSVAR in keys:
             self._flush()
         else:
             self._flush_clock()
+        inner = self._inner
         indexing = self._indexing
         if indexing:
-            pre = [self._peek(k) for k in keys]
-            pre_sum = sum(lam for lam, _ in pre)
+            peek = self._peek
+            pre = [peek(k) for k in keys]
         else:
-            payer_before = self._inner.get_balance(keys[0]) or 0
-        result = self.svm.send_transaction(tx)
+            payer_before = inner.get_balance(keys[0]) or 0
+        result = inner.send_transaction(tx)
         raw_err: object = None
         if isinstance(result, FailedTransactionMetadata):
             meta: TransactionMetadata = result.meta()
@@ -359,25 +472,20 @@ class LiteSVMBackend:
         cu = meta.compute_units_consumed()
         if indexing:
             # only writable accounts can change: re-read those, keep the read-only ones as they were
-            post = list(pre)
+            post = pre.copy()
+            fee = 0
             for i in _writable_indices(msg.header, len(static), len(loaded_w)):
-                post[i] = self._peek(keys[i])
-            fee = pre_sum - sum(lam for lam, _ in post)
+                after = post[i] = peek(keys[i])
+                fee += pre[i][0] - after[0]
         else:
-            fee = payer_before - (self._inner.get_balance(keys[0]) or 0) if error is not None else meta.fee()
+            fee = payer_before - (inner.get_balance(keys[0]) or 0) if error is not None else meta.fee()
         landed = error is None or fee > 0
         slot = self._slot
         if landed and indexing:
-            rec = TxRecord(
-                signature=sig, slot=slot, message=_message(tx), error=error, fee=fee, compute_units=cu,
-                pre_lamports=tuple(lam for lam, _ in pre), post_lamports=tuple(lam for lam, _ in post),
-                pre_token=tuple(b for _, b in pre if b is not None),
-                post_token=tuple(b for _, b in post if b is not None),
-                logs=logs, loaded_writable=tuple(loaded_w), loaded_readonly=tuple(loaded_r),
-            )
-            self._index.records[sig] = rec
-            self._index.raw[sig] = (tx, raw_err)
-            by_address = self._index.by_address
+            checked = msg if isinstance(msg, Message | MessageV0) else _message(tx)
+            index.records[sig] = (sig, slot, checked, error, fee, cu, pre, post, logs, loaded_w, loaded_r)
+            index.raw[sig] = (tx, raw_err)
+            by_address = index.by_address
             for k in keys:
                 lst = by_address.get(k)
                 if lst is None:
@@ -386,8 +494,8 @@ class LiteSVMBackend:
                     lst.append(sig)
         if landed:
             self.advance_slot()
-        return TxOutcome(signature=sig, ok=error is None, landed=landed, error=error, fee=fee if landed else 0,
-                         compute_units=cu, slot=slot, logs=logs, raw_error=raw_err)
+        return _record_of(TxOutcome, signature=sig, ok=error is None, landed=landed, error=error,
+                          fee=fee if landed else 0, compute_units=cu, slot=slot, logs=logs, raw_error=raw_err)
 
     def _loaded(self, tx: Transaction | VersionedTransaction) -> tuple[list[Pubkey], list[Pubkey]]:
         """A v0 message's looked-up keys (writable, read-only), resolved as the runtime will; a
@@ -409,12 +517,15 @@ class LiteSVMBackend:
         return writable, readonly
 
     def get_account(self, address: Pubkey) -> AccountView | None:
-        if self._dirty and address in _SYSVARS_READ:
+        if address in _SYSVARS_READ:
             self._flush()
-        a = self.svm.get_account(address)
-        if a is None or (a.lamports == 0 and not a.data):
+        a = self._inner.get_account(address)
+        if a is None:
             return None
-        return AccountView(lamports=a.lamports, owner=a.owner, data=bytes(a.data), executable=a.executable)
+        lamports, data = a.lamports, a.data
+        if lamports == 0 and not data:
+            return None
+        return _record_of(AccountView, lamports=lamports, owner=a.owner, data=bytes(data), executable=a.executable)
 
     def balance(self, address: Pubkey) -> int:
         return self.svm.get_balance(address) or 0
@@ -432,7 +543,15 @@ class LiteSVMBackend:
         return list(self._index.by_address.get(address, ()))
 
     def get_transaction(self, signature: Signature) -> TxRecord | None:
-        return self._index.records.get(signature)
+        rec = self._index.records.get(signature)
+        return None if rec is None else self._built(signature, rec)
+
+    def _built(self, signature: Signature, rec: TxRecord | _Pending) -> TxRecord:
+        if isinstance(rec, TxRecord):
+            return rec
+        built = self._record(rec)
+        self._index.records[signature] = built
+        return built
 
     def signed_transaction(self, signature: Signature) -> Transaction | VersionedTransaction | None:
         raw = self._index.raw.get(signature)
@@ -445,7 +564,7 @@ class LiteSVMBackend:
 
     def records(self) -> list[TxRecord]:
         """Every landed transaction, oldest first (used by the loopback RPC server and the ledger)."""
-        return list(self._index.records.values())
+        return [self._built(sig, r) for sig, r in list(self._index.records.items())]
 
     def close(self) -> None:
         """Nothing to release in process."""
@@ -455,7 +574,8 @@ class LiteSVMBackend:
     def to_state(self) -> dict[str, Any]:
         """Everything needed to continue this chain in another process, as JSON-able data."""
         keys: set[Pubkey] = set(self._touched)
-        for rec in self._index.records.values():
+        records = self.records()
+        for rec in records:
             keys.update(rec.account_keys)
         accounts = {}
         for k in sorted(keys, key=bytes):
@@ -465,8 +585,8 @@ class LiteSVMBackend:
             accounts[str(k)] = {"lamports": a.lamports, "owner": str(a.owner), "rent_epoch": a.rent_epoch,
                                 "data": base64.b64encode(bytes(a.data)).decode()}
         txs = []
-        for sig, rec in self._index.records.items():
-            tx = self._index.raw[sig][0]
+        for rec in records:
+            tx = self._index.raw[rec.signature][0]
             txs.append({"tx": base64.b64encode(bytes(tx)).decode(), "v0": isinstance(tx, VersionedTransaction),
                         "slot": rec.slot, "error": rec.error,
                         "fee": rec.fee, "cu": rec.compute_units, "logs": list(rec.logs),

@@ -98,7 +98,13 @@ def sign_and_send(backend: Backend, ixs: Sequence[Instruction], signers: Sequenc
     if version != "legacy":
         return J.send(backend, ixs, signers, version=version)
     blockhash = backend.latest_blockhash()
-    msg = Message.new_with_blockhash(list(ixs), pubkey_of(signers[0]), blockhash)
+    if len(signers) == 1:  # the payer alone: it is the message's first key
+        _, payer, signer = _key(signers[0])
+        msg = Message.new_with_blockhash(list(ixs), payer, blockhash)
+        if msg.header.num_required_signatures == 1:
+            return backend.send(Transaction.populate(msg, [Signature.from_bytes(signer.sign(bytes(msg)))]))
+    else:
+        msg = Message.new_with_blockhash(list(ixs), pubkey_of(signers[0]), blockhash)
     by_key = {k[1]: k[2] for k in map(_key, signers)}
     wanted = msg.account_keys[: msg.header.num_required_signatures]
     missing = [str(k) for k in wanted if k not in by_key]

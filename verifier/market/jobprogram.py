@@ -73,6 +73,10 @@ WRITE_CHUNK: Final = 900  # ELF bytes per Write instruction: one legacy transact
 MAX_PROGRAM_BYTES: Final = 1 << 20  # a job program larger than this is not ours
 
 _IX_OFFER, _IX_POST, _IX_COMMIT, _IX_VERDICT, _IX_CLAIM = 0, 1, 2, 3, 4
+# read-only accounts every instruction of a kind names (AccountMeta is an immutable value)
+_TOKEN_RO: Final = AccountMeta(TOKEN_PROGRAM_ID, is_signer=False, is_writable=False)
+_SYSTEM_RO: Final = AccountMeta(SYSTEM_PROGRAM_ID, is_signer=False, is_writable=False)
+_SLOT_HASHES_RO: Final = AccountMeta(SLOT_HASHES_SYSVAR, is_signer=False, is_writable=False)
 
 
 class JobState(IntEnum):
@@ -81,6 +85,8 @@ class JobState(IntEnum):
     POSTED = 1
     COMMITTED = 2
 
+
+_JOB_STATES: Final = {s.value: s for s in JobState}  # JobState(v) without the enum's call machinery
 
 Settlement = Literal["PASSED", "FAILED", "REFUNDED", "EXPIRED"]
 SETTLEMENTS: Final[tuple[Settlement, ...]] = ("PASSED", "FAILED", "REFUNDED", "EXPIRED")
@@ -218,13 +224,21 @@ class JobAccount:
                                  f"got {len(data)} bytes of kind {data[:1].hex() or 'none'}")
         if data[1] not in (1, 2):
             raise MalformedError(f"job state {data[1]} is not POSTED (1) or COMMITTED (2)")
-        price, bond, cd, vd, commit_slot = struct.unpack_from("<5Q", data, 8)
-        keys = [Pubkey.from_bytes(data[48 + 32 * i: 80 + 32 * i]) for i in range(5)]
-        terms = JobTerms(job_id=data[208:240], spec_hash=data[240:272], consumer=keys[0], worker=keys[1],
-                         verifier=keys[2], mint=keys[3], price=price, bond=bond, commit_deadline=cd,
-                         verdict_deadline=vd)
-        return cls(address=address, state=JobState(data[1]), bump=data[2], vault_bump=data[3], terms=terms,
-                   vault=keys[4], commit_slot=commit_slot, root=data[272:304])
+        (commit_slot,) = struct.unpack_from("<Q", data, 40)
+        terms, vault = _decode_terms(data[8:40] + data[48:272])
+        return cls(address=address, state=_JOB_STATES[data[1]], bump=data[2], vault_bump=data[3], terms=terms,
+                   vault=vault, commit_slot=commit_slot, root=data[272:304])
+
+
+@lru_cache(maxsize=1_024)
+def _decode_terms(raw: bytes) -> tuple[JobTerms, Pubkey]:
+    """A job account's terms and vault from its bytes 8..40 and 48..272 (they stay the same from
+    POST to settlement: decoded once per job, the record is immutable)."""
+    price, bond, cd, vd = struct.unpack_from("<4Q", raw, 0)
+    keys = [Pubkey.from_bytes(raw[32 + 32 * i: 64 + 32 * i]) for i in range(5)]
+    terms = JobTerms(job_id=raw[192:224], spec_hash=raw[224:256], consumer=keys[0], worker=keys[1],
+                     verifier=keys[2], mint=keys[3], price=price, bond=bond, commit_deadline=cd, verdict_deadline=vd)
+    return terms, keys[4]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -252,15 +266,24 @@ class WorkerAccount:
         n = data[3]
         if not 1 <= n <= MAX_VERIFIERS:
             raise MalformedError(f"worker account names {n} verifiers")
-        (price, min_bond, max_bond, passes, fails, expired, lapsed, value, slashed, bonded, distinct,
-         created) = struct.unpack_from("<12Q", data, 8)
-        worker, mint = Pubkey.from_bytes(data[104:136]), Pubkey.from_bytes(data[136:168])
-        verifiers = tuple(Pubkey.from_bytes(data[232 + 32 * i: 264 + 32 * i]) for i in range(n))
-        offer = Offer(mint=mint, price=price, min_bond=min_bond, max_bond=max_bond, verifiers=verifiers,
-                      fingerprint=data[168:200], capabilities=data[200:232], active=data[2] == 1)
+        passes, fails, expired, lapsed, value, slashed, bonded, distinct, created = struct.unpack_from(
+            "<9Q", data, 32)
+        worker, offer = _decode_offer(data[2:4] + data[8:32] + data[104:232 + 32 * n])
         return cls(address=address, worker=worker, bump=data[1], offer=offer, passes=passes, fails=fails,
                    expired=expired, lapsed=lapsed, value_settled=value, slashed=slashed, bonded=bonded,
                    distinct_consumers=distinct, created_slot=created)
+
+
+@lru_cache(maxsize=1_024)
+def _decode_offer(raw: bytes) -> tuple[Pubkey, Offer]:
+    """A worker account's key and offer from its bytes 2..4, 8..32 and 104..232+32n (the
+    statistics around them change at every settlement; the offer only at OFFER)."""
+    active, n = raw[0], raw[1]
+    price, min_bond, max_bond = struct.unpack_from("<3Q", raw, 2)
+    worker, mint = Pubkey.from_bytes(raw[26:58]), Pubkey.from_bytes(raw[58:90])
+    verifiers = tuple(Pubkey.from_bytes(raw[154 + 32 * i: 186 + 32 * i]) for i in range(n))
+    return worker, Offer(mint=mint, price=price, min_bond=min_bond, max_bond=max_bond, verifiers=verifiers,
+                         fingerprint=raw[90:122], capabilities=raw[122:154], active=active == 1)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -302,8 +325,16 @@ class JobProgram:
         return _pair_address(self.program_id, worker, consumer)
 
     def addresses(self, terms: JobTerms) -> JobAddresses:
-        """The job's addresses (four program-address searches, ~30 us each: cached per terms)."""
-        return _addresses(self, terms)
+        """The job's addresses (four program-address searches, ~30 us each: cached per terms, and
+        per terms object: hashing the terms costs more than the look-up by identity)."""
+        hit = _ADDRESSES_BY_ID.get(id(terms))
+        if hit is not None and hit[0] is terms and (hit[1] is self or hit[1] == self):
+            return hit[2]
+        a = _addresses(self, terms)
+        if len(_ADDRESSES_BY_ID) >= _MAX_ADDRESSES_BY_ID:
+            _ADDRESSES_BY_ID.clear()
+        _ADDRESSES_BY_ID[id(terms)] = (terms, self, a)  # holds the terms: an id is not reused while cached
+        return a
 
     def offer(self, worker: Pubkey, offer: Offer) -> Instruction:
         acct, bump = self.worker_address(worker)
@@ -314,7 +345,7 @@ class JobProgram:
         return Instruction(self.program_id, data, [
             AccountMeta(worker, is_signer=True, is_writable=True),
             AccountMeta(acct, is_signer=False, is_writable=True),
-            AccountMeta(SYSTEM_PROGRAM_ID, is_signer=False, is_writable=False),
+            _SYSTEM_RO,
         ])
 
     def post(self, terms: JobTerms, *, source: Pubkey | None = None) -> Instruction:
@@ -323,26 +354,26 @@ class JobProgram:
         data = (struct.pack("<BBBB4xQQQQ", _IX_POST, a.job_bump, a.vault_bump, a.pair_bump, terms.price, terms.bond,
                             terms.commit_deadline, terms.verdict_deadline)
                 + terms.job_id + terms.spec_hash + bytes(terms.worker) + bytes(terms.verifier))
-        return Instruction(self.program_id, data, [
-            AccountMeta(terms.consumer, is_signer=True, is_writable=True),
-            AccountMeta(a.job, is_signer=False, is_writable=True),
-            AccountMeta(a.vault, is_signer=False, is_writable=True),
-            AccountMeta(source or token_account(terms.consumer, terms.mint), is_signer=False, is_writable=True),
-            AccountMeta(terms.mint, is_signer=False, is_writable=False),
-            AccountMeta(a.worker_account, is_signer=False, is_writable=False),
-            AccountMeta(a.pair, is_signer=False, is_writable=True),
-            AccountMeta(TOKEN_PROGRAM_ID, is_signer=False, is_writable=False),
-            AccountMeta(SYSTEM_PROGRAM_ID, is_signer=False, is_writable=False),
+        return Instruction(self.program_id, data, [  # AccountMeta(key, is_signer, is_writable)
+            AccountMeta(terms.consumer, True, True),
+            AccountMeta(a.job, False, True),
+            AccountMeta(a.vault, False, True),
+            AccountMeta(source or token_account(terms.consumer, terms.mint), False, True),
+            AccountMeta(terms.mint, False, False),
+            AccountMeta(a.worker_account, False, False),
+            AccountMeta(a.pair, False, True),
+            _TOKEN_RO,
+            _SYSTEM_RO,
         ])
 
     def commit(self, terms: JobTerms, root: bytes, *, source: Pubkey | None = None) -> Instruction:
         a = self.addresses(terms)
         return Instruction(self.program_id, struct.pack("<B7x", _IX_COMMIT) + _bytes32("root", root), [
-            AccountMeta(terms.worker, is_signer=True, is_writable=False),
-            AccountMeta(a.job, is_signer=False, is_writable=True),
-            AccountMeta(a.vault, is_signer=False, is_writable=True),
-            AccountMeta(source or token_account(terms.worker, terms.mint), is_signer=False, is_writable=True),
-            AccountMeta(TOKEN_PROGRAM_ID, is_signer=False, is_writable=False),
+            AccountMeta(terms.worker, True, False),
+            AccountMeta(a.job, False, True),
+            AccountMeta(a.vault, False, True),
+            AccountMeta(source or token_account(terms.worker, terms.mint), False, True),
+            _TOKEN_RO,
         ])
 
     def verdict(self, terms: JobTerms, *, passed: bool, beacon_slot: int, digest: bytes,
@@ -353,15 +384,15 @@ class JobProgram:
         paid = terms.worker if passed else terms.consumer
         data = struct.pack("<BB6xQ", _IX_VERDICT, int(passed), _u64("beacon_slot", beacon_slot))
         return Instruction(self.program_id, data + _bytes32("digest", digest), [
-            AccountMeta(terms.verifier, is_signer=True, is_writable=False),
-            AccountMeta(a.job, is_signer=False, is_writable=True),
-            AccountMeta(a.vault, is_signer=False, is_writable=True),
-            AccountMeta(dest or token_account(paid, terms.mint), is_signer=False, is_writable=True),
-            AccountMeta(terms.consumer, is_signer=False, is_writable=True),
-            AccountMeta(a.worker_account, is_signer=False, is_writable=True),
-            AccountMeta(a.pair, is_signer=False, is_writable=True),
-            AccountMeta(SLOT_HASHES_SYSVAR, is_signer=False, is_writable=False),
-            AccountMeta(TOKEN_PROGRAM_ID, is_signer=False, is_writable=False),
+            AccountMeta(terms.verifier, True, False),
+            AccountMeta(a.job, False, True),
+            AccountMeta(a.vault, False, True),
+            AccountMeta(dest or token_account(paid, terms.mint), False, True),
+            AccountMeta(terms.consumer, False, True),
+            AccountMeta(a.worker_account, False, True),
+            AccountMeta(a.pair, False, True),
+            _SLOT_HASHES_RO,
+            _TOKEN_RO,
         ])
 
     def claim(self, terms: JobTerms, *, committed: bool, dest: Pubkey | None = None) -> Instruction:
@@ -369,12 +400,12 @@ class JobProgram:
         a = self.addresses(terms)
         paid = terms.worker if committed else terms.consumer
         return Instruction(self.program_id, struct.pack("<B7x", _IX_CLAIM), [
-            AccountMeta(a.job, is_signer=False, is_writable=True),
-            AccountMeta(a.vault, is_signer=False, is_writable=True),
-            AccountMeta(dest or token_account(paid, terms.mint), is_signer=False, is_writable=True),
-            AccountMeta(terms.consumer, is_signer=False, is_writable=True),
-            AccountMeta(a.worker_account, is_signer=False, is_writable=True),
-            AccountMeta(TOKEN_PROGRAM_ID, is_signer=False, is_writable=False),
+            AccountMeta(a.job, False, True),
+            AccountMeta(a.vault, False, True),
+            AccountMeta(dest or token_account(paid, terms.mint), False, True),
+            AccountMeta(terms.consumer, False, True),
+            AccountMeta(a.worker_account, False, True),
+            _TOKEN_RO,
         ])
 
     # -- reading --------------------------------------------------------------------------------
@@ -416,6 +447,10 @@ def _worker_address(program_id: Pubkey, worker: Pubkey) -> tuple[Pubkey, int]:
     return Pubkey.find_program_address([b"worker", bytes(worker)], program_id)
 
 
+_MAX_ADDRESSES_BY_ID: Final = 4_096
+_ADDRESSES_BY_ID: dict[int, tuple[JobTerms, JobProgram, JobAddresses]] = {}
+
+
 @lru_cache(maxsize=4_096)
 def _addresses(program: JobProgram, terms: JobTerms) -> JobAddresses:
     job, job_bump = program.job_address(terms.consumer, terms.job_id)
@@ -446,10 +481,13 @@ def token_account(owner: Pubkey, mint: Pubkey) -> Pubkey:
 def job_settlement(logs: Sequence[str]) -> Settlement | None:
     """How a transaction's logs say a job ended (the program logs ``pocv: PASSED`` etc.)."""
     for line in logs:
-        for s in SETTLEMENTS:
-            if line == f"Program log: pocv: {s}":
-                return s
+        s = _SETTLEMENT_LOGS.get(line)
+        if s is not None:
+            return s
     return None
+
+
+_SETTLEMENT_LOGS: Final[dict[str, Settlement]] = {f"Program log: pocv: {s}": s for s in SETTLEMENTS}
 
 
 # -- sending -------------------------------------------------------------------------------------
