@@ -95,7 +95,8 @@ def test_unwanted_leaves_inside_the_size_bound_are_refused_before_their_bytes(jo
 def test_a_sparse_file_claiming_the_global_proof_limit_is_refused_by_size(job, tmp_path: Path) -> None:
     prover, v, c, ch = job
     honest = prover.respond(ch)
-    head = honest.to_bytes()[: -4 - 32 * len(honest.proof)]  # everything up to the proof count
+    # everything up to the proof count (the leaf values follow the proof)
+    head = honest.to_bytes()[: -4 - 32 * len(honest.proof) - 4 - 40 * len(honest.values) - 96]
     path = tmp_path / "sparse.pocv"
     with path.open("wb") as f:
         f.write(head + struct.pack("<I", MAX_PROOF_HASHES))
@@ -109,10 +110,10 @@ def test_a_sparse_file_claiming_the_global_proof_limit_is_refused_by_size(job, t
 def test_a_proof_count_other_than_the_exact_multiproof_is_bad_proof(job) -> None:
     prover, v, c, ch = job
     honest = prover.respond(ch)
-    need = multiproof_size(list(honest.states), c.tree_size)
+    need = multiproof_size(honest.opened(), c.tree_size)
     assert len(honest.proof) == need
     shorter = Response(job_id=c.job_id, root=c.root, tree_size=c.tree_size, indices=ch.indices,
-                       states=honest.states, proof=honest.proof[:-1])
+                       states=honest.states, values=honest.values, proof=honest.proof[:-1])
     verdict = v.check(c, ch, shorter.to_bytes())
     assert {o.reason for o in verdict.outcomes} == {"BAD_PROOF"}
     assert f"expected {need} hashes" in verdict.outcomes[0].detail
@@ -130,9 +131,10 @@ def test_other_indices_are_refused_before_any_state(job) -> None:
 
 def test_the_size_bound_is_the_largest_honest_answer(job) -> None:
     prover, _, c, ch = job
-    honest = prover.respond(ch)
+    honest = prover.respond(ch)  # s_i by value: smaller than the bound
+    whole = prover.respond(ch, whole=True)  # every leaf whole: the largest honest answer
     e = Expected(job_id=c.job_id, root=c.root, tree_size=c.tree_size, state_bytes=STATE, indices=ch.indices)
-    assert len(honest.to_bytes()) <= e.max_bundle_bytes() < len(honest.to_bytes()) + 64 * 32
+    assert len(honest.to_bytes()) < len(whole.to_bytes()) <= e.max_bundle_bytes() < len(whole.to_bytes()) + 64 * 32
 
 
 _RSS_PROBE = """
@@ -174,7 +176,7 @@ def test_peak_rss_of_the_verifier_on_the_worst_bundles(tmp_path: Path) -> None:
     fat = Response(job_id=c.job_id, root=c.root, tree_size=c.tree_size, indices=ch.indices, states=states,
                    proof=tuple(proof))
     (tmp_path / "fat.pocv").write_bytes(fat.to_bytes())
-    head = honest.to_bytes()[: -4 - 32 * len(honest.proof) - 96]
+    head = honest.to_bytes()[: -4 - 32 * len(honest.proof) - 4 - 40 * len(honest.values) - 96]
     with (tmp_path / "sparse.pocv").open("wb") as f:
         f.write(head + struct.pack("<I", MAX_PROOF_HASHES))
         f.truncate(len(head) + 4 + 32 * MAX_PROOF_HASHES + 96)

@@ -53,7 +53,10 @@ def test_every_step_checked_when_k_covers_all(honest, verifier_key) -> None:
 @pytest.mark.parametrize(("name", "fake", "at", "reason"), [
     ("replay", replay, 17, "MISMATCH"),
     ("flip-one-byte", flip_one, 17, "MISMATCH"),
-    ("wrong-dtype", widen_dtype, SMALL.steps, "BAD_STATE"),  # last step: the kernel cannot go on from int16
+    # last step: the kernel cannot go on from int16. Opened by its leaf value (s_40 of an exact
+    # kernel), the verifier sees only that its own s_40 has another digest; opened whole, that the
+    # state is not one of this job's schema
+    ("wrong-dtype", widen_dtype, SMALL.steps, "MISMATCH"),
 ])
 def test_one_cheated_step_is_caught_when_challenged(tmp_path, verifier_key, name, fake, at, reason) -> None:
     cheat = StepCheater(trace_dir=tmp_path / "t", key=Keypair(), checkpoint_every=8,
@@ -67,6 +70,9 @@ def test_one_cheated_step_is_caught_when_challenged(tmp_path, verifier_key, name
     with pytest.raises(VerificationFailed, match="FAIL") as e:
         v.verify(c, ch, resp)
     assert e.value.verdict == verdict
+    if name == "wrong-dtype":
+        whole = v.check(c, ch, cheat.respond(ch, whole=True))
+        assert [(o.index, o.reason) for o in whole.failures][:1] == [(at, "BAD_STATE")]
 
 
 def test_refusal_is_a_fail(honest, verifier_key) -> None:
@@ -87,8 +93,9 @@ def test_partial_answer_marks_missing_steps(honest, verifier_key) -> None:
     store = TraceStore.open(prover.trace_dir)
     leaves = store.read_leaves()
     states = {j: s for j, s in resp.states.items() if j in keep}
+    values = {j: s for j, s in resp.values.items() if j in keep}
     r2 = Response(job_id=resp.job_id, root=resp.root, tree_size=resp.tree_size, indices=resp.indices,
-                  states=states, proof=tuple(MerkleTree(leaves).multiproof(sorted(states))))
+                  states=states, values=values, proof=tuple(MerkleTree(leaves).multiproof(sorted({*states, *values}))))
     verdict = v.check(c, ch, r2)
     reasons = {o.index: o.reason for o in verdict.outcomes}
     assert reasons[dropped] == "MISSING"

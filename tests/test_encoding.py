@@ -10,24 +10,32 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from blake3 import blake3
 from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from pocv.encoding import (
+    CHUNK_BYTES,
     DTYPE_CODES,
+    FORMAT_VERSION,
     MAGIC,
     MAX_TENSORS,
+    STATE_TREE_VERSION,
+    ChunkLayout,
     decode_state,
     digest_encoded,
     encode_state,
     state_digest,
+    state_schema,
 )
 from pocv.errors import EncodingError, LimitExceeded, MalformedError
 
 VECTORS = Path(__file__).parent / "vectors"
 sys.path.insert(0, str(VECTORS))
 from make_encoding_vectors import build  # noqa: E402
+
+from tests.state_tree_ref import naive_state_root  # noqa: E402
 
 ALL_DTYPES = ["bool", "uint8", "int8", "int16", "int32", "int64", "float16", "bfloat16", "float32", "float64"]
 
@@ -39,10 +47,23 @@ def _vectors() -> list[dict]:
 @pytest.mark.parametrize("vec", _vectors(), ids=lambda v: v["name"])
 def test_vectors_on_file(vec: dict) -> None:
     state = build(vec)
-    assert encode_state(state).hex() == vec["encoding"]
+    data = encode_state(state)
+    if "encoding" in vec:
+        assert data.hex() == vec["encoding"]
+    else:  # a multi-chunk vector: its bytes are pinned by their BLAKE3
+        assert blake3(data).hexdigest() == vec["encoding_blake3"]
     assert state_digest(state).hex() == vec["digest"]
-    decoded = decode_state(bytes.fromhex(vec["encoding"]))
-    assert encode_state(decoded).hex() == vec["encoding"]
+    assert digest_encoded(data).hex() == vec["digest"]
+    assert naive_state_root(data).hex() == vec["digest"]  # the spec's definition, written out
+    assert ChunkLayout.from_schema(state_schema(state)).size == vec["subtree_leaves"]
+    assert encode_state(decode_state(data)) == data
+
+
+def test_vectors_file_names_the_formats() -> None:
+    head = json.loads((VECTORS / "encoding.json").read_text())
+    assert (head["format_version"], head["state_tree_version"], head["chunk_bytes"]) == (
+        FORMAT_VERSION, STATE_TREE_VERSION, CHUNK_BYTES)
+    assert max(v["subtree_leaves"] for v in head["vectors"]) > 3  # a vector spans several chunks
 
 
 def test_vectors_cover_every_dtype() -> None:

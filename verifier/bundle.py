@@ -1,22 +1,26 @@
 """The response bundle: a worker's answer to a challenge, as one self-contained binary file.
 
-Format 2 (all integers little-endian; no pickle, nothing executable)::
+Format 3 (all integers little-endian; no pickle, nothing executable)::
 
     magic        8 bytes  b"POCVRSP\\x00"
-    version      u16      2
+    version      u16      3
     flags        u16      0 (reserved; must be zero)
     job_id       32 bytes
     root         32 bytes
     tree_size    u64      steps + 1 (leaves s_0 .. s_steps)
     k            u32      number of challenged steps, 1..MAX_CHALLENGES
     indices      u64[k]   the challenged steps, strictly ascending, each in 1..steps
-    m            u32      number of opened states, 1..2k+1
+    m            u32      number of states opened whole, 0..2k+1
     m times:
       leaf       u64      leaf index, strictly ascending, in 0..steps
       length     u64      byte length of the state, <= MAX_STATE_BYTES
       state      bytes    canonical state encoding (pocv.encoding)
     p            u32      number of multiproof hashes, <= MAX_PROOF_HASHES
-    proof        p * 32 bytes, in pocv.merkle's multiproof order
+    proof        p * 32 bytes, in pocv.merkle's multiproof order, over every opened leaf
+    v            u32      number of leaves opened by their value alone, 0..2k+1-m
+    v times:
+      leaf       u64      leaf index, strictly ascending, in 0..steps, not opened whole
+      value      32 bytes the committed leaf value (the state digest)
     -- the body ends here; the trailer signs it --
     worker       32 bytes ed25519 public key of the worker (the commitment's)
     signature    64 bytes over BUNDLE_DOMAIN || BLAKE3(body)
@@ -26,8 +30,12 @@ The worker signs what it sends, so a relay that corrupts a bundle breaks the sig
 on a bundle that is not signed by the committing worker is a transport failure to retry, not
 evidence against the worker. The verdict names the digest of the body it judged.
 
-The opened leaves are ``{0} | {i-1, i for each challenged i}``: ``s_0`` is always opened so
-the verifier can check it against the one it derives from the spec. Every count and length is
+The opened leaves are ``{0} | {i-1, i for each challenged i}``, each either whole (its canonical
+bytes) or by its leaf value (docs/protocol.md §8): ``s_0`` is always opened so the verifier can
+check it against the one it derives from the spec (its value suffices: the verifier has
+``s_0`` itself); an honest worker opens ``s_{i-1}`` whole and, for an exact kernel, ``s_i`` by
+value (the verifier recomputes ``s_i`` and compares its digest), for a tolerance kernel whole
+(:func:`whole_leaves`). Every count and length is
 checked against a named limit and against the bytes actually left in the file before anything
 is allocated, so a bundle claiming 2^40 bytes is refused at once.
 
@@ -57,8 +65,8 @@ from pocv.limits import DIGEST_SIZE, MAX_CHALLENGES, MAX_STATE_BYTES, PUBKEY_SIZ
 from pocv.merkle import MAX_PROOF_HASHES, MAX_TREE_SIZE, multiproof_size
 
 MAGIC: Final = b"POCVRSP\x00"
-BUNDLE_VERSION: Final = 2
-BUNDLE_DOMAIN: Final = b"pocv bundle v2\x00"
+BUNDLE_VERSION: Final = 3
+BUNDLE_DOMAIN: Final = b"pocv bundle v3\x00"
 #: the signature trailer: worker public key and signature
 TRAILER_BYTES: Final = PUBKEY_SIZE + SIGNATURE_SIZE
 #: The largest bundle accepted: every challenged pair of states at the largest state size
@@ -86,7 +94,8 @@ class Expected:
         leaves = Response.opened_leaves(self.indices)
         header = len(MAGIC) + 4 + 32 + DIGEST_SIZE + 8 + 4 + 8 * k + 4 + 4
         states = len(leaves) * (16 + self.state_bytes)
-        return header + states + DIGEST_SIZE * multiproof_size(leaves, self.tree_size) + TRAILER_BYTES
+        return header + states + DIGEST_SIZE * multiproof_size(leaves, self.tree_size) + _values_bytes(len(leaves)) \
+            + TRAILER_BYTES
 
 
 def answer_bytes_bound(k: int, state_bytes: int, tree_size: int) -> int:
@@ -96,7 +105,23 @@ def answer_bytes_bound(k: int, state_bytes: int, tree_size: int) -> int:
     opened = min(2 * k + 1, tree_size)
     header = len(MAGIC) + 4 + 32 + DIGEST_SIZE + 8 + 4 + 8 * k + 4 + 4
     proof = DIGEST_SIZE * opened * max(1, (tree_size - 1).bit_length())
-    return header + opened * (16 + state_bytes) + proof + TRAILER_BYTES
+    return header + opened * (16 + state_bytes) + proof + _values_bytes(opened) + TRAILER_BYTES
+
+
+def _values_bytes(opened: int) -> int:
+    """The value section's size at most: its count and, at most, every opened leaf by value."""
+    return 4 + opened * (8 + DIGEST_SIZE)
+
+
+def whole_leaves(indices: tuple[int, ...] | list[int], exact: bool) -> set[int]:
+    """The leaves an honest worker opens whole in a response to ``indices`` (the rest of
+    :meth:`Response.opened_leaves` by value): ``s_{i-1}`` for each challenged ``i``, and ``s_i``
+    too unless the kernel is exact; never ``s_0``, which the verifier derives itself."""
+    out = {i - 1 for i in indices}
+    if not exact:
+        out |= set(indices)
+    out.discard(0)
+    return out
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -105,8 +130,10 @@ class Response:
     root: bytes
     tree_size: int
     indices: tuple[int, ...]
-    states: Mapping[int, bytes]  # leaf index -> canonical state bytes
-    proof: tuple[bytes, ...]
+    states: Mapping[int, bytes]  # leaf index -> canonical state bytes (opened whole)
+    proof: tuple[bytes, ...]  # the multiproof over every opened leaf (whole and by value)
+    #: leaf index -> committed leaf value, for leaves opened by value alone (not in ``states``)
+    values: Mapping[int, bytes] = dataclasses.field(default_factory=dict)
     #: the signing worker's public key and its signature of the body (zeros: unsigned)
     worker: bytes = bytes(PUBKEY_SIZE)
     signature: bytes = bytes(SIGNATURE_SIZE)
@@ -115,7 +142,25 @@ class Response:
         object.__setattr__(self, "indices", tuple(self.indices))
         object.__setattr__(self, "proof", tuple(self.proof))
         object.__setattr__(self, "states", MappingProxyType(dict(sorted(self.states.items()))))
+        object.__setattr__(self, "values", MappingProxyType(dict(sorted(self.values.items()))))
+        both = set(self.states) & set(self.values)
+        if both:
+            raise MalformedError(f"leaves opened both whole and by value: {sorted(both)[:8]}")
+        for j, v in self.values.items():
+            if len(v) != DIGEST_SIZE:
+                raise MalformedError(f"leaf value {j} has wrong size: expected {DIGEST_SIZE} bytes, got {len(v)}")
 
+    def opened(self) -> list[int]:
+        """Every leaf this response opens, whole or by value, ascending."""
+        return sorted({*self.states, *self.values})
+
+    def leaf_values(self) -> dict[int, bytes]:
+        """Every opened leaf's value: the digest of each whole state, and the values sent."""
+        from pocv.encoding import digest_encoded  # reason: encoding loads torch; light commands import bundle
+
+        out = {j: digest_encoded(data) for j, data in self.states.items()}
+        out.update(self.values)
+        return out
     @staticmethod
     def opened_leaves(indices: tuple[int, ...] | list[int]) -> list[int]:
         """The leaves a response to ``indices`` opens: 0 and i-1, i for each i."""
@@ -159,6 +204,9 @@ class Response:
             f.write(data)
         f.write(struct.pack("<I", len(self.proof)))
         f.write(b"".join(self.proof))
+        f.write(struct.pack("<I", len(self.values)))
+        for leaf, value in self.values.items():
+            f.write(struct.pack("<Q", leaf) + value)
 
     def to_bytes(self) -> bytes:
         buf = io.BytesIO()
@@ -305,8 +353,8 @@ def _parse(f: BinaryIO, size: int, expect: Expected | None = None) -> Response:
                                  f"got {i} after {prev}")
         prev = i
     m = r.u32("state count")
-    if not 1 <= m <= 2 * k + 1:
-        raise LimitExceeded(f"bundle state count must be in 1..{2 * k + 1} for {k} indices, got {m}")
+    if not 0 <= m <= 2 * k + 1:
+        raise LimitExceeded(f"bundle state count must be in 0..{2 * k + 1} for {k} indices, got {m}")
     states: dict[int, bytes] = {}
     last = -1
     for _ in range(m):
@@ -324,13 +372,37 @@ def _parse(f: BinaryIO, size: int, expect: Expected | None = None) -> Response:
     p = r.u32("proof length")
     if p > MAX_PROOF_HASHES:
         raise LimitExceeded(f"a multiproof has at most {MAX_PROOF_HASHES} hashes, bundle claims {p}")
-    if expect is not None:  # the exact size follows from the leaves opened: never read more
-        need = multiproof_size(list(states), tree_size)
-        if p != need:
-            raise ProofError(f"multiproof has wrong size: expected {need} hashes for the {len(states)} "
-                             f"opened leaves, got {p}")
+    if wanted is not None:  # bounded by the longest multiproof of the leaves the challenge opens
+        most = len(wanted) * max(1, (tree_size - 1).bit_length())
+        if p > most:
+            raise ProofError(f"multiproof has wrong size: expected at most {most} hashes for the {len(wanted)} "
+                             f"leaves the challenge opens, got {p}")
     raw = r.take(DIGEST_SIZE * p, "proof")
     proof = tuple(raw[j : j + DIGEST_SIZE] for j in range(0, len(raw), DIGEST_SIZE))
+    v = r.u32("leaf value count")
+    if not 0 <= v <= 2 * k + 1 - m:
+        raise LimitExceeded(f"bundle leaf value count must be in 0..{2 * k + 1 - m} for {k} indices and {m} whole "
+                            f"states, got {v}")
+    values: dict[int, bytes] = {}
+    last = -1
+    for _ in range(v):
+        leaf = r.u64("leaf index")
+        if not last < leaf < tree_size:
+            raise MalformedError(f"bundle leaf values must ascend strictly within 0..{tree_size - 1}; "
+                                 f"got {leaf} after {last}")
+        last = leaf
+        if leaf in states:
+            raise MalformedError(f"response opens leaf {leaf} both whole and by value")
+        if wanted is not None and leaf not in wanted:
+            raise MalformedError(f"response opens leaf {leaf}, which the challenge does not ask for")
+        values[leaf] = r.take(DIGEST_SIZE, f"value of leaf {leaf}")
+    if not states and not values:
+        raise MalformedError("bundle opens no leaf")
+    if expect is not None:  # the exact size follows from the leaves opened
+        need = multiproof_size([*states, *values], tree_size)
+        if p != need:
+            raise ProofError(f"multiproof has wrong size: expected {need} hashes for the {len(states) + len(values)} "
+                             f"opened leaves, got {p}")
     if r.left:
         raise MalformedError(f"bundle has {r.left} trailing bytes")
     digest = bytes(r.hash.digest())
@@ -338,6 +410,7 @@ def _parse(f: BinaryIO, size: int, expect: Expected | None = None) -> Response:
     if len(trailer) != TRAILER_BYTES:  # pragma: no cover - the file shrank while being read
         raise MalformedError("bundle truncated: no signature trailer")
     response = Response(job_id=job_id, root=root, tree_size=tree_size, indices=tuple(indices),
-                        states=states, proof=proof, worker=trailer[:PUBKEY_SIZE], signature=trailer[PUBKEY_SIZE:])
+                        states=states, proof=proof, values=values, worker=trailer[:PUBKEY_SIZE],
+                        signature=trailer[PUBKEY_SIZE:])
     object.__setattr__(response, "_digest", digest)  # computed while reading: saves a second pass
     return response

@@ -38,7 +38,7 @@ from blake3 import blake3
 from pocv.bundle import MAX_BUNDLE_BYTES, Expected, Response, answer_bytes_bound, probe_signature, signature_ok
 from pocv.challenge import derive_indices, detection_probability, sample_size
 from pocv.device import resolve_device
-from pocv.encoding import State, decode_state, digest_encoded, encoded_size, state_digest
+from pocv.encoding import State, decode_state, encoded_size, state_digest
 from pocv.errors import (
     EvidenceError,
     InputError,
@@ -46,11 +46,13 @@ from pocv.errors import (
     ProofError,
     ProviderMismatch,
     Reason,
+    SetupError,
     UnsignedResponse,
     VerificationFailed,
 )
+from pocv.jobs import JobSpec
 from pocv.kernels import kernel_for
-from pocv.kernels.base import Kernel
+from pocv.kernels.base import Comparison, Kernel
 from pocv.kernels.params import ArtifactSource, use_artifacts
 from pocv.keys import Signer, b58encode
 from pocv.limits import DEFAULT_CHEAT_FRACTION, DEFAULT_CONFIDENCE
@@ -103,6 +105,31 @@ class _Judged:
     def __init__(self) -> None:
         self.digest = bytes(32)
         self.signed = False
+
+
+def _judge_by_leaf(kernel: Kernel, prev: State, leaf: bytes, i: int, spec: JobSpec, device: str) -> Comparison:
+    """An exact kernel's step ``i`` opened by its leaf value: ``step(prev)`` must have the
+    committed digest ``leaf`` (docs/protocol.md §9 (8)). With judge's guarantees: ``prev`` is
+    checked against the schema first, and whatever the kernel raises on a hostile ``prev`` is a
+    bad state, never an exception (the verifier's own MemoryError and SetupError pass)."""
+    why = kernel.check_schema(prev, spec)
+    if why is not None:
+        return Comparison(False, f"state {i - 1}: {why}", bad_state=True)
+    try:
+        expected = kernel.step(prev, i, spec, device)
+        got = state_digest(expected)
+    except EvidenceError as e:
+        return Comparison(False, str(e), bad_state=True)
+    except (MemoryError, SetupError):
+        raise
+    except Exception as e:  # the engine's guarantee: a state that breaks the kernel is a FAIL
+        log.error("kernel %s@%s raised %s while recomputing step %d; judged as a bad state",
+                  kernel.name, kernel.version, type(e).__name__, i, exc_info=True)
+        return Comparison(False, f"the kernel cannot step from state {i - 1}: {type(e).__name__}", bad_state=True)
+    if got == leaf:
+        return Comparison(True)
+    return Comparison(False, f"the recomputed state {i} has digest {got.hex()[:16]}..., the committed leaf is "
+                             f"{bytes(leaf).hex()[:16]}...")
 
 
 class Verifier:
@@ -285,26 +312,29 @@ class Verifier:
             return all_fail(Reason.WRONG_JOB, "response is for another job id, root or tree size")
         if response.indices != indices:
             return all_fail(Reason.WRONG_JOB, "response answers other indices than the challenge")
-        # (5) the opened set
+        # (5) the opened set: every leaf whole or by value, nothing the challenge does not open
         want = set(Response.opened_leaves(list(indices)))
-        have = set(response.states)
+        have = set(response.opened())
         if have - want:
             return all_fail(Reason.MALFORMED,
                             f"response opens leaves that were not asked for: {sorted(have - want)[:8]}")
         if 0 not in have:
             return all_fail(Reason.MISSING, "response does not open s_0")
-        # (6) the multiproof over what was opened
-        digests = {j: digest_encoded(data) for j, data in response.states.items()}
+        # (6) the multiproof over what was opened: whole states by their digest, the rest by value
+        digests = response.leaf_values()
         try:
             verify_multiproof(commitment.root, commitment.tree_size, digests, response.proof)
         except EvidenceError as e:  # ProofError, or a proof over a named limit
             return all_fail(Reason.BAD_PROOF, str(e))
-        # (7) s_0 re-derived from the spec
+        # (7) s_0 re-derived from the spec (the verifier's own s_0 is the one steps start from)
         s0 = kernel.init_state(spec, self.device)
         if state_digest(s0) != digests[0]:
             return all_fail(Reason.BAD_INIT, "opened s_0 is not the state the spec derives")
+        exact = kernel.mode == "exact"
         # (8) recompute the challenged steps: one step at a time (progress per step), or, for a
-        # kernel whose check amortizes over steps (its own verify_steps), all of them at once
+        # kernel whose check amortizes over steps (its own verify_steps), all of them at once.
+        # s_(i-1) must be opened whole (s_0: the verifier's own); s_i whole, or by its leaf value
+        # for an exact kernel: then the verifier's s_i must have the committed digest
         outcomes: dict[int, Outcome] = {}
         batched = type(kernel).verify_steps is not Kernel.verify_steps
         groups = [list(indices)] if batched else [[i] for i in indices]
@@ -312,11 +342,23 @@ class Verifier:
         for group in groups:
             items: list[tuple[State, State, int]] = []
             for i in group:
-                if i - 1 not in response.states or i not in response.states:
-                    outcomes[i] = Outcome(i, Reason.MISSING, f"states {i - 1} and {i} must both be opened")
+                if (i - 1 not in response.states and i - 1 != 0) or i not in have:
+                    outcomes[i] = Outcome(i, Reason.MISSING, f"state {i - 1} must be opened whole and state {i} "
+                                                             "opened")
+                    continue
+                if i not in response.states and not exact:
+                    outcomes[i] = Outcome(i, Reason.MISSING, f"state {i} of a tolerance kernel must be opened whole")
                     continue
                 try:
-                    items.append((decode_state(response.states[i - 1]), decode_state(response.states[i]), i))
+                    prev = decode_state(response.states[i - 1]) if i - 1 in response.states else s0
+                    if i not in response.states:
+                        with warnings.catch_warnings(), np.errstate(all="ignore"):
+                            warnings.simplefilter("ignore", RuntimeWarning)
+                            r = _judge_by_leaf(kernel, prev, digests[i], i, spec, self.device)
+                        outcomes[i] = Outcome(i, Reason.OK, r.detail) if r.ok else Outcome(
+                            i, Reason.BAD_STATE if r.bad_state else Reason.MISMATCH, r.detail)
+                        continue
+                    items.append((prev, decode_state(response.states[i]), i))
                 except EvidenceError as e:
                     outcomes[i] = Outcome(i, Reason.BAD_STATE, str(e))
             with warnings.catch_warnings(), np.errstate(all="ignore"):  # a hostile NaN is judged, not printed

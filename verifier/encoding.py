@@ -1,7 +1,7 @@
-"""Canonical bytes of tensors and states, and the BLAKE3 digest of a state.
+"""Canonical bytes of tensors and states, and the state digest: the root of a state's subtree.
 
 A *state* is a mapping of names to tensors (torch or numpy). Its canonical encoding
-(format version 1) is::
+(format version 1, unchanged by the state commitment format 2)::
 
     b"PCVS" | version u8 (=1) | count u16
     then, for each tensor in ascending order of its UTF-8 name:
@@ -13,49 +13,76 @@ All integers are little-endian. There is exactly one encoding per state: the byt
 depend on the device, strides, memory layout or the order the mapping was built in, and the
 decoder refuses anything that is not canonical (unsorted or duplicate names, trailing bytes).
 
-The state digest is BLAKE3 in ``derive_key`` mode with context :data:`STATE_CONTEXT` over
-those bytes, fed piece by piece so the tensor data is never copied.
+The state digest (state commitment format :data:`STATE_TREE_VERSION` = 2, docs/protocol.md
+§4.1) is the root of a Merkle subtree over those bytes, so that a state can be opened in parts:
+
+    leaf 0       H_keyed(K_HEADER, u8 STATE_TREE_VERSION | u32 CHUNK_BYTES | header bytes)
+                 (header bytes: the canonical encoding with every tensor's data left out)
+    leaf 1 + c   H_keyed(K_CHUNK, chunk c)   each tensor's data in CHUNK_BYTES pieces, in
+                 canonical order (a tensor's last chunk may be shorter; chunks never span tensors)
+    node         H_keyed(K_STATE_NODE, l || r), the RFC 6962 shape (pocv.merkle.keyed_root)
+
+with the three keys derived from their own contexts, distinct from the job tree's leaf and node
+keys (pocv.merkle). The subtree's shape follows from the schema alone (:class:`ChunkLayout`).
 """
 
 from __future__ import annotations
 
 import ctypes
+import os
 import re
 import struct
 import sys
+import threading
 from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any, Final
 
 import numpy as np
 import torch
 from blake3 import blake3
 
-from pocv.errors import EncodingError, LimitExceeded, MalformedError
-from pocv.limits import MAX_STATE_BYTES
+from pocv.errors import EncodingError, LimitExceeded, MalformedError, ProofError
+from pocv.limits import DIGEST_SIZE, MAX_STATE_BYTES
+from pocv.merkle import keyed_fold, keyed_levels, keyed_proof, keyed_root
 
 if sys.byteorder != "little":  # pragma: no cover - every supported host is little-endian
     raise ImportError("pocv's zero-copy encoding assumes a little-endian host")
 
 FORMAT_VERSION: Final = 1
 MAGIC: Final = b"PCVS"
-STATE_CONTEXT: Final = "pocv 2026-11 state digest v1"
+#: How a state's canonical bytes are committed (1: one BLAKE3 derive_key hash over them;
+#: 2: the subtree of header and chunk leaves, docs/protocol.md §4.1). The canonical bytes
+#: (FORMAT_VERSION) did not change with it.
+STATE_TREE_VERSION: Final = 2
+#: Bytes of tensor data per chunk leaf. 256 KiB: chunk hashing runs at 0.88x the speed of raw
+#: one-thread BLAKE3 on a 1 MiB tensor (16 KiB chunks: 0.55x, 64 KiB: 0.72x; per-call and fold
+#: costs dominate below), and a sampled chunk costs 256 KiB + 32 bytes per level of its proof
+#: (docs/protocol.md §4.1, figures).
+CHUNK_BYTES: Final = 256 << 10
+HEADER_KEY_CONTEXT: Final = "pocv 2026-11 state header v2"
+CHUNK_KEY_CONTEXT: Final = "pocv 2026-11 state chunk v2"
+STATE_NODE_KEY_CONTEXT: Final = "pocv 2026-11 state node v2"
+#: context of the digest of bytes that are not a canonical encoding (never a state's root)
+STATE_CONTEXT: Final = "pocv 2026-11 state bytes v2"
+#: BLAKE3 keys of the subtree's header leaf, chunk leaves and inner nodes
+K_HEADER: Final[bytes] = blake3(b"", derive_key_context=HEADER_KEY_CONTEXT).digest()
+K_CHUNK: Final[bytes] = blake3(b"", derive_key_context=CHUNK_KEY_CONTEXT).digest()
+K_STATE_NODE: Final[bytes] = blake3(b"", derive_key_context=STATE_NODE_KEY_CONTEXT).digest()
+_HEADER_PREFIX: Final = struct.pack("<BI", STATE_TREE_VERSION, CHUNK_BYTES)
+#: threads that hash one large state's chunks
+_MAX_HASH_THREADS: Final = 4
 
 #: Limits a hostile encoding cannot exceed (checked before anything is allocated).
 MAX_TENSORS: Final = 256  # named tensors in one state
 MAX_NDIM: Final = 8  # dimensions of one tensor
 MAX_NAME_BYTES: Final = 64  # UTF-8 bytes of one name
-#: Hash with all cores only from this piece size up. On an idle 2-core host blake3.AUTO wins from
-#: 256 KiB (bench/REPORT.md, hashing), but the prover hashes right after a torch step, while torch's
-#: OpenMP threads still spin: measured there, a 4 MiB state took 1.00 ms on one thread and 1.21 ms
-#: with blake3.AUTO from 1 MiB pieces (gemm-fp32: 0.86 vs 1.00 ms), so threads start at 16 MiB.
+#: Hash chunks on several threads only from this much tensor data up. The prover hashes right
+#: after a torch step, while torch's OpenMP threads still spin: measured there (format 1), a 4 MiB
+#: state took 1.00 ms on one thread and 1.21 ms with all cores, so threads start at 16 MiB.
 _THREADED_HASH_BYTES: Final = 16 << 20
 
-#: States up to this size are joined into one buffer before hashing (a copy costs less than
-#: more update calls); larger ones are fed in place from 8 KiB-aligned stream offsets
-#: (_update_aligned), so the header does not put BLAKE3's subtrees out of alignment.
-_JOIN_BYTES: Final = 16 << 10
-#: a derive_key hasher copied per digest (deriving the context key anew costs more)
-_DERIVE: Final = blake3(derive_key_context=STATE_CONTEXT, max_threads=1)
 #: canonical bytes are little-endian: a tensor's memory is its encoding only on such a host
 _LITTLE_ENDIAN: Final = sys.byteorder == "little"
 
@@ -152,7 +179,7 @@ class _Layout:
     data (the first with the magic and count), ``tail`` those after the last data.
     """
 
-    __slots__ = ("heads", "items", "one", "raw", "tail", "total")
+    __slots__ = ("header_leaf", "heads", "items", "one", "raw", "tail", "total")
 
     def __init__(self, state: State) -> None:
         pieces = list(_pieces(state))  # validates names, count, dims (raises as the slow path does)
@@ -171,6 +198,7 @@ class _Layout:
                 pending = b""
         self.heads = tuple(heads)
         self.tail = pending
+        self.header_leaf = _header_leaf(b"".join(p for p in pieces if isinstance(p, bytes)))
         items: list[tuple[str, object, tuple[int, ...], bool, bool]] = []
         for name in sorted(state, key=lambda k: k.encode()):
             t = state[name]
@@ -294,91 +322,339 @@ def encoded_pieces(state: State) -> list[bytes | memoryview]:
     return pieces
 
 
+def _header_leaf(header: bytes | bytearray) -> bytes:
+    """The header leaf of a state's subtree: keyed with K_HEADER over the commitment format
+    (:data:`STATE_TREE_VERSION`, :data:`CHUNK_BYTES`) and the canonical bytes without data."""
+    return bytes(blake3(_HEADER_PREFIX + bytes(header), key=K_HEADER).digest())
+
+
+def chunk_leaf(data: bytes | bytearray | memoryview) -> bytes:
+    """The leaf hash of one chunk of tensor data: BLAKE3 keyed with :data:`K_CHUNK`."""
+    return bytes(blake3(data, key=K_CHUNK).digest())
+
+
+def _chunk_slices(datas: Sequence[memoryview]) -> list[memoryview]:
+    """Each tensor's data cut into CHUNK_BYTES pieces (the last of a tensor may be shorter)."""
+    out: list[memoryview] = []
+    for d in datas:
+        n = d.nbytes
+        out.extend(d[o : o + CHUNK_BYTES] for o in range(0, n, CHUNK_BYTES))
+    return out
+
+
+_chunk_pool: ThreadPoolExecutor | None = None
+_chunk_pool_lock = threading.Lock()
+
+
+def _pool() -> ThreadPoolExecutor | None:
+    """Threads that hash the chunks of a large state (BLAKE3 releases the GIL), made on first
+    use where there is more than one core."""
+    global _chunk_pool
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if cores < 2:
+        return None
+    if _chunk_pool is None:
+        with _chunk_pool_lock:
+            if _chunk_pool is None:
+                _chunk_pool = ThreadPoolExecutor(max_workers=min(cores, _MAX_HASH_THREADS),
+                                                 thread_name_prefix="pocv-chunks")
+    return _chunk_pool
+
+
+def _forget_pool_after_fork() -> None:
+    global _chunk_pool, _chunk_pool_lock
+    _chunk_pool, _chunk_pool_lock = None, threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_pool_after_fork)
+
+
+#: keyed hashers copied per hash (a copy costs less than deriving a hasher from the key anew)
+_CHUNK_HASHER: Final = blake3(key=K_CHUNK, max_threads=1)
+_NODE_HASHER: Final = blake3(key=K_STATE_NODE, max_threads=1)
+
+
+def _hash_group(chunks: Sequence[memoryview]) -> list[bytes]:
+    out = []
+    for c in chunks:
+        h = _CHUNK_HASHER.copy()
+        h.update(c)
+        out.append(h.digest())
+    return out
+
+
+def _chunk_leaves(datas: Sequence[memoryview]) -> list[bytes]:
+    """The chunk leaf hashes of the tensors' data, in order: on several threads (contiguous runs
+    of chunks each) from :data:`_THREADED_HASH_BYTES` of data."""
+    chunks = _chunk_slices(datas)
+    total = sum(d.nbytes for d in datas)
+    pool = _pool() if total >= _THREADED_HASH_BYTES else None
+    if pool is None or len(chunks) < 2:
+        return _hash_group(chunks)
+    groups = min(len(chunks), pool._max_workers)
+    step = -(-len(chunks) // groups)
+    parts = list(pool.map(_hash_group, [chunks[j : j + step] for j in range(0, len(chunks), step)]))
+    return [h for part in parts for h in part]
+
+
+def _root(header_leaf: bytes, datas: Sequence[memoryview]) -> bytes:
+    """The root of the subtree over the header leaf and the chunks of ``datas``."""
+    if len(datas) == 1 and datas[0].nbytes <= CHUNK_BYTES:  # one chunk: one node over two leaves
+        h = _CHUNK_HASHER.copy()
+        h.update(datas[0])
+        node = _NODE_HASHER.copy()
+        node.update(header_leaf + h.digest())
+        return bytes(node.digest())
+    return keyed_root([header_leaf, *_chunk_leaves(datas)], K_STATE_NODE)
+
+
 def state_digest(state: State) -> bytes:
-    """BLAKE3 (derive_key mode, :data:`STATE_CONTEXT`) of the canonical encoding of ``state``.
+    """The root of the state's subtree (docs/protocol.md §4.1): a header leaf over its schema and
+    a leaf per CHUNK_BYTES of each tensor's data, in canonical order.
 
     A state of a schema seen before (the common case: every step of a job has one schema) is
-    hashed from a cached hasher that has already absorbed the leading header, one ``update``
-    per tensor, so a small state costs little more than BLAKE3 on its bytes.
+    hashed with its header leaf cached, reading the tensors' memory in place, so a small state
+    costs little more than BLAKE3 on its bytes.
     """
     lay = _LAYOUTS.get(tuple(state))
     if lay is not None and lay.one is not None:  # one tensor, small: the tightest path
-        name, dt, shape, head, tail = lay.one
+        name, dt, shape, _head, _tail = lay.one
         t = state[name]
         if type(t) is torch.Tensor:
             # the tensor's bytes read in place (a C array at its data pointer: cheaper than
-            # .numpy()), joined to the cached header at once while ``t`` is alive; only for a
-            # contiguous CPU tensor of the cached dtype and shape on a little-endian host
+            # .numpy()), hashed at once while ``t`` is alive; only for a contiguous CPU tensor of
+            # the cached dtype and shape on a little-endian host
             if _LITTLE_ENDIAN and t.dtype is dt and t.shape == shape and t.is_cpu and t.is_contiguous() \
                     and not t.is_neg():  # a lazily negated view (torch._neg_view) is not its bytes
                 data = lay.raw.from_address(t.data_ptr())
-                h = _DERIVE.copy()
-                if lay.total <= _JOIN_BYTES:
-                    h.update(b"".join((head, data, tail)))
-                else:  # the header and the data's first bytes up to an 8 KiB stream offset, joined;
-                    # the rest in place (as _update_aligned does)
-                    view = memoryview(data).cast("B")
-                    fill = -len(head) % _ALIGN_STREAM
-                    h.update(b"".join((head, view[:fill])))
-                    h.update(view[fill:])
-                    h.update(tail)
-                return h.digest()
-        elif type(t) is np.ndarray and t.dtype == dt and t.shape == shape:
-            try:
-                h = _DERIVE.copy()
-                h.update(b"".join((head, t, tail)))  # type: ignore[arg-type]
-                return h.digest()
-            except TypeError:  # strided: the general path copies it
-                pass
+                return _root(lay.header_leaf, [memoryview(data).cast("B")])
+        elif type(t) is np.ndarray and t.dtype == dt and t.shape == shape and t.flags.c_contiguous:
+            arr: Any = t if t.shape else t.reshape(1)
+            return _root(lay.header_leaf, [memoryview(arr).cast("B")])
     fast = _fast_parts(state)
     if fast is not None:
         lay, parts = fast
-        if lay.total <= _JOIN_BYTES:
-            # one contiguous update: BLAKE3 hashes whole 1 KiB chunks in parallel only when the
-            # stream is chunk-aligned, and a header before the data puts it off by a few bytes;
-            # for a small state the copy costs less than the misalignment
-            try:
-                joined = b"".join(parts)
-            except TypeError:  # a strided tensor: the general path copies it
-                pass
-            else:
-                h = _DERIVE.copy()
-                h.update(joined)
-                return bytes(h.digest())
-        elif lay.total < _THREADED_HASH_BYTES:
-            pieces = _as_bytes(parts)
-            if pieces is not None:
-                h = _DERIVE.copy()
-                _update_aligned(h, pieces)
-                return bytes(h.digest())
+        pieces = _as_bytes(parts)
+        if pieces is not None:  # [head, data, head, data, ..., tail]
+            return _root(lay.header_leaf, [p for p in pieces[1:-1:2] if isinstance(p, memoryview)])
     pieces = list(_pieces(state))
     total = sum(len(p) if isinstance(p, bytes) else p.nbytes for p in pieces)
     if total > MAX_STATE_BYTES:
         raise LimitExceeded(f"an encoded state is at most {MAX_STATE_BYTES} bytes, got {total}")
-    largest = max((p.nbytes for p in pieces if isinstance(p, memoryview)), default=0)
-    threads = blake3.AUTO if largest >= _THREADED_HASH_BYTES else 1
-    h = blake3(derive_key_context=STATE_CONTEXT, max_threads=threads)
-    _update_aligned(h, pieces)
+    header = b"".join(p for p in pieces if isinstance(p, bytes))
+    datas = [p for p in pieces if isinstance(p, memoryview)]
     if fast is None:
         _remember(state)
-    return bytes(h.digest())
+    return _root(_header_leaf(header), datas)
+
+
+class _Stream:
+    """Canonical bytes given as pieces, read front to back without copying tensor data."""
+
+    def __init__(self, pieces: Sequence[bytes | bytearray | memoryview]) -> None:
+        self.views = [v for v in (memoryview(p).cast("B") for p in pieces) if v.nbytes]
+        self.left = sum(v.nbytes for v in self.views)
+        self.i = 0
+        self.off = 0
+
+    def take(self, n: int) -> list[memoryview] | None:
+        """The next ``n`` bytes as views of the pieces they lie in; None if fewer are left."""
+        if n > self.left:
+            return None
+        out: list[memoryview] = []
+        self.left -= n
+        while n:
+            v = self.views[self.i]
+            k = min(n, v.nbytes - self.off)
+            out.append(v[self.off : self.off + k])
+            n -= k
+            self.off += k
+            if self.off == v.nbytes:
+                self.i, self.off = self.i + 1, 0
+        return out
+
+    def bytes(self, n: int) -> bytes | None:
+        segs = self.take(n)
+        return None if segs is None else b"".join(segs)
+
+
+def _split(pieces: Sequence[bytes | bytearray | memoryview]) -> tuple[bytes, list[memoryview]] | None:
+    """(header bytes, each non-empty tensor's data) of canonical bytes given as pieces, or None
+    if they do not have the canonical structure (magic, version, counts, lengths within the
+    limits, no trailing bytes). Names, their order and bool bytes are the decoder's to check:
+    the digest is over exactly these bytes either way."""
+    s = _Stream(pieces)
+    if s.left > MAX_STATE_BYTES:
+        return None
+    head = s.bytes(7)
+    if head is None or head[:4] != MAGIC or head[4] != FORMAT_VERSION:
+        return None
+    (count,) = struct.unpack("<H", head[5:])
+    if count > MAX_TENSORS:
+        return None
+    header = [head]
+    datas: list[memoryview] = []
+    for _ in range(count):
+        name_len = s.bytes(1)
+        if name_len is None or not 1 <= name_len[0] <= MAX_NAME_BYTES:
+            return None
+        rest = s.bytes(name_len[0] + 2)
+        if rest is None or rest[-2] not in _BY_CODE or rest[-1] > MAX_NDIM:
+            return None
+        dims_raw = s.bytes(8 * rest[-1])
+        if dims_raw is None:
+            return None
+        header += [name_len, rest, dims_raw]
+        extent = _DTYPES[_BY_CODE[rest[-2]]][3]
+        for d in struct.unpack(f"<{rest[-1]}Q", dims_raw):
+            extent *= max(d, 1)
+            if extent > MAX_STATE_BYTES:
+                return None
+        nbytes = 0 if 0 in struct.unpack(f"<{rest[-1]}Q", dims_raw) else extent
+        if nbytes:
+            segs = s.take(nbytes)
+            if segs is None:
+                return None
+            datas.append(segs[0] if len(segs) == 1 else memoryview(b"".join(segs)))
+    if s.left:
+        return None
+    return b"".join(header), datas
+
+
+def digest_pieces(pieces: Sequence[bytes | bytearray | memoryview]) -> bytes:
+    """The state digest of canonical bytes given as pieces (:func:`encoded_pieces`), hashed in
+    place (a tensor's data is copied only where it spans pieces).
+
+    Bytes that are not a canonical encoding have a digest too, in a domain of their own
+    (BLAKE3 derive_key with :data:`STATE_CONTEXT`), which no state's subtree root can equal
+    without a BLAKE3 collision: such bytes never open a leaf that a state committed.
+    """
+    split = _split(pieces)
+    if split is None:
+        h = blake3(derive_key_context=STATE_CONTEXT)
+        _update_aligned(h, [memoryview(p).cast("B") for p in pieces])  # any buffer, as bytes
+        return bytes(h.digest())
+    header, datas = split
+    return _root(_header_leaf(header), datas)
 
 
 def digest_encoded(data: bytes | bytearray | memoryview) -> bytes:
-    """The state digest of already-canonical bytes (equal to ``state_digest(decode_state(data))``)."""
-    mv = memoryview(data)
-    threads = blake3.AUTO if mv.nbytes >= _THREADED_HASH_BYTES else 1
-    return bytes(blake3(mv, derive_key_context=STATE_CONTEXT, max_threads=threads).digest())
+    """The state digest of already-canonical bytes (equal to ``state_digest(decode_state(data))``;
+    see :func:`digest_pieces` for bytes that are not canonical)."""
+    return digest_pieces([data])
 
 
-def digest_pieces(pieces: Sequence[bytes | memoryview]) -> bytes:
-    """The state digest of canonical bytes given as pieces (:func:`encoded_pieces`), hashed in
-    place: on all cores when a piece reaches 16 MiB, as :func:`state_digest` does."""
-    largest = max((p.nbytes if isinstance(p, memoryview) else len(p) for p in pieces), default=0)
-    h = _DERIVE.copy() if largest < _THREADED_HASH_BYTES else blake3(derive_key_context=STATE_CONTEXT,
-                                                                      max_threads=blake3.AUTO)
-    _update_aligned(h, pieces)
-    return bytes(h.digest())
+# -- the subtree of one state, opened in chunks (docs/protocol.md §4.1) ------------------------
+
+
+def _header_of(schema: Mapping[str, tuple[str, tuple[int, ...]]]) -> tuple[bytes, list[tuple[str, int]]]:
+    """(header bytes, (name, data bytes) of each tensor in canonical order) of a schema."""
+    if len(schema) > MAX_TENSORS:
+        raise LimitExceeded(f"a state holds at most {MAX_TENSORS} tensors, got {len(schema)}")
+    items = sorted((_check_name(k), k, v) for k, v in schema.items())
+    out = [MAGIC + struct.pack("<BH", FORMAT_VERSION, len(items))]
+    sizes: list[tuple[str, int]] = []
+    for bname, name, (dname, shape) in items:
+        if dname not in _DTYPES:
+            raise EncodingError(f"dtype {dname!r} has no canonical encoding; expected one of {sorted(_DTYPES)}")
+        if len(shape) > MAX_NDIM:
+            raise LimitExceeded(f"a tensor has at most {MAX_NDIM} dimensions, got {len(shape)}")
+        out.append(struct.pack("<B", len(bname)) + bname
+                   + struct.pack(f"<BB{len(shape)}Q", DTYPE_CODES[dname], len(shape), *shape))
+        count = 1
+        for d in shape:
+            count *= int(d)
+        sizes.append((name, count * _DTYPES[dname][3]))
+    return b"".join(out), sizes
+
+
+@dataclass(frozen=True)
+class ChunkLayout:
+    """The subtree shape shared by every state of one schema: its header bytes and, for each
+    chunk (leaf ``c + 1`` of the subtree), the tensor it belongs to and where it lies in the
+    canonical encoding. Built from the schema alone, so a verifier knows it before any byte of
+    a state arrives."""
+
+    header: bytes
+    #: (tensor name, offset in the canonical encoding, length) of each chunk, in leaf order
+    chunks: tuple[tuple[str, int, int], ...]
+    #: bytes of the canonical encoding
+    total: int
+
+    @classmethod
+    def from_schema(cls, schema: Mapping[str, tuple[str, tuple[int, ...]]]) -> ChunkLayout:
+        """The layout of states of ``schema`` (name -> (dtype name, shape))."""
+        header, sizes = _header_of(schema)
+        total = len(header) + sum(n for _, n in sizes)
+        if total > MAX_STATE_BYTES:
+            raise LimitExceeded(f"an encoded state is at most {MAX_STATE_BYTES} bytes, got {total}")
+        # the data of tensor j follows its descriptor: walk the header in step
+        chunks: list[tuple[str, int, int]] = []
+        pos = 7  # in the canonical encoding
+        for name, nbytes in sizes:
+            pos += 1 + len(name.encode()) + 2 + 8 * len(schema[name][1])
+            for o in range(0, nbytes, CHUNK_BYTES):
+                chunks.append((name, pos + o, min(CHUNK_BYTES, nbytes - o)))
+            pos += nbytes
+        return cls(header=header, chunks=tuple(chunks), total=total)
+
+    @property
+    def size(self) -> int:
+        """Leaves of the subtree: the header and every chunk."""
+        return 1 + len(self.chunks)
+
+    def header_leaf(self) -> bytes:
+        return _header_leaf(self.header)
+
+    def chunk_of(self, data: bytes | bytearray | memoryview, index: int) -> bytes:
+        """Chunk ``index`` of a state's canonical bytes ``data`` (of this layout)."""
+        _, off, n = self.chunks[index]
+        return bytes(memoryview(data)[off : off + n])
+
+
+class StateTree:
+    """The subtree of one state, kept whole (the worker's side of a chunk opening)."""
+
+    __slots__ = ("_levels", "layout")
+
+    def __init__(self, data: bytes | bytearray | memoryview) -> None:
+        """From canonical bytes; MalformedError if they are not a canonical encoding."""
+        decoded = decode_state(data)  # checks every rule of the encoding
+        self.layout = ChunkLayout.from_schema(state_schema(decoded))
+        mv = memoryview(data).cast("B")
+        leaves = [self.layout.header_leaf(), *(chunk_leaf(mv[o : o + n]) for _, o, n in self.layout.chunks)]
+        self._levels = keyed_levels(leaves, K_STATE_NODE)
+
+    @property
+    def root(self) -> bytes:
+        """The state digest."""
+        return bytes(self._levels[-1][0])
+
+    def chunk_proof(self, index: int) -> list[bytes]:
+        """The audit path of chunk ``index`` (leaf ``index + 1`` of the subtree)."""
+        if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < len(self.layout.chunks):
+            raise ProofError(f"chunk index out of range: expected 0 <= index < {len(self.layout.chunks)}, "
+                             f"got {index!r}")
+        return keyed_proof(self._levels, index + 1)
+
+
+def verify_chunk(root: bytes, layout: ChunkLayout, index: int, data: bytes | bytearray | memoryview,
+                 proof: Sequence[bytes]) -> None:
+    """Check that ``data`` is chunk ``index`` of the state whose digest is ``root`` and whose
+    schema gives ``layout``. Raises ProofError: (1) the index and the chunk's length against the
+    layout, (2) the proof's shape (keyed_fold), then (3) the path folded and compared."""
+    if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < len(layout.chunks):
+        raise ProofError(f"chunk index out of range: expected 0 <= index < {len(layout.chunks)}, got {index!r}")
+    want = layout.chunks[index][2]
+    if memoryview(data).nbytes != want:
+        raise ProofError(f"chunk {index} has wrong size: expected {want} bytes, got {memoryview(data).nbytes}")
+    if len(root) != DIGEST_SIZE:
+        raise ProofError(f"state root has wrong size: expected {DIGEST_SIZE} bytes, got {len(root)}")
+    got = keyed_fold(chunk_leaf(data), index + 1, layout.size, proof, K_STATE_NODE)
+    if got != root:
+        raise ProofError(f"chunk {index} and its proof do not lead to the state root: expected {bytes(root).hex()}, "
+                         f"got {got.hex()}")
 
 
 #: a large piece is fed to BLAKE3 from a stream offset that is a multiple of this: 8 chunks, the

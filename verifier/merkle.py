@@ -64,6 +64,10 @@ __all__ = [
     "IncrementalTree",
     "MerkleTree",
     "inclusion_proof_size",
+    "keyed_fold",
+    "keyed_levels",
+    "keyed_proof",
+    "keyed_root",
     "leaf_hash",
     "merkle_root",
     "multiproof_size",
@@ -621,6 +625,72 @@ class IncrementalTree:
         for h in reversed(frontier[:-1]):
             r = blake3(h + r, key=K_NODE).digest()
         return r
+
+
+# -- trees over leaf hashes made elsewhere (a state's subtree, docs/protocol.md §4.1) ------------
+
+
+def keyed_levels(leaf_hashes: Sequence[bytes], node_key: bytes) -> list[list[bytes]]:
+    """All levels, leaf hashes first and the root last, of the RFC 6962 tree over ``leaf_hashes``
+    (already hashed by the caller, in its own leaf domain) with inner nodes
+    ``BLAKE3(key=node_key, l || r)``; an odd last node is promoted. Used for a state's subtree,
+    whose leaves and nodes have keys of their own (pocv.encoding)."""
+    if not leaf_hashes:
+        raise MalformedError("empty tree: expected at least 1 leaf hash, got 0")
+    level = list(leaf_hashes)
+    levels = [level]
+    while len(level) > 1:
+        up = [blake3(level[i] + level[i + 1], key=node_key).digest() for i in range(0, len(level) - 1, 2)]
+        if len(level) & 1:  # promote the odd last node
+            up.append(level[-1])
+        levels.append(up)
+        level = up
+    return levels
+
+
+def keyed_root(leaf_hashes: Sequence[bytes], node_key: bytes) -> bytes:
+    """The root of :func:`keyed_levels` (computed level by level, nothing kept)."""
+    if not leaf_hashes:
+        raise MalformedError("empty tree: expected at least 1 leaf hash, got 0")
+    level = list(leaf_hashes)
+    while len(level) > 1:
+        odd = level[-1] if len(level) & 1 else None
+        level = [blake3(level[i] + level[i + 1], key=node_key).digest() for i in range(0, len(level) - 1, 2)]
+        if odd is not None:
+            level.append(odd)
+    return level[0]
+
+
+def keyed_proof(levels: Sequence[Sequence[bytes]], index: int) -> list[bytes]:
+    """The RFC 9162 audit path of leaf ``index`` in a tree kept by :func:`keyed_levels`."""
+    _check_index(index, len(levels[0]))
+    proof = []
+    for lv in levels[:-1]:
+        sib = index ^ 1
+        if sib < len(lv):  # no sibling where the node is promoted
+            proof.append(bytes(lv[sib]))
+        index >>= 1
+    return proof
+
+
+def keyed_fold(leaf: bytes, index: int, size: int, proof: Sequence[bytes], node_key: bytes) -> bytes:
+    """The root that the audit path ``proof`` leads to from leaf hash ``leaf`` at ``index`` of a
+    tree of ``size`` leaves. Shapes are checked before anything is hashed (ProofError): the leaf
+    hash's size, the index, the proof's length (:func:`inclusion_proof_size`) and each hash's
+    size. The caller compares the result with the root it trusts."""
+    _check_digest("leaf hash", leaf)
+    _check_size(size)
+    _check_index(index, size)
+    _check_proof_hashes("inclusion proof", proof, inclusion_proof_size(index, size))
+    r = bytes(leaf)
+    it = iter(proof)
+    node, count = index, size
+    while count > 1:
+        if (node ^ 1) < count:
+            p = bytes(next(it))
+            r = blake3(p + r if node & 1 else r + p, key=node_key).digest()
+        node, count = node >> 1, (count + 1) >> 1
+    return r
 
 
 # -- proof shapes ------------------------------------------------------------------------------

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from pocv.artifacts import ArtifactStore
-from pocv.bundle import Response
+from pocv.bundle import Response, whole_leaves
 from pocv.challenge import derive_indices
 from pocv.device import deterministic, environment, fingerprint, resolve_device
 from pocv.dispute import Opening, Query
@@ -83,8 +83,10 @@ class Prover:
         is the same as ``checkpoint="every:C"``. ``background``: hash states on a committer
         thread while the next step computes (True), or on this thread (False; checkpoint writes
         are then synchronous too); None (the default) chooses by state size: a thread for states
-        of :data:`BACKGROUND_MIN_BYTES` and more, this thread with checkpoint writes on writer
-        threads below it. The root and the files are the same either way.
+        of :data:`BACKGROUND_MIN_BYTES` and more; below it, this thread (checkpoint writes on
+        writer threads) until a few states were timed, then the committer's thread if one state
+        took :data:`~pocv.trace.BACKGROUND_MIN_COMMIT_S` or more. The root and the files are the
+        same either way.
         ``respond_workers``: segments recomputed at once when answering (default 1 on a CPU
         whose cores the kernel's own threads already use)."""
         self.artifacts: ArtifactSource = artifacts if artifacts is not None else ArtifactStore.default()
@@ -173,8 +175,8 @@ class Prover:
 
     def _committer(self, store: TraceStore, tree: IncrementalTree, kernel: Kernel, spec: JobSpec) -> Committer:
         """The committer for this run: hashing on its own thread for states of
-        BACKGROUND_MIN_BYTES and more (unless ``background`` says otherwise); checkpoint writes on
-        writer threads unless ``background`` is False."""
+        BACKGROUND_MIN_BYTES and more, adaptive below (unless ``background`` says otherwise);
+        checkpoint writes on writer threads unless ``background`` is False."""
         copy = not self._pure_steps(kernel)
         if self.background is not None:
             return Committer(store, tree, background=self.background, copy=copy)
@@ -182,7 +184,11 @@ class Prover:
             size = encoded_size(kernel.schema(spec))
         except Exception:  # a plugin's schema that cannot be sized: hash in the background
             size = BACKGROUND_MIN_BYTES
-        return Committer(store, tree, background=size >= BACKGROUND_MIN_BYTES, async_writes=True, copy=copy)
+        # a big state is hashed on the committer's thread at once; a smaller one inline until the
+        # committer has timed a few (Committer's adaptive mode: a training step's 0.3 MB state
+        # moves off the step's path, a 4 KiB one stays where a hand-over would cost more)
+        return Committer(store, tree, background=True if size >= BACKGROUND_MIN_BYTES else None, async_writes=True,
+                         copy=copy)
 
     def _pure_steps(self, kernel: Kernel) -> bool:
         """Whether this prover's step is the kernel's own and the kernel declares it pure
@@ -225,8 +231,11 @@ class Prover:
         except FileNotFoundError as e:
             raise InputError(f"trace {str(self.trace_dir)!r} has no commitment: the run is not complete") from e
 
-    def respond(self, challenge: Challenge, *, device: str | None = None) -> Response:
-        """Open the challenged states with one multiproof."""
+    def respond(self, challenge: Challenge, *, device: str | None = None, whole: bool = False) -> Response:
+        """Open the challenged states with one multiproof (docs/protocol.md §8): ``s_(i-1)`` whole
+        and, for an exact kernel, ``s_i`` by its leaf value alone (the verifier recomputes it),
+        for a tolerance kernel whole; ``s_0`` by value (the verifier derives it). ``whole=True``
+        opens every leaf whole (a larger answer that verifies the same)."""
         commitment = self.commitment()
         if challenge.job_id != commitment.job_id or challenge.root != commitment.root:
             raise MismatchError(
@@ -240,9 +249,15 @@ class Prover:
         expected = derive_indices(challenge.job_id, challenge.root, challenge.beacon, commitment.steps, challenge.k)
         if challenge.indices != expected:
             raise MismatchError("challenge indices are not the ones its beacon derives")
-        states, proof = self.open(Response.opened_leaves(list(challenge.indices)), device=device)
+        opened = Response.opened_leaves(list(challenge.indices))
+        if whole:
+            keep = set(opened)
+        else:
+            exact = kernel_for(TraceStore.open(self.trace_dir).spec).mode == "exact"
+            keep = whole_leaves(challenge.indices, exact)
+        states, values, proof = self.open_parts(opened, whole=keep, device=device)
         return Response(job_id=commitment.job_id, root=commitment.root, tree_size=commitment.tree_size,
-                        indices=challenge.indices, states=states, proof=tuple(proof)).signed(self.key)
+                        indices=challenge.indices, states=states, values=values, proof=tuple(proof)).signed(self.key)
 
     def open(self, leaves: Sequence[int], *, device: str | None = None) -> tuple[dict[int, bytes], list[bytes]]:
         """Canonical bytes of the states at ``leaves`` and one multiproof for all of them.
@@ -251,6 +266,14 @@ class Prover:
         run used (tolerance kernels reproduce their bits only there), and each is checked
         against its committed leaf before it is handed out.
         """
+        states, _, proof = self.open_parts(leaves, whole=set(leaves), device=device)
+        return states, proof
+
+    def open_parts(self, leaves: Sequence[int], *, whole: set[int],
+                   device: str | None = None) -> tuple[dict[int, bytes], dict[int, bytes], list[bytes]]:
+        """(canonical bytes of the states at ``leaves`` that are in ``whole``, the committed leaf
+        values of the others, one multiproof over all ``leaves``). A leaf opened by value is read
+        from the trace's leaves: nothing is recomputed for it."""
         commitment = self.commitment()
         store = TraceStore.open(self.trace_dir)
         leaf_bytes = store.read_leaves()
@@ -265,9 +288,13 @@ class Prover:
             raise StorageError("trace leaves do not give the committed root: the trace is corrupt")
         _check_provider(commitment.provider, kernel_for(store.spec), "this trace's commitment was computed")
         run_device = resolve_device(device or str(commitment.environment.get("device", "cpu")))
-        with deterministic(), use_artifacts(self.artifacts):
-            states = self._open_states(store, store.spec, wanted, leaf_bytes, run_device)
-        return states, tree.multiproof(wanted)
+        full = [j for j in wanted if j in whole]
+        values = {j: leaf_bytes[j * DIGEST_SIZE : (j + 1) * DIGEST_SIZE] for j in wanted if j not in whole}
+        states: dict[int, bytes] = {}
+        if full:
+            with deterministic(), use_artifacts(self.artifacts):
+                states = self._open_states(store, store.spec, full, leaf_bytes, run_device)
+        return states, values, tree.multiproof(wanted)
 
     def _open_states(
         self, store: TraceStore, spec: JobSpec, needed: list[int], leaves: bytes, device: str

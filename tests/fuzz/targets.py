@@ -206,7 +206,7 @@ def seeds() -> dict[str, list[bytes]]:
         "challenge": [ch.to_json().encode()],
         "verdict": [verdict.to_json().encode()],
         "jobspec": [spec.to_json().encode(), mlp.to_json().encode()],
-        "state": [resp.states[0], mlp_state],
+        "state": [next(iter(resp.states.values())), mlp_state],
         "inclusion": [incl],
         "multiproof": [multi],
         "dispute-query": [q.to_json().encode(), q2.to_json().encode()],

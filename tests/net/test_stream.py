@@ -24,7 +24,7 @@ from tests.net.conftest import VERIFIER, WORKER
 from tests.net.test_fault import _free_port, _start
 
 BIG = resolve_spec(JobSpec(kernel="heat2d", steps=12, seed=5, params={"n": 1024, "substeps": 1}))  # 4 MiB states
-K = 3  # opens up to 7 states: a bundle of ~ 28 MB
+K = 4  # heat2d is exact: s_(i-1) whole, s_i by its leaf value (bundle format 3): 3-4 states, 12-17 MB
 
 
 @pytest.fixture(scope="module")

@@ -1,9 +1,11 @@
 """Regenerate tests/vectors/encoding.json: `python tests/vectors/make_encoding_vectors.py`.
 
 Each vector is built from a small recipe (so the test can rebuild it independently of the
-stored bytes); the file stores the canonical encoding and the state digest. The test fails if
-the code drifts from the file; regenerate only for a deliberate format change (and bump
-FORMAT_VERSION).
+stored bytes); the file stores the canonical encoding (its BLAKE3 for the multi-chunk vectors,
+whose bytes would be megabytes of hex), the state digest (the root of the state's subtree,
+state commitment format 2) and the subtree's leaf count. The test fails if the code drifts from
+the file; regenerate only for a deliberate format change (and bump FORMAT_VERSION for the
+canonical bytes, STATE_TREE_VERSION for how they are committed).
 """
 
 from __future__ import annotations
@@ -31,11 +33,18 @@ RECIPES: list[dict[str, Any]] = [
     {"name": "mixed-order", "tensors": {"z.last": {"dtype": "int32", "shape": [1], "start": 7},
                                         "A-first": {"dtype": "float32", "shape": [1], "start": 1},
                                         "m_mid": {"dtype": "uint8", "shape": [1], "start": 9}}},
+    # more than one chunk: a tensor of exactly one chunk, one of 2 chunks + 4 bytes, one of 3 chunks
+    # (the leaf count is odd, so the subtree promotes a node), and a small one between them
+    {"name": "multi-chunk", "large": True,
+     "tensors": {"a": {"dtype": "float32", "shape": [65536], "start": 0},
+                 "b": {"dtype": "int64", "shape": [65536 + 1], "start": -5},
+                 "c": {"dtype": "uint8", "shape": [3], "start": 1},
+                 "d": {"dtype": "int8", "shape": [3, 262144], "start": 0}}},
 ]
 
 
 def build(recipe: dict[str, Any]) -> dict[str, torch.Tensor]:
-    """Values start, start+1, ... (bool: alternating from False; floats: value / 4)."""
+    """Values start, start+1, ... (bool: alternating from False; floats: value / 4; integers wrap)."""
     out = {}
     for name, t in recipe["tensors"].items():
         count = int(np.prod(t["shape"])) if t["shape"] else 1
@@ -47,21 +56,35 @@ def build(recipe: dict[str, Any]) -> dict[str, torch.Tensor]:
             arr = torch.tensor((vals / 4.0).tolist(), dtype=getattr(torch, dt))
         elif dt == "uint8":
             arr = torch.from_numpy((vals % 256).astype(np.uint8))
-        else:
-            arr = torch.tensor(vals.tolist(), dtype=getattr(torch, dt))
+        else:  # integers wrap around at the dtype's range (none of the small recipes reaches it)
+            arr = torch.from_numpy(vals.astype(np.dtype(dt)))
         out[name] = arr.reshape(t["shape"])
     return out
 
 
 def main() -> None:
-    from pocv.encoding import encode_state, state_digest
+    from blake3 import blake3
+
+    from pocv.encoding import (
+        CHUNK_BYTES,
+        FORMAT_VERSION,
+        STATE_TREE_VERSION,
+        ChunkLayout,
+        encode_state,
+        state_digest,
+        state_schema,
+    )
 
     vectors = []
     for r in RECIPES:
         state = build(r)
-        vectors.append({**r, "encoding": encode_state(state).hex(), "digest": state_digest(state).hex()})
+        data = encode_state(state)
+        enc = {"encoding_blake3": blake3(data).hexdigest()} if r.get("large") else {"encoding": data.hex()}
+        vectors.append({**r, **enc, "digest": state_digest(state).hex(),
+                        "subtree_leaves": ChunkLayout.from_schema(state_schema(state)).size})
     path = Path(__file__).with_name("encoding.json")
-    path.write_text(json.dumps({"format_version": 1, "vectors": vectors}, indent=1) + "\n")
+    path.write_text(json.dumps({"format_version": FORMAT_VERSION, "state_tree_version": STATE_TREE_VERSION,
+                                "chunk_bytes": CHUNK_BYTES, "vectors": vectors}, indent=1) + "\n")
     print(f"wrote {len(vectors)} vectors to {path}")
 
 

@@ -255,6 +255,11 @@ CONSTANTS: tuple[tuple[str, str], ...] = (
     ("pocv.encoding", "MAGIC"),
     ("pocv.encoding", "FORMAT_VERSION"),
     ("pocv.encoding", "STATE_CONTEXT"),
+    ("pocv.encoding", "STATE_TREE_VERSION"),
+    ("pocv.encoding", "CHUNK_BYTES"),
+    ("pocv.encoding", "HEADER_KEY_CONTEXT"),
+    ("pocv.encoding", "CHUNK_KEY_CONTEXT"),
+    ("pocv.encoding", "STATE_NODE_KEY_CONTEXT"),
     ("pocv.merkle", "LEAF_KEY_CONTEXT"),
     ("pocv.merkle", "NODE_KEY_CONTEXT"),
 )

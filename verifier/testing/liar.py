@@ -32,6 +32,7 @@ certain (caught whenever challenged at all):
     partial_answer(drop)  answer only some of the challenged steps
     refuse() / timeout()  no answer
     forge(kind)           proofs with a wrong sibling, wrong index, wrong tree size, ...
+    leaf_lie(kind)        s_i opened by a leaf value that is not the committed one (exact kernels)
 and, outside the run: ``equivocate`` (two signed roots for one job) and ``grind_root_only``
 (re-roll the commitment against challenges derived from the root alone).
 
@@ -130,6 +131,9 @@ class Strategy:
     seed: int = 0
     params: dict[str, Any] = field(default_factory=dict)
     fixed: frozenset[int] | None = None  # fake exactly these steps (see :meth:`at`)
+    #: ``answer`` rewrites the response an honest worker sends (s_i of an exact kernel by its leaf
+    #: value) instead of one that opens every leaf whole
+    by_leaf: bool = False
 
     def faked_steps(self, n: int) -> frozenset[int]:
         if self.fake is None:
@@ -308,6 +312,47 @@ def timeout(delay_s: float = 5.0) -> Strategy:
     return Strategy("timeout", True, answer=answer, params={"delay_s": delay_s})
 
 
+LEAF_LIES = ("value-of-previous", "value-flipped", "value-of-recomputed")
+
+
+def leaf_lie(kind: str) -> Strategy:
+    """Lies about a state opened by its leaf value (an exact kernel's s_i, docs/protocol.md §8),
+    under the committed multiproof:
+
+    value-of-previous:   an honest run; each challenged s_i's value is sent as s_(i-1)'s
+    value-flipped:       an honest run; a bit of each challenged s_i's value flipped
+    value-of-recomputed: the worker skipped every step (s_i = s_(i-1)) and sends the digest of the
+                         honest s_i, the one the verifier will compute
+    """
+    if kind not in LEAF_LIES:
+        raise ValueError(f"unknown leaf lie {kind!r}; expected one of {LEAF_LIES}")
+
+    def answer(p: LyingProver, ch: Challenge, resp: Response) -> Response:
+        leaves = TraceStore.open(p.trace_dir).read_leaves()
+        values = dict(resp.values)
+        store = TraceStore.open(p.trace_dir)
+        kernel = kernel_for(store.spec)
+        for i in ch.indices:
+            if i not in values:  # opened whole (it is some s_(j-1) too): leave it
+                continue
+            if kind == "value-of-previous":
+                values[i] = leaves[32 * (i - 1) : 32 * i]
+            elif kind == "value-flipped":
+                values[i] = bytes([values[i][0] ^ 1]) + values[i][1:]
+            else:
+                prev = decode_state(resp.states[i - 1]) if i - 1 in resp.states else kernel.init_state(store.spec)
+                values[i] = state_digest(kernel.step(prev, i, store.spec))
+        return Response(job_id=resp.job_id, root=resp.root, tree_size=resp.tree_size, indices=resp.indices,
+                        states=dict(resp.states), values=values, proof=resp.proof)
+
+    def skipped(p: LyingProver, kernel: Kernel, state: State, i: int, spec: JobSpec, device: str) -> dict[str, Tensor]:
+        return dict(state)
+
+    return Strategy(f"leaf-{kind}", True, 1.0, kernels=("gemm-int8",),
+                    fake=skipped if kind == "value-of-recomputed" else None, all_steps=True, answer=answer,
+                    params={"kind": kind}, by_leaf=True)
+
+
 FORGERIES = ("wrong-sibling", "wrong-index", "wrong-tree-size", "short-proof", "long-proof", "swapped-hashes",
              "proof-for-other-leaves")
 
@@ -410,8 +455,12 @@ class LyingProver(Prover):
             del self._history[old]
         return out
 
-    def respond(self, challenge: Challenge, *, device: str | None = None) -> Response | None:  # type: ignore[override]
-        resp = super().respond(challenge, device=device)
+    def respond(self, challenge: Challenge, *, device: str | None = None,  # type: ignore[override]
+                whole: bool = False) -> Response | None:
+        """The lie's answer. An answer-time lie rewrites a response that opens every leaf whole
+        (unless the strategy says ``by_leaf``); a run-time liar answers as an honest worker."""
+        lies = self.strategy.answer is not None
+        resp = super().respond(challenge, device=device, whole=whole or (lies and not self.strategy.by_leaf))
         if self.strategy.answer is None:
             return resp
         return self.strategy.answer(self, challenge, resp)
@@ -581,6 +630,7 @@ CERTAIN: dict[str, Callable[[], Strategy]] = {
     "partial-answer": partial_answer,
     "refuse": refuse,
     **{f"forge-{k}": functools.partial(forge, k) for k in FORGERIES},
+    **{f"leaf-{k}": functools.partial(leaf_lie, k) for k in LEAF_LIES},
 }
 
 
