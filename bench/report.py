@@ -961,6 +961,64 @@ def render_net(sec: Section, data: dict[str, Any], plot: Plotter) -> None:
                            + "; ".join(f"{k} {v}" for k, v in loads.items()) + ".")
 
 
+LLM_TARGETS: dict[str, tuple[str, float]] = {
+    "commit_overhead": ("<=", 1.05),  # worker / plain generate of the same tokens
+    "verify_all_challenged_over_generate": ("<=", 0.10),  # k challenged positions in one pass / generating
+    "opened_bytes_per_challenged_position_beyond_tokens": ("<=", 256.0),
+}
+
+
+def render_llm(sec: Section, data: dict[str, Any], plot: Plotter) -> None:
+    sec.title = "LLM inference: hf-causal-lm against plain generate, TOPLOC and token-difr (`llm`)"
+    costs, det, sbs = data.get("costs") or {}, data.get("detection") or {}, data.get("side_by_side") or {}
+    if not (costs or det or sbs):
+        raise KeyError("none of costs, detection, side_by_side")
+    cfg = data.get("config") or {}
+    if costs:
+        sec.add_figures([
+            Figure(f"worker / plain generate of the same {cfg.get('new_tokens')} tokens "
+                   f"({costs.get('tokens_equal_to_plain_generate')} equal)", costs.get("commit_overhead"),
+                   *LLM_TARGETS["commit_overhead"][::-1]),
+            Figure(f"checking {costs.get('challenged_positions')} positions in one pass / generating",
+                   costs.get("verify_all_challenged_over_generate"),
+                   *LLM_TARGETS["verify_all_challenged_over_generate"][::-1]),
+            Figure("bytes opened per challenged position beyond the tokens",
+                   costs.get("opened_bytes_per_challenged_position_beyond_tokens"),
+                   *LLM_TARGETS["opened_bytes_per_challenged_position_beyond_tokens"][::-1], "B"),
+        ], heading=f"costs (width {cfg.get('width')}, {cfg.get('layers')} layers, {cfg.get('threads')} thread)")
+    if det:
+        attacks = sorted({a for arch in det.values() if isinstance(arch, dict) for a in arch
+                          if isinstance(arch[a], dict)}, key=lambda a: (a != "honest", a))
+        rows, det_figs = [], []
+        for a in attacks:
+            per = [arch[a] for arch in det.values() if isinstance(arch, dict) and isinstance(arch.get(a), dict)]
+            jobs = sum(int(r.get("jobs", 0)) for r in per)
+            rows.append([a, f"{sum(int(r.get('pocv_flagged', 0)) for r in per)}/{jobs}",
+                         f"{sum(int(r.get('toploc_flagged', 0)) for r in per)}/{jobs}",
+                         f"{sum(int(r.get('difr_flagged', 0)) for r in per)}/{jobs}",
+                         fmt(min((_num(r.get("pocv_worst_ratio_min")) or 0.0) for r in per), 3)])
+            want = 0.0 if a == "honest" else 1.0
+            flagged = sum(int(r.get("pocv_flagged", 0)) for r in per) / jobs if jobs else None
+            det_figs.append(Figure(f"pocv flags {a} (share of jobs)", flagged, want, "<=" if a == "honest" else ">="))
+        sec.blocks.append(f"**detection**: jobs flagged, {', '.join(det)}; "
+                          f"{(data.get('detection_config') or {}).get('new_tokens')} tokens per job")
+        sec.blocks.append(table(["run", "pocv", "TOPLOC", "token-difr", "pocv worst ratio, smallest job"], rows))
+        sec.add_figures(det_figs, label="detection")
+    if sbs:
+        names = [n for n in ("pocv", "toploc", "token-difr") if isinstance(sbs.get(n), dict)]
+        keys = [("committed bytes per token", ("committed_bytes_per_token_beyond_token", "committed_bytes_per_token")),
+                ("positions checked", ("checked_positions",)),
+                ("bytes opened per checked position", ("opened_bytes_per_checked_position_beyond_tokens",
+                                                       "opened_bytes_per_checked_position")),
+                ("verifier per checked position / worker per token", ("verifier_per_position_over_worker_per_token",))]
+        rows = [[label, *[next((sbs[n][k] for k in ks if k in sbs[n]), None) for n in names]] for label, ks in keys]
+        sec.blocks.append(f"**side by side**: one honest {sbs.get('tokens')}-token job, the same tokens")
+        sec.blocks.append(table(["", *names], rows))
+    pub = data.get("published")
+    if isinstance(pub, dict):
+        sec.reading.append("Published, not measured here: " + "; ".join(f"{k}: {v}" for k, v in pub.items()) + ".")
+
+
 #: file stem -> renderer for the suites whose layout is known
 RENDERERS: dict[str, Renderer] = {
     "core": render_core,
@@ -974,6 +1032,7 @@ RENDERERS: dict[str, Renderer] = {
     "worker": render_worker,
     "merkle_scale": render_merkle_scale,
     "net": render_net,
+    "llm": render_llm,
 }
 
 

@@ -175,6 +175,27 @@ def test_the_net_section_states_each_target(tmp_path: Path) -> None:
     assert "| Ray (bytes): ms per task / local pool ms per task | 20.5 / 12 |" in text
 
 
+def test_the_llm_section_states_targets_detection_and_peers(tmp_path: Path) -> None:
+    """llm.json (bench/test_bench_llm.py): the three cost targets, detection summed over the
+    architectures with each peer's count, and the side-by-side table."""
+    det = {"jobs": 8, "pocv_flagged": 8, "toploc_flagged": 1, "difr_flagged": 4, "pocv_worst_ratio_min": 17.0}
+    llm = {"machine": MACHINE, "config": {"new_tokens": 1024, "width": 128, "layers": 4, "threads": 1},
+           "costs": {"commit_overhead": 0.94, "tokens_equal_to_plain_generate": "1024/1024", "challenged_positions": 80,
+                     "verify_all_challenged_over_generate": 0.2,
+                     "opened_bytes_per_challenged_position_beyond_tokens": 99.6},
+           "detection": {"llama": {"honest": {**det, "pocv_flagged": 0, "pocv_worst_ratio_min": 0.2}, "int8-weights": det},
+                         "gpt2": {"honest": {**det, "pocv_flagged": 0}, "int8-weights": {**det, "pocv_flagged": 7}}},
+           "side_by_side": {"tokens": 256, "pocv": {"checked_positions": 64}, "toploc": {"checked_positions": 256}}}
+    (tmp_path / "llm.json").write_text(json.dumps(llm))
+    assert main(["bench", "--report-only", "--out", str(tmp_path)]) == 0
+    text = (tmp_path / "REPORT.md").read_text()
+    assert "| worker / plain generate of the same 1024 tokens (1024/1024 equal) | 0.94 | <= 1.05 | met |" in text
+    assert "| checking 80 positions in one pass / generating | 0.2 | <= 0.1 | **missed** |" in text
+    assert "| int8-weights | 15/16 | 2/16 | 8/16 | 17 |" in text
+    assert "| pocv flags int8-weights (share of jobs) | 0.9375 | >= 1 | **missed** |" in text
+    assert "| positions checked | 64 | 256 |" in text
+
+
 def test_peer_section_renders_itself(tmp_path: Path) -> None:
     """A results file <stem>.json whose bench/peer_<stem>.py exists is rendered by that module."""
     real = bench_dir()
