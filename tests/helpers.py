@@ -6,14 +6,18 @@ real trace, signs a real commitment and answers with real Merkle proofs -- of it
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 
+from pocv.bundle import Response
+from pocv.dispute import Opening, Query
 from pocv.jobs import JobSpec
 from pocv.kernels import resolve_spec
+from pocv.merkle import MerkleTree
 from pocv.prover import Prover
+from pocv.records import Commitment
 
 SMALL = resolve_spec(JobSpec(kernel="gemm-int8", steps=40, seed=11, params={"n": 32}))
 
@@ -45,3 +49,17 @@ def flip_one(state: dict, i: int) -> dict:
 
 def widen_dtype(state: dict, i: int) -> dict:
     return {"x": state["x"].to(torch.int16)}
+
+
+def answer_from_memory(commitment: Commitment, tree: MerkleTree, encoded: Sequence[bytes], q: Query
+                       ) -> Opening | Response:
+    """A dispute party's answer to ``q`` from encoded states kept in memory (every state), as
+    ``Prover.answer`` gives it from a trace: a bisect query's leaf with its inclusion proof, or the
+    step round's states whole with their multiproof."""
+    c = commitment
+    if q.kind == "bisect":
+        m = q.leaves[0]
+        return Opening(job_id=c.job_id, root=c.root, tree_size=c.tree_size, leaf=m,
+                       value=tree.leaf_value(m), proof=tuple(tree.inclusion_proof(m)))
+    return Response(job_id=c.job_id, root=c.root, tree_size=c.tree_size, indices=(q.step,),
+                    states={j: encoded[j] for j in q.leaves}, proof=tuple(tree.multiproof(q.leaves)))

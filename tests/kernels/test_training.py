@@ -28,6 +28,7 @@ from pocv.kernels.training import TorchTraining, Variant, make_record, parse_rec
 from pocv.merkle import MerkleTree
 from pocv.prover import Prover
 from pocv.records import Commitment
+from tests.helpers import answer_from_memory
 from tests.kernels.conftest import install_plugins
 
 WORKER, VERIFIER = Keypair.from_seed(bytes([7]) * 32), Keypair.from_seed(bytes([8]) * 32)
@@ -146,13 +147,7 @@ class Party:
 
     def reply(self, q: Query) -> Opening | Response:
         """A dispute party's answer to the referee's query, from this trace."""
-        c = self.commitment
-        if q.kind == "bisect":
-            m = q.leaves[0]
-            return Opening(job_id=c.job_id, root=c.root, tree_size=c.tree_size, leaf=m,
-                           value=self.tree.leaf_value(m), proof=tuple(self.tree.inclusion_proof(m)))
-        return Response(job_id=c.job_id, root=c.root, tree_size=c.tree_size, indices=(q.step,),
-                        states={j: self.encoded[j] for j in q.leaves}, proof=tuple(self.tree.multiproof(q.leaves)))
+        return answer_from_memory(self.commitment, self.tree, self.encoded, q)
 
     def answer(self, indices: tuple[int, ...]) -> Response:
         leaves = Response.opened_leaves(list(indices))

@@ -33,6 +33,7 @@ from pocv.prover import answer_query
 from pocv.records import Commitment, Verdict
 from pocv.store import atomic_write, save_keypair
 from pocv.testing import LyingProver, VariantProver, fabricate, make_liar, noise, skip
+from tests.helpers import answer_from_memory
 
 REFEREE = Keypair.from_seed(bytes([9]) * 32)
 GEMM = {"kernel": "gemm-int8", "seed": 4, "params": {"n": 16}}
@@ -77,13 +78,7 @@ class MemParty:
         self.commitment = Commitment.create(spec=spec, root=self.tree.root, key=key)
 
     def answer(self, q: Query) -> Opening | Response:
-        c = self.commitment
-        if q.kind == "bisect":
-            m = q.leaves[0]
-            return Opening(job_id=c.job_id, root=c.root, tree_size=c.tree_size, leaf=m,
-                           value=self.tree.leaf_value(m), proof=tuple(self.tree.inclusion_proof(m)))
-        return Response(job_id=c.job_id, root=c.root, tree_size=c.tree_size, indices=(q.step,),
-                        states={j: self.states[j] for j in q.leaves}, proof=tuple(self.tree.multiproof(q.leaves)))
+        return answer_from_memory(self.commitment, self.tree, self.states, q)
 
 
 @pytest.fixture(scope="module")
