@@ -51,15 +51,24 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import os
 import struct
-from collections.abc import Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import BinaryIO, Final
+from typing import BinaryIO, Final, Protocol
 
 from blake3 import blake3
 
-from pocv.errors import EvidenceError, InputError, LimitExceeded, MalformedError, MismatchError, ProofError
+from pocv.errors import (
+    EvidenceError,
+    InputError,
+    LimitExceeded,
+    MalformedError,
+    MismatchError,
+    ProofError,
+    StorageError,
+)
 from pocv.keys import Signer, sign, verify
 from pocv.limits import DIGEST_SIZE, MAX_CHALLENGES, MAX_STATE_BYTES, PUBKEY_SIZE, SIGNATURE_SIZE
 from pocv.merkle import MAX_PROOF_HASHES, MAX_TREE_SIZE, multiproof_size
@@ -141,7 +150,8 @@ class Response:
     def __post_init__(self) -> None:
         object.__setattr__(self, "indices", tuple(self.indices))
         object.__setattr__(self, "proof", tuple(self.proof))
-        object.__setattr__(self, "states", MappingProxyType(dict(sorted(self.states.items()))))
+        if not isinstance(self.states, FileStates):  # a bundle's states left in its file stay there
+            object.__setattr__(self, "states", MappingProxyType(dict(sorted(self.states.items()))))
         object.__setattr__(self, "values", MappingProxyType(dict(sorted(self.values.items()))))
         both = set(self.states) & set(self.values)
         if both:
@@ -156,11 +166,15 @@ class Response:
 
     def leaf_values(self) -> dict[int, bytes]:
         """Every opened leaf's value: the digest of each whole state, and the values sent."""
-        from pocv.encoding import digest_encoded  # reason: encoding loads torch; light commands import bundle
+        if isinstance(self.states, FileStates):  # digested once, while the bundle was read
+            out = self.states.digests()
+        else:
+            from pocv.encoding import digest_encoded  # reason: encoding loads torch; light commands import bundle
 
-        out = {j: digest_encoded(data) for j, data in self.states.items()}
+            out = {j: digest_encoded(data) for j, data in self.states.items()}
         out.update(self.values)
         return out
+
     @staticmethod
     def opened_leaves(indices: tuple[int, ...] | list[int]) -> list[int]:
         """The leaves a response to ``indices`` opens: 0 and i-1, i for each i."""
@@ -172,9 +186,10 @@ class Response:
 
     # -- writing ---------------------------------------------------------------------------
 
-    def write_to(self, f: BinaryIO) -> None:
-        self._write_body(f)
-        f.write(self.worker + self.signature)
+    def write_to(self, f: Sink) -> None:
+        w = self._writer(f)
+        w.end_body(self.proof, self.values)
+        w.trailer(self.worker, self.signature)
 
     def digest(self) -> bytes:
         """BLAKE3 of the body (everything but the trailer): what the worker signs and the
@@ -182,9 +197,7 @@ class Response:
         known = self.__dict__.get("_digest")
         if known is not None:
             return bytes(known)
-        h = _Hasher()
-        self._write_body(h)  # type: ignore[arg-type]
-        return h.digest()
+        return self._writer(_NullSink()).end_body(self.proof, self.values)
 
     def signed(self, key: Signer) -> Response:
         """This bundle signed by ``key`` (the committing worker)."""
@@ -195,18 +208,13 @@ class Response:
         """Whether the trailer is ``worker``'s valid signature of this body."""
         return signature_ok(worker, self.worker, self.signature, digest or self.digest())
 
-    def _write_body(self, f: BinaryIO) -> None:
-        f.write(MAGIC + struct.pack("<HH", BUNDLE_VERSION, 0) + self.job_id + self.root)
-        f.write(struct.pack(f"<QI{len(self.indices)}Q", self.tree_size, len(self.indices), *self.indices))
-        f.write(struct.pack("<I", len(self.states)))
+    def _writer(self, f: Sink) -> BundleWriter:
+        """A writer on ``f`` that has written this body up to the proof."""
+        w = BundleWriter(f, job_id=self.job_id, root=self.root, tree_size=self.tree_size, indices=self.indices,
+                         whole=list(self.states))
         for leaf, data in self.states.items():
-            f.write(struct.pack("<QQ", leaf, len(data)))
-            f.write(data)
-        f.write(struct.pack("<I", len(self.proof)))
-        f.write(b"".join(self.proof))
-        f.write(struct.pack("<I", len(self.values)))
-        for leaf, value in self.values.items():
-            f.write(struct.pack("<Q", leaf) + value)
+            w.state(leaf, data)
+        return w
 
     def to_bytes(self) -> bytes:
         buf = io.BytesIO()
@@ -220,10 +228,16 @@ class Response:
         return _parse(io.BytesIO(data), len(data), expect)
 
     @classmethod
-    def read_from(cls, f: BinaryIO, size: int | None = None, *, expect: Expected | None = None) -> Response:
+    def read_from(cls, f: BinaryIO, size: int | None = None, *, expect: Expected | None = None,
+                  lazy: bool = False) -> Response:
         """Read a bundle from a binary file object, streamed: with ``expect``, another job's
         bundle is refused (MismatchError) and any state of another size (LimitExceeded) before
-        the states are read. ``size`` defaults to the bytes left in a seekable file."""
+        the states are read. ``size`` defaults to the bytes left in a seekable file.
+
+        ``lazy``: leave the whole states in the file (``f`` must be a real file, kept open by the
+        response): each is read once here, one at a time, to hash the body and take its digest,
+        and read again when :attr:`states` is asked for it (:class:`FileStates`), so reading
+        and checking a bundle holds a bounded number of states, whatever its size."""
         if size is None:
             try:
                 here = f.tell()
@@ -231,21 +245,145 @@ class Response:
                 f.seek(here)
             except (OSError, ValueError) as e:
                 raise InputError(f"a bundle read from a stream needs its size: {e}") from e
-        return _parse(f, size, expect)
+        return _parse(f, size, expect, lazy=lazy)
 
 
-class _Hasher:
-    """A write-only sink that hashes what is written (to digest a body without holding it)."""
+class Sink(Protocol):
+    """Where a :class:`BundleWriter` writes: anything with a binary ``write`` (a file, a pipe,
+    a socket's writer, the worker service's answer buffer)."""
 
-    def __init__(self) -> None:
-        self.h = blake3()
+    def write(self, data: bytes | memoryview, /) -> int: ...
 
-    def write(self, data: bytes) -> int:
-        self.h.update(data)
+
+class _NullSink:
+    """A write-only sink that drops what is written (a :class:`BundleWriter` hashes it)."""
+
+    def write(self, data: bytes | memoryview) -> int:
         return len(data)
 
-    def digest(self) -> bytes:
-        return bytes(self.h.digest())
+
+@dataclass(frozen=True, kw_only=True)
+class BundleSummary:
+    """What a bundle written by :class:`BundleWriter` holds, without its states."""
+
+    job_id: bytes
+    root: bytes
+    indices: tuple[int, ...]
+    states: int  # leaves opened whole
+    values: int  # leaves opened by value
+    proof_hashes: int
+    size: int  # bytes written, trailer included
+    digest: bytes  # BLAKE3 of the body: what the worker signed and a verdict names
+
+
+class BundleWriter:
+    """Writes a response bundle as its parts come: the header, then each whole state in
+    ascending leaf order as soon as it exists, then the multiproof and the leaf values, then
+    the trailer; the body is hashed as it is written. A worker answering a challenge holds one
+    state at a time, never the bundle (docs/protocol.md §8).
+
+    ``whole``: the leaves that will be opened whole (their count is in the header); each must
+    then be given to :meth:`state`, in ascending order, before :meth:`end_body`.
+    """
+
+    def __init__(self, f: Sink, *, job_id: bytes, root: bytes, tree_size: int,
+                 indices: Iterable[int], whole: Iterable[int]) -> None:
+        self._f = f
+        self._hash = blake3()
+        self.size = 0
+        self._job_id, self._root = job_id, root
+        self._indices = tuple(indices)
+        self._whole = sorted(whole)
+        self._next = 0
+        self._proof = self._values = 0
+        self._digest: bytes | None = None
+        self._put(MAGIC + struct.pack("<HH", BUNDLE_VERSION, 0) + job_id + root
+                  + struct.pack(f"<QI{len(self._indices)}Q", tree_size, len(self._indices), *self._indices)
+                  + struct.pack("<I", len(self._whole)))
+
+    def _put(self, data: bytes | memoryview) -> None:
+        self._hash.update(data)
+        self._f.write(data)
+        self.size += len(data) if isinstance(data, bytes) else data.nbytes
+
+    def state(self, leaf: int, data: bytes | bytearray | memoryview) -> None:
+        """Write the next whole state (its canonical bytes)."""
+        if self._next >= len(self._whole) or self._whole[self._next] != leaf:
+            expected = self._whole[self._next] if self._next < len(self._whole) else "none"
+            raise InputError(f"bundle writer: expected state {expected} next, got {leaf}")
+        view = memoryview(data).cast("B")
+        self._put(struct.pack("<QQ", leaf, view.nbytes))
+        self._put(view)
+        self._next += 1
+
+    def end_body(self, proof: Iterable[bytes], values: Mapping[int, bytes]) -> bytes:
+        """Write the multiproof and the leaf values; returns the body's digest."""
+        if self._next != len(self._whole):
+            raise InputError(f"bundle writer: {len(self._whole) - self._next} whole states not written")
+        proof = tuple(proof)
+        self._put(struct.pack("<I", len(proof)) + b"".join(proof))
+        self._put(struct.pack("<I", len(values)) + b"".join(struct.pack("<Q", leaf) + values[leaf]
+                                                            for leaf in sorted(values)))
+        self._proof, self._values = len(proof), len(values)
+        self._digest = bytes(self._hash.digest())
+        return self._digest
+
+    def trailer(self, worker: bytes, signature: bytes) -> None:
+        """Write the trailer (the signature is not checked here)."""
+        if self._digest is None:
+            raise InputError("bundle writer: the body is not complete")
+        self._f.write(worker + signature)
+        self.size += len(worker) + len(signature)
+
+    def sign(self, key: Signer) -> BundleSummary:
+        """Sign the body with ``key`` (the committing worker), write the trailer, summarise."""
+        if self._digest is None:
+            raise InputError("bundle writer: the body is not complete")
+        self.trailer(bytes(key.pubkey()), sign(key, BUNDLE_DOMAIN + self._digest))
+        return BundleSummary(job_id=self._job_id, root=self._root, indices=self._indices, states=len(self._whole),
+                             values=self._values, proof_hashes=self._proof, size=self.size, digest=self._digest)
+
+
+class FileStates(Mapping[int, bytes]):
+    """The whole states of a bundle read in place (:meth:`Response.read_from` with ``lazy``):
+    each is read from the bundle's file when asked for, never all at once, and checked against
+    the digest taken while the bundle was read, so a file changed since cannot pass for the
+    worker's answer (StorageError: the reader's own file changed, not the worker's fault)."""
+
+    def __init__(self, f: BinaryIO, spans: dict[int, tuple[int, int, bytes]]) -> None:
+        self._f = f  # kept open as long as the states are
+        self._fd = f.fileno()
+        self._spans = dict(sorted(spans.items()))  # leaf -> (offset, length, state digest)
+
+    def __getitem__(self, leaf: int) -> bytes:
+        offset, length, digest = self._spans[leaf]
+        parts: list[bytes] = []
+        got = 0
+        while got < length:
+            part = os.pread(self._fd, length - got, offset + got)
+            if not part:
+                raise StorageError(f"the bundle file ended inside state {leaf}: it changed while being checked")
+            parts.append(part)
+            got += len(part)
+        data = parts[0] if len(parts) == 1 else b"".join(parts)
+        from pocv.encoding import digest_encoded  # reason: encoding loads torch; light commands import bundle
+
+        if digest_encoded(data) != digest:
+            raise StorageError(f"state {leaf} of the bundle file changed while being checked")
+        return data
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self._spans)
+
+    def __len__(self) -> int:
+        return len(self._spans)
+
+    def __contains__(self, leaf: object) -> bool:
+        return leaf in self._spans
+
+    def digests(self) -> dict[int, bytes]:
+        """Each state's digest (its leaf value), as taken while the bundle was read."""
+        return {leaf: span[2] for leaf, span in self._spans.items()}
 
 
 def signature_ok(expected: bytes, worker: bytes, signature: bytes, digest: bytes) -> bool:
@@ -289,9 +427,10 @@ def probe_signature(data: bytes | BinaryIO, size: int) -> tuple[bytes, bytes, by
 class _Reader:
     """Reads the body, hashing every byte it hands out (the digest the trailer signs)."""
 
-    def __init__(self, f: BinaryIO, size: int) -> None:
+    def __init__(self, f: BinaryIO, size: int, pos: int = 0) -> None:
         self.f = f
         self.left = size
+        self.pos = pos  # the file offset of the next byte (used by a lazy read)
         self.hash = blake3()
 
     def take(self, n: int, what: str) -> bytes:
@@ -301,6 +440,7 @@ class _Reader:
         if len(out) != n:  # pragma: no cover - the file shrank while being read
             raise MalformedError(f"bundle truncated: expected {n} bytes of {what}, got {len(out)}")
         self.left -= n
+        self.pos += n
         self.hash.update(out)
         return out
 
@@ -311,7 +451,7 @@ class _Reader:
         return int(struct.unpack("<Q", self.take(8, what))[0])
 
 
-def _parse(f: BinaryIO, size: int, expect: Expected | None = None) -> Response:
+def _parse(f: BinaryIO, size: int, expect: Expected | None = None, *, lazy: bool = False) -> Response:
     if size > MAX_BUNDLE_BYTES:
         raise LimitExceeded(f"a bundle is at most {MAX_BUNDLE_BYTES} bytes, got {size}")
     if expect is not None and size > expect.max_bundle_bytes():
@@ -320,7 +460,16 @@ def _parse(f: BinaryIO, size: int, expect: Expected | None = None) -> Response:
     if size < TRAILER_BYTES:
         raise MalformedError(f"bundle truncated: expected at least the {TRAILER_BYTES}-byte signature trailer, "
                              f"got {size} bytes")
-    r = _Reader(f, size - TRAILER_BYTES)
+    spans: dict[int, tuple[int, int, bytes]] = {}
+    if lazy:
+        from pocv.encoding import digest_encoded  # reason: encoding loads torch; light commands import bundle
+
+        try:
+            f.fileno()
+            start = f.tell()
+        except (OSError, ValueError, AttributeError) as e:
+            raise InputError(f"a bundle read in place needs a real, seekable file: {e}") from e
+    r = _Reader(f, size - TRAILER_BYTES, start if lazy else 0)
     magic = r.take(len(MAGIC), "magic")
     if magic != MAGIC:
         raise MalformedError(f"not a pocv response bundle: expected magic {MAGIC!r}, got {magic!r}")
@@ -368,7 +517,11 @@ def _parse(f: BinaryIO, size: int, expect: Expected | None = None) -> Response:
         length = r.u64("state length")
         if length > max_state:
             raise LimitExceeded(f"a state of this job is at most {max_state} bytes, bundle claims {length}")
-        states[leaf] = r.take(length, f"state {leaf}")
+        if lazy:  # one state in memory at a time: hashed here, read again when checked
+            at = r.pos
+            spans[leaf] = (at, length, digest_encoded(r.take(length, f"state {leaf}")))
+        else:
+            states[leaf] = r.take(length, f"state {leaf}")
     p = r.u32("proof length")
     if p > MAX_PROOF_HASHES:
         raise LimitExceeded(f"a multiproof has at most {MAX_PROOF_HASHES} hashes, bundle claims {p}")
@@ -391,17 +544,17 @@ def _parse(f: BinaryIO, size: int, expect: Expected | None = None) -> Response:
             raise MalformedError(f"bundle leaf values must ascend strictly within 0..{tree_size - 1}; "
                                  f"got {leaf} after {last}")
         last = leaf
-        if leaf in states:
+        if leaf in states or leaf in spans:
             raise MalformedError(f"response opens leaf {leaf} both whole and by value")
         if wanted is not None and leaf not in wanted:
             raise MalformedError(f"response opens leaf {leaf}, which the challenge does not ask for")
         values[leaf] = r.take(DIGEST_SIZE, f"value of leaf {leaf}")
-    if not states and not values:
+    if not states and not values and not spans:
         raise MalformedError("bundle opens no leaf")
     if expect is not None:  # the exact size follows from the leaves opened
-        need = multiproof_size([*states, *values], tree_size)
+        need = multiproof_size([*states, *spans, *values], tree_size)
         if p != need:
-            raise ProofError(f"multiproof has wrong size: expected {need} hashes for the {len(states) + len(values)} "
+            raise ProofError(f"multiproof has wrong size: expected {need} hashes for the {m + len(values)} "
                              f"opened leaves, got {p}")
     if r.left:
         raise MalformedError(f"bundle has {r.left} trailing bytes")
@@ -410,7 +563,7 @@ def _parse(f: BinaryIO, size: int, expect: Expected | None = None) -> Response:
     if len(trailer) != TRAILER_BYTES:  # pragma: no cover - the file shrank while being read
         raise MalformedError("bundle truncated: no signature trailer")
     response = Response(job_id=job_id, root=root, tree_size=tree_size, indices=tuple(indices),
-                        states=states, proof=proof, values=values, worker=trailer[:PUBKEY_SIZE],
-                        signature=trailer[PUBKEY_SIZE:])
+                        states=FileStates(f, spans) if lazy else states, proof=proof, values=values,
+                        worker=trailer[:PUBKEY_SIZE], signature=trailer[PUBKEY_SIZE:])
     object.__setattr__(response, "_digest", digest)  # computed while reading: saves a second pass
     return response

@@ -132,6 +132,26 @@ def _judge_by_leaf(kernel: Kernel, prev: State, leaf: bytes, i: int, spec: JobSp
                              f"{bytes(leaf).hex()[:16]}...")
 
 
+#: a kernel that judges steps together (its own verify_steps) gets them in batches holding at
+#: most this many bytes of opened states (two per step), so checking holds a bounded memory
+CHECK_BATCH_BYTES = 256 << 20
+
+
+def _batches(indices: list[int], state_bytes: int) -> list[list[int]]:
+    """``indices`` in consecutive batches of at most CHECK_BATCH_BYTES of states (one step at least)."""
+    per = max(1, CHECK_BATCH_BYTES // max(1, 2 * state_bytes))
+    return [indices[j : j + per] for j in range(0, len(indices), per)]
+
+
+def _is_real_file(f: BinaryIO) -> bool:
+    """Whether ``f`` is a file with a descriptor that can be read at offsets (not a BytesIO)."""
+    try:
+        f.fileno()
+    except (OSError, ValueError, AttributeError, io.UnsupportedOperation):
+        return False
+    return True
+
+
 class Verifier:
     """Challenges a commitment and checks the worker's response on ``device``."""
 
@@ -294,8 +314,8 @@ class Verifier:
             try:
                 if isinstance(raw, bytes):
                     response = Response.from_bytes(raw, expect=expect)
-                else:
-                    response = Response.read_from(raw, size, expect=expect)
+                else:  # a real file is read in place: its states one at a time (bounded memory)
+                    response = Response.read_from(raw, size, expect=expect, lazy=_is_real_file(raw))
             except EvidenceError as e:
                 if not isinstance(raw, bytes):
                     raw.seek(start)
@@ -337,7 +357,7 @@ class Verifier:
         # for an exact kernel: then the verifier's s_i must have the committed digest
         outcomes: dict[int, Outcome] = {}
         batched = type(kernel).verify_steps is not Kernel.verify_steps
-        groups = [list(indices)] if batched else [[i] for i in indices]
+        groups = _batches(list(indices), encoded_size(kernel.schema(spec))) if batched else [[i] for i in indices]
         done = 0
         for group in groups:
             items: list[tuple[State, State, int]] = []

@@ -13,19 +13,20 @@ all (docs/protocol.md §14).
 
 from __future__ import annotations
 
+import collections
 import contextvars
+import itertools
 import logging
 import os
-import threading
-from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
 
 from pocv.artifacts import ArtifactStore
-from pocv.bundle import Response, whole_leaves
+from pocv.bundle import BundleSummary, BundleWriter, Response, Sink, whole_leaves
 from pocv.challenge import derive_indices
 from pocv.device import deterministic, environment, fingerprint, resolve_device
 from pocv.dispute import Opening, Query
@@ -235,7 +236,37 @@ class Prover:
         """Open the challenged states with one multiproof (docs/protocol.md §8): ``s_(i-1)`` whole
         and, for an exact kernel, ``s_i`` by its leaf value alone (the verifier recomputes it),
         for a tolerance kernel whole; ``s_0`` by value (the verifier derives it). ``whole=True``
-        opens every leaf whole (a larger answer that verifies the same)."""
+        opens every leaf whole (a larger answer that verifies the same).
+
+        The bundle is built in memory (every opened state at once); :meth:`respond_to` writes
+        it to a file as the states come, holding a bounded number of them."""
+        commitment, opened, keep = self._plan(challenge, whole)
+        states, values, proof = self.open_parts(opened, whole=keep, device=device)
+        return Response(job_id=commitment.job_id, root=commitment.root, tree_size=commitment.tree_size,
+                        indices=challenge.indices, states=states, values=values, proof=tuple(proof)).signed(self.key)
+
+    def respond_to(self, challenge: Challenge, f: Sink, *, device: str | None = None,
+                   whole: bool = False) -> BundleSummary:
+        """:meth:`respond`, streamed: the signed bundle is written to ``f`` (any binary sink, a
+        pipe included) state by state as each is read or recomputed, in leaf order, so the
+        worker holds at most a few segments' states at once (:meth:`workers` of them in flight),
+        however large the answer. On an error part of a bundle may have been written: write to
+        a temporary file and rename it (pocv.store.atomic_writer) where that matters."""
+        commitment, opened, keep = self._plan(challenge, whole)
+        plan = self._open_plan(opened, keep, device)
+        store, leaf_bytes, tree, full, values, run_device = plan
+        w = BundleWriter(f, job_id=commitment.job_id, root=commitment.root, tree_size=commitment.tree_size,
+                         indices=challenge.indices, whole=full)
+        if full:
+            with deterministic(), use_artifacts(self.artifacts):
+                for j, data in self._iter_states(store, store.spec, full, leaf_bytes, run_device):
+                    w.state(j, data)
+        w.end_body(tree.multiproof(sorted(opened)), values)
+        return w.sign(self.key)
+
+    def _plan(self, challenge: Challenge, whole: bool) -> tuple[Commitment, list[int], set[int]]:
+        """(the commitment, the leaves a response to ``challenge`` opens, those opened whole),
+        after checking the challenge is for this trace, within max_answer, with derived indices."""
         commitment = self.commitment()
         if challenge.job_id != commitment.job_id or challenge.root != commitment.root:
             raise MismatchError(
@@ -255,9 +286,7 @@ class Prover:
         else:
             exact = kernel_for(TraceStore.open(self.trace_dir).spec).mode == "exact"
             keep = whole_leaves(challenge.indices, exact)
-        states, values, proof = self.open_parts(opened, whole=keep, device=device)
-        return Response(job_id=commitment.job_id, root=commitment.root, tree_size=commitment.tree_size,
-                        indices=challenge.indices, states=states, values=values, proof=tuple(proof)).signed(self.key)
+        return commitment, opened, keep
 
     def open(self, leaves: Sequence[int], *, device: str | None = None) -> tuple[dict[int, bytes], list[bytes]]:
         """Canonical bytes of the states at ``leaves`` and one multiproof for all of them.
@@ -274,6 +303,17 @@ class Prover:
         """(canonical bytes of the states at ``leaves`` that are in ``whole``, the committed leaf
         values of the others, one multiproof over all ``leaves``). A leaf opened by value is read
         from the trace's leaves: nothing is recomputed for it."""
+        store, leaf_bytes, tree, full, values, run_device = self._open_plan(leaves, whole, device)
+        states: dict[int, bytes] = {}
+        if full:
+            with deterministic(), use_artifacts(self.artifacts):
+                states = dict(self._iter_states(store, store.spec, full, leaf_bytes, run_device))
+        return states, values, tree.multiproof(sorted(set(leaves)))
+
+    def _open_plan(self, leaves: Sequence[int], whole: set[int], device: str | None
+                   ) -> tuple[TraceStore, bytes, MerkleTree, list[int], dict[int, bytes], str]:
+        """(the trace, its leaves, their tree, the leaves to open whole, the values of the
+        others, the device to recompute on), after checking the trace gives the committed root."""
         commitment = self.commitment()
         store = TraceStore.open(self.trace_dir)
         leaf_bytes = store.read_leaves()
@@ -290,29 +330,27 @@ class Prover:
         run_device = resolve_device(device or str(commitment.environment.get("device", "cpu")))
         full = [j for j in wanted if j in whole]
         values = {j: leaf_bytes[j * DIGEST_SIZE : (j + 1) * DIGEST_SIZE] for j in wanted if j not in whole}
-        states: dict[int, bytes] = {}
-        if full:
-            with deterministic(), use_artifacts(self.artifacts):
-                states = self._open_states(store, store.spec, full, leaf_bytes, run_device)
-        return states, values, tree.multiproof(wanted)
+        return store, leaf_bytes, tree, full, values, run_device
 
-    def _open_states(
+    def _iter_states(
         self, store: TraceStore, spec: JobSpec, needed: list[int], leaves: bytes, device: str
-    ) -> dict[int, bytes]:
-        """The canonical bytes of the states ``needed``: read where kept, recomputed from the
-        nearest checkpoint otherwise, each checked against its leaf. Segments (one checkpoint and
-        the states recomputed from it) are independent: they are recomputed at once on
-        :meth:`workers` threads (torch and numba release the GIL)."""
+    ) -> Iterator[tuple[int, bytes]]:
+        """(j, canonical bytes of s_j) for each j in ``needed``, ascending: read where kept,
+        recomputed from the nearest checkpoint otherwise, each checked against its leaf.
+        Segments (one checkpoint and the states recomputed from it) are independent: up to
+        :meth:`workers` of them are recomputed at once on threads (torch and numba release the
+        GIL) and handed out in order, so at most that many segments' states are held."""
         kernel = kernel_for(spec)
-        out: dict[int, bytes] = {}
         segments: dict[int, list[int]] = {}
         for j in needed:
             segments.setdefault(store.nearest_checkpoint(j), []).append(j)
-        lock = threading.Lock()
+        total = len(needed)
+        done = 0
 
-        def segment(base: int, wanted: list[int]) -> None:
+        def segment(base: int, wanted: list[int]) -> list[tuple[int, bytes]]:
             encoded = store.read_checkpoint(base)
             last = max(wanted)
+            out: list[tuple[int, bytes]] = []
             state: dict[str, Tensor] = {}
             if last > base:  # only decode a checkpoint that steps start from
                 state = {k: v.to(device) for k, v in decode_state(encoded).items()}
@@ -324,29 +362,41 @@ class Prover:
                     if digest_encoded(encoded) != leaves[j * DIGEST_SIZE : (j + 1) * DIGEST_SIZE]:
                         raise StorageError(f"state {j} recomputed from checkpoint {base} does not match "
                                            "its committed leaf: the trace or the device is not reproducible")
-                    with lock:
-                        out[j] = encoded
-                        if self.progress is not None:
-                            self.progress(len(out), len(needed))
+                    out.append((j, encoded))
+            return out
 
         work = sorted(segments.items())
         # reading a kept state (the disk) and checking it (BLAKE3, which releases the GIL) overlap too
         workers = min(self.workers(kernel, device, reads_only=all(max(w) == base for base, w in work)), len(work))
         if workers <= 1:
             for base, wanted in work:
-                segment(base, wanted)
-        else:
-            with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="pocv-respond") as pool:
-                # each segment in a copy of this context: the artifact store in use is a context variable
-                futures = [pool.submit(contextvars.copy_context().run, segment, base, wanted) for base, wanted in work]
-                try:
-                    for f in futures:
-                        f.result()
-                except BaseException:  # the first error is raised; segments not started are dropped
-                    for f in futures:
-                        f.cancel()
-                    raise
-        return {j: out[j] for j in sorted(out)}
+                for item in segment(base, wanted):
+                    done += 1
+                    yield item
+                    if self.progress is not None:
+                        self.progress(done, total)
+            return
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="pocv-respond") as pool:
+            # a window of `workers` segments in flight, handed out in order; each in a copy of
+            # this context (the artifact store in use is a context variable)
+            pending: collections.deque[Future[list[tuple[int, bytes]]]] = collections.deque()
+            todo = iter(work)
+            try:
+                for base, wanted in itertools.islice(todo, workers):
+                    pending.append(pool.submit(contextvars.copy_context().run, segment, base, wanted))
+                while pending:
+                    items = pending.popleft().result()
+                    nxt = next(todo, None)
+                    if nxt is not None:
+                        pending.append(pool.submit(contextvars.copy_context().run, segment, nxt[0], nxt[1]))
+                    for item in items:
+                        done += 1
+                        yield item
+                        if self.progress is not None:
+                            self.progress(done, total)
+            finally:  # the first error (or a consumer that stopped) drops the segments not started
+                for fut in pending:
+                    fut.cancel()
 
     def workers(self, kernel: Kernel, device: str, *, reads_only: bool = False) -> int:
         """Segments opened at once when answering on ``device``: ``respond_workers`` if set, else

@@ -61,7 +61,6 @@ from pocv.errors import (
     EvidenceError,
     InputError,
     MalformedError,
-    MismatchError,
     SignatureError,
     StorageError,
 )
@@ -161,42 +160,55 @@ class _Answer:
     """An answer's bytes as written by the bundle (references to its pieces, no copy), hashed as
     they come; :meth:`spool` moves them to a temporary file."""
 
-    def __init__(self, kind: str) -> None:
+    def __init__(self, kind: str, *, spool_at: int | None = None) -> None:
         self.kind = kind
-        self.pieces: list[bytes] = []
+        self.pieces: list[bytes | memoryview] = []
         self.size = 0
         self.file: IO[bytes] | None = None
         self._hasher = blake3()
+        self._spool_at = spool_at  # past this many bytes the answer goes on in a temporary file
 
-    def write(self, data: bytes) -> int:
+    def write(self, data: bytes | memoryview) -> int:
+        n = len(data) if isinstance(data, bytes) else data.nbytes
         self._hasher.update(data)
-        self.pieces.append(data)
-        self.size += len(data)
-        return len(data)
+        if self.file is None and self._spool_at is not None and self.size + n > self._spool_at:
+            self.spool()
+        if self.file is not None:
+            self.file.write(data)
+        else:
+            self.pieces.append(data)
+        self.size += n
+        return n
 
     @property
     def digest(self) -> bytes:
         return bytes(self._hasher.digest())
 
     def spool(self) -> None:
+        if self.file is not None:
+            return
         f = tempfile.TemporaryFile()  # noqa: SIM115 - closed by close()
         for piece in self.pieces:
             f.write(piece)
-        f.seek(0)
         self.file, self.pieces = f, []
 
     def chunks(self) -> Iterator[bytes | memoryview]:
         """The answer in pieces of at most CHUNK_BYTES (small pieces coalesced)."""
         if self.file is not None:
+            self.file.seek(0)
             while chunk := self.file.read(CHUNK_BYTES):
                 yield chunk
             return
+        yield from self._memory_chunks()
+
+    def _memory_chunks(self) -> Iterator[bytes | memoryview]:
         small: list[bytes] = []
         small_size = 0
         for piece in self.pieces:
-            if len(piece) < SMALL_PIECE_BYTES:
-                small.append(piece)
-                small_size += len(piece)
+            size = len(piece) if isinstance(piece, bytes) else piece.nbytes
+            if size < SMALL_PIECE_BYTES:
+                small.append(bytes(piece))
+                small_size += size
                 if small_size >= SMALL_PIECE_BYTES:
                     yield b"".join(small)
                     small, small_size = [], 0
@@ -393,23 +405,31 @@ class WorkerService:
                                 "not a verifier this worker accepts")
             if challenge.job_id != job_id:
                 raise HttpError(422, "refused", "challenge is for another job than the path names")
-            return await self._answer(lambda: self._prover(trace).respond(challenge, device=self.device),
-                                      request, request_sig)
+            # the bundle is written as its states are read or recomputed (a few at a time)
+            return await self._answer(lambda out: self._prover(trace).respond_to(challenge, out, device=self.device),
+                                      request, request_sig, kind="application/octet-stream")
         from pocv.dispute import Query  # the dispute records load only when a dispute is served
 
         query = Query.from_json(body)
         if query.job_id != job_id:
             raise HttpError(422, "refused", "query is for another job than the path names")
-        return await self._answer(lambda: self._prover(trace).answer(query, device=self.device), request,
-                                  request_sig)
+        def answer(out: _Answer) -> None:
+            got = self._prover(trace).answer(query, device=self.device)
+            if isinstance(got, Response):  # a step query: three states at most
+                got.write_to(out)
+            else:  # a bisect query's opening
+                out.kind = "application/json"
+                out.write(got.to_json().encode())
+
+        return await self._answer(answer, request, request_sig, kind="application/octet-stream")
 
     @staticmethod
     def _method(method: str, allowed: str) -> None:
         if method != allowed:
             raise HttpError(405, "method", f"{method} is not allowed here; use {allowed}")
 
-    async def _answer(self, work: Callable[[], Any], request: web.BaseRequest,
-                      request_sig: bytes) -> web.StreamResponse:
+    async def _answer(self, work: Callable[[_Answer], Any], request: web.BaseRequest,
+                      request_sig: bytes, *, kind: str) -> web.StreamResponse:
         """Run a recomputation in a slot (bounded, queued), then stream its answer."""
         if self._queued >= self.limits.max_queued_answers:
             raise HttpError(503, "busy", f"{self._queued} answers are queued (max_queued_answers)", retry_after=5)
@@ -424,7 +444,9 @@ class WorkerService:
         finally:
             self._queued -= 1
         try:
-            answer = await asyncio.to_thread(self._compute, work)
+            # written to memory while the answers held there stay within max_answer_memory_bytes
+            answer = _Answer(kind, spool_at=max(0, self.limits.max_answer_memory_bytes - self._held))
+            await asyncio.to_thread(self._compute, work, answer)
         finally:
             self._slots.release()
         # the answer is streamed from the recomputed bundle in memory (no copy) while the answers
@@ -440,21 +462,21 @@ class WorkerService:
             answer.close()
 
     @staticmethod
-    def _compute(work: Callable[[], Any]) -> _Answer:
+    def _compute(work: Callable[[_Answer], Any], out: _Answer) -> None:
         try:
-            answer = work()
+            work(out)
         except StorageError as e:
+            out.close()
             raise HttpError(500, "trace-broken", str(e)) from e
-        except (MismatchError, InputError) as e:  # another commitment, over max_answer: refused
+        except EvidenceError as e:  # another commitment, over max_answer: refused
+            out.close()
             raise HttpError(422, "refused", str(e)) from e
-        except EvidenceError as e:
+        except InputError as e:
+            out.close()
             raise HttpError(422, "refused", str(e)) from e
-        out = _Answer("application/octet-stream" if isinstance(answer, Response) else "application/json")
-        if isinstance(answer, Response):
-            answer.write_to(out)  # type: ignore[arg-type]  # a write-only sink
-        else:  # a dispute opening
-            out.write(answer.to_json().encode())
-        return out
+        except BaseException:
+            out.close()
+            raise
 
     async def _stream(self, answer: _Answer, request: web.BaseRequest, request_sig: bytes) -> web.StreamResponse:
         signed = H.sign_response(self.key, 200, request_sig, answer.digest)

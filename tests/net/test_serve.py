@@ -146,13 +146,13 @@ class _SlowWorker(WorkerService):
 
     def _prover(self, t: Any) -> Any:
         prover = super()._prover(t)
-        real = prover.respond
+        real = prover.respond_to
 
-        def respond(*a: Any, **kw: Any) -> Any:
+        def respond_to(*a: Any, **kw: Any) -> Any:
             time.sleep(self.delay)
             return real(*a, **kw)
 
-        prover.respond = respond  # type: ignore[method-assign]
+        prover.respond_to = respond_to  # type: ignore[method-assign]
         return prover
 
 

@@ -207,16 +207,26 @@ def _cmd_respond(args: argparse.Namespace) -> int:
         raise InputError(f"-k {key.pubkey()} is not the worker that signed this trace's commitment "
                          f"({b58encode(worker)}): a verifier would not take the bundle as the worker's")
     t0 = time.perf_counter()
-    response = prover.respond(challenge, device=args.device)
-    with binary_output(target) as f:
-        response.write_to(f)
-    size = len(response.to_bytes()) if target is None else target.stat().st_size
+    # streamed: the states are written as they are read or recomputed, a few at a time; to a
+    # file through an atomic writer, to stdout through a temporary file (never part of a bundle)
+    with binary_output(target) as out:
+        if target is not None:
+            summary = prover.respond_to(challenge, out, device=args.device)
+        else:
+            import shutil  # reason: only to copy a finished bundle to stdout
+            import tempfile  # reason: stdout gets the bundle only once it is complete
+
+            with tempfile.TemporaryFile() as spool:
+                summary = prover.respond_to(challenge, spool, device=args.device)
+                spool.seek(0)
+                shutil.copyfileobj(spool, out, 1 << 20)
     where = "-" if target is None else args.out
-    summary = {"response": where, "indices": len(response.indices), "states": len(response.states),
-               "proof_hashes": len(response.proof), "bytes": size, "seconds": round(time.perf_counter() - t0, 3)}
-    text = (json.dumps(summary, indent=2) if args.output == "json" else
-            f"wrote {where}: {len(response.states)} states for {len(response.indices)} steps, "
-            f"{len(response.proof)} proof hashes, {size} bytes")
+    result = {"response": where, "indices": len(summary.indices), "states": summary.states,
+              "values": summary.values, "proof_hashes": summary.proof_hashes, "bytes": summary.size,
+              "seconds": round(time.perf_counter() - t0, 3)}
+    text = (json.dumps(result, indent=2) if args.output == "json" else
+            f"wrote {where}: {summary.states} states and {summary.values} leaf values for {len(summary.indices)} "
+            f"steps, {summary.proof_hashes} proof hashes, {summary.size} bytes")
     if target is None:
         note(text)  # stdout carries the bundle
     else:
