@@ -69,6 +69,20 @@ class ToleranceKernel(Kernel):
     #: absolute slack, for elements whose scale is (near) zero
     floor: ClassVar[float]
 
+    #: a subclass that overrides verify_step with a cheaper check of the same rule (Freivalds)
+    #: declares this in its own class body to allow chunk samples (:meth:`samples_chunks`)
+    chunk_sampling: ClassVar[bool] = False
+
+    def samples_chunks(self) -> bool:
+        """Chunk samples are judged by :meth:`compare`, element by element: allowed when that
+        is this kernel's rule, i.e. it keeps this class's ``compare`` and either the default
+        ``verify_step`` (recompute and compare) or declares :attr:`chunk_sampling` in its own
+        class body (a cheaper check of the same rule). hf-causal-lm, whose rule is its own, does not."""
+        cls = type(self)
+        if cls.compare is not ToleranceKernel.compare:
+            return False
+        return cls.verify_step is Kernel.verify_step or cls.__dict__.get("chunk_sampling", False) is True
+
     def bound(self, spec: JobSpec) -> tuple[float, float]:
         """(tau, floor) for ``spec``: the class constants, part of the kernel version. Kernels whose
         bound comes from a calibration record the job references override this (and raise

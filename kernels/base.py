@@ -30,7 +30,16 @@ from typing import Any, ClassVar, Literal, final
 
 from pocv.bundle import MAX_BUNDLE_BYTES, answer_bytes_bound
 from pocv.challenge import sample_size
-from pocv.encoding import State, Tensor, encoded_size, state_digest, state_schema
+from pocv.encoding import (
+    ChunkLayout,
+    State,
+    Tensor,
+    decode_state,
+    encode_state,
+    encoded_size,
+    state_digest,
+    state_schema,
+)
 from pocv.errors import EvidenceError, SetupError, SpecError
 from pocv.jobs import JobSpec, ParamValue
 from pocv.kernels.params import Int, Param, artifact_path, artifact_refs
@@ -232,6 +241,9 @@ class Kernel(ABC):
         if state > MAX_STATE_BYTES:
             raise SpecError(f"{self.name}@{self.version} with {dict(spec.params)} has states of {state:,} bytes; "
                             f"a state is at most {MAX_STATE_BYTES:,} bytes")
+        if spec.sample_chunks and not self.samples_chunks():
+            raise SpecError(f"{self.name}@{self.version} compares whole states ({self.mode} mode): a job of it cannot "
+                            f"ask for sample_chunks = {spec.sample_chunks}")
         k = min(sample_size(DEFAULT_CONFIDENCE, DEFAULT_CHEAT_FRACTION), spec.steps)
         need = answer_bytes_bound(k, state, spec.steps + 1)
         if need > MAX_BUNDLE_BYTES:
@@ -239,6 +251,47 @@ class Kernel(ABC):
                             f"challenge at p = {DEFAULT_CONFIDENCE}, f = {DEFAULT_CHEAT_FRACTION} (k = {k}) "
                             f"opens {min(2 * k + 1, spec.steps + 1)} states of {state:,} bytes, up to {need:,} "
                             f"bytes; a response is at most {MAX_BUNDLE_BYTES:,} bytes")
+
+    def samples_chunks(self) -> bool:
+        """Whether a job of this kernel may ask to compare s_i on a sample of its chunks
+        (``JobSpec.sample_chunks``, docs/protocol.md §8.1): only where the comparison is element
+        by element, so the chunks not sampled, taken from the verifier's own s_i, cannot
+        change the judgement of those that were (pocv.kernels.ToleranceKernel decides)."""
+        return False
+
+    @final
+    def judge_chunks(self, prev: State, chunks: Mapping[int, bytes], i: int, spec: JobSpec,
+                     device: str = "cpu") -> Comparison:
+        """Step ``i`` judged on a sample of ``s_i``'s chunks: ``chunks`` maps chunk index ->
+        the claimed chunk's bytes (their proofs already checked against the committed leaf).
+        The verifier recomputes its own ``s_i``, puts the claimed chunks in place of its own
+        and compares the result with :meth:`compare`; with :meth:`judge`'s guarantees (a state
+        that breaks the kernel is ``bad_state``, never an exception)."""
+        if not self.samples_chunks():
+            return Comparison(False, f"{self.name} compares whole states, not chunk samples", bad_state=True)
+        why = self.check_schema(prev, spec)
+        if why is not None:
+            return Comparison(False, f"state {i - 1}: {why}", bad_state=True)
+        try:
+            expected = self.step(prev, i, spec, device)
+            layout = ChunkLayout.from_schema(self.schema(spec))
+            spliced = bytearray(encode_state(expected))
+            for index, data in chunks.items():
+                _, offset, length = layout.chunks[index]
+                if len(data) != length:
+                    return Comparison(False, f"chunk {index} has {len(data)} bytes, expected {length}", bad_state=True)
+                spliced[offset : offset + length] = data
+            claimed = decode_state(spliced)
+            result = self.compare(expected, claimed, spec)
+        except EvidenceError as e:
+            return Comparison(False, str(e), bad_state=True)
+        except (MemoryError, SetupError):
+            raise
+        except Exception as e:  # the engine's guarantee: a state that breaks the kernel is a FAIL
+            log.error("kernel %s@%s raised %s while judging step %d by chunks; judged as a bad state",
+                      self.name, self.version, type(e).__name__, i, exc_info=True)
+            return Comparison(False, f"the kernel cannot judge these chunks: {type(e).__name__}", bad_state=True)
+        return result
 
     def check_schema(self, state: State, spec: JobSpec) -> str | None:
         """None if ``state`` has exactly the expected names, dtypes and shapes, else why not."""

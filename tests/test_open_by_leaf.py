@@ -42,7 +42,7 @@ def test_an_exact_kernel_sends_one_state_per_challenged_step(exact) -> None:
     state = encoded_size(kernel_for(EXACT).schema(EXACT))
     data = r.to_bytes()
     # one state (+ its 16-byte header) and one 40-byte leaf value per step, the multiproof, the fixed parts
-    fixed = 8 + 4 + 64 + 8 + 4 + 8 * ch.k + 4 + 4 + 4 + 96
+    fixed = 8 + 4 + 64 + 8 + 4 + 8 * ch.k + 4 + 4 + 4 + 4 + 96  # the counts: states, proof, values, chunks
     assert len(data) == (fixed + len(r.states) * (16 + state) + 40 * len(r.values)
                          + 32 * multiproof_size(r.opened(), c.tree_size))
     assert len(data) / ch.k < 1.05 * state  # a 4 KiB state: 1.0x plus ~4% of proof and values

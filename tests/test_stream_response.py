@@ -4,7 +4,7 @@ BundleWriter), and the verifier reads a bundle file in place (``Response.read_fr
 pocv.bundle.FileStates), so neither holds more than a few states, whatever k.
 
 The memory bound is measured, not assumed: worker and verifier run in child processes and their
-peak RSS (ru_maxrss) is compared between a small and a large k on 1 MiB states; the in-memory
+peak RSS (VmHWM) is compared between a small and a large k on 1 MiB states; the in-memory
 ``respond`` in the same harness grows with k, which shows the harness can see the difference.
 """
 
@@ -126,7 +126,7 @@ def test_the_writer_refuses_states_out_of_order_missing_or_unasked() -> None:
 BIG = {"kernel": "heat2d", "steps": 96, "seed": 5, "params": {"n": 512, "substeps": 1}}
 
 _CHILD = r"""
-import json, resource, sys
+import json, sys
 from pathlib import Path
 from solders.keypair import Keypair
 from pocv import JobSpec, Prover, Verifier
@@ -138,7 +138,9 @@ worker, verifier = Keypair.from_seed(bytes([1]) * 32), Verifier(key=Keypair.from
 c = load_commitment(trace / "commitment.json")
 ch = verifier.challenge(c, beacon=bytes([9]) * 32, k=k)
 p = Prover(trace_dir=trace, key=worker)
-base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+def hwm():  # KiB; this process image's peak RSS (ru_maxrss would keep the parent's across exec)
+    return int(next(x for x in open("/proc/self/status") if x.startswith("VmHWM:")).split()[1])
+base = hwm()
 if mode == "stream":
     with out.open("wb") as f:
         p.respond_to(ch, f)
@@ -147,7 +149,7 @@ elif mode == "memory":
 else:
     with out.open("rb") as f:
         assert verifier.check(c, ch, f).passed
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+peak = hwm()
 print(json.dumps({"base_kib": base, "peak_kib": peak, "bytes": out.stat().st_size}))
 """
 
@@ -168,7 +170,7 @@ def big_trace(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_peak_memory_of_worker_and_verifier_does_not_grow_with_k(big_trace: Path, tmp_path: Path) -> None:
-    mib = 1024  # ru_maxrss is in KiB on Linux
+    mib = 1024  # VmHWM is in KiB
     small, large = 4, 64
     grow = {}
     for mode in ("stream", "verify"):

@@ -1,9 +1,9 @@
 """The response bundle: a worker's answer to a challenge, as one self-contained binary file.
 
-Format 3 (all integers little-endian; no pickle, nothing executable)::
+Format 4 (all integers little-endian; no pickle, nothing executable)::
 
     magic        8 bytes  b"POCVRSP\\x00"
-    version      u16      3
+    version      u16      4
     flags        u16      0 (reserved; must be zero)
     job_id       32 bytes
     root         32 bytes
@@ -21,6 +21,16 @@ Format 3 (all integers little-endian; no pickle, nothing executable)::
     v times:
       leaf       u64      leaf index, strictly ascending, in 0..steps, not opened whole
       value      32 bytes the committed leaf value (the state digest)
+    c            u32      number of leaves opened in chunks (a sample of s_i, §8.1), 0..k
+    c times:
+      leaf       u64      strictly ascending, a challenged step's leaf opened by value
+      n          u32      chunks opened, 1..MAX_SAMPLE_CHUNKS
+      n times:
+        index    u32      chunk index in the state's subtree, strictly ascending
+        length   u32      <= CHUNK_BYTES
+        data     bytes
+        q        u8       hashes of the chunk's audit path in the state's subtree, <= 64
+        path     q * 32 bytes
     -- the body ends here; the trailer signs it --
     worker       32 bytes ed25519 public key of the worker (the commitment's)
     signature    64 bytes over BUNDLE_DOMAIN || BLAKE3(body)
@@ -53,7 +63,7 @@ import dataclasses
 import io
 import os
 import struct
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import BinaryIO, Final, Protocol
@@ -70,17 +80,23 @@ from pocv.errors import (
     StorageError,
 )
 from pocv.keys import Signer, sign, verify
-from pocv.limits import DIGEST_SIZE, MAX_CHALLENGES, MAX_STATE_BYTES, PUBKEY_SIZE, SIGNATURE_SIZE
+from pocv.limits import DIGEST_SIZE, MAX_CHALLENGES, MAX_SAMPLE_CHUNKS, MAX_STATE_BYTES, PUBKEY_SIZE, SIGNATURE_SIZE
 from pocv.merkle import MAX_PROOF_HASHES, MAX_TREE_SIZE, multiproof_size
 
 MAGIC: Final = b"POCVRSP\x00"
-BUNDLE_VERSION: Final = 3
-BUNDLE_DOMAIN: Final = b"pocv bundle v3\x00"
+BUNDLE_VERSION: Final = 4
+BUNDLE_DOMAIN: Final = b"pocv bundle v4\x00"
 #: the signature trailer: worker public key and signature
 TRAILER_BYTES: Final = PUBKEY_SIZE + SIGNATURE_SIZE
 #: The largest bundle accepted: every challenged pair of states at the largest state size
 #: would be far more; 64 GiB bounds what a verifier will ever read from one worker.
 MAX_BUNDLE_BYTES: Final = 64 << 30
+#: the longest audit path of a chunk in a state's subtree (2^64 leaves)
+MAX_CHUNK_PATH: Final = 64
+#: a chunk's length in a bundle (pocv.encoding.CHUNK_BYTES, restated: this module loads no torch)
+MAX_CHUNK_BYTES: Final = 256 << 10
+#: one chunk opened: (chunk index, its bytes, its audit path in the state's subtree)
+ChunkOpening = tuple[int, bytes, tuple[bytes, ...]]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -93,6 +109,8 @@ class Expected:
     state_bytes: int  # every state of this job encodes to exactly this many bytes
     #: the challenged steps, when the verifier reads a response to its own challenge
     indices: tuple[int, ...] | None = None
+    #: chunks per challenged s_i the job compares by sample (JobSpec.sample_chunks; 0: none)
+    sample_chunks: int = 0
 
     def max_bundle_bytes(self) -> int:  # the parser's bound; answer_bytes_bound is the spec's
         """The size of the largest honest answer to this challenge (header, indices, the
@@ -104,7 +122,7 @@ class Expected:
         header = len(MAGIC) + 4 + 32 + DIGEST_SIZE + 8 + 4 + 8 * k + 4 + 4
         states = len(leaves) * (16 + self.state_bytes)
         return header + states + DIGEST_SIZE * multiproof_size(leaves, self.tree_size) + _values_bytes(len(leaves)) \
-            + TRAILER_BYTES
+            + _chunks_bytes(k, self.sample_chunks, self.state_bytes) + TRAILER_BYTES
 
 
 def answer_bytes_bound(k: int, state_bytes: int, tree_size: int) -> int:
@@ -114,7 +132,15 @@ def answer_bytes_bound(k: int, state_bytes: int, tree_size: int) -> int:
     opened = min(2 * k + 1, tree_size)
     header = len(MAGIC) + 4 + 32 + DIGEST_SIZE + 8 + 4 + 8 * k + 4 + 4
     proof = DIGEST_SIZE * opened * max(1, (tree_size - 1).bit_length())
-    return header + opened * (16 + state_bytes) + proof + _values_bytes(opened) + TRAILER_BYTES
+    return header + opened * (16 + state_bytes) + proof + _values_bytes(opened) + 4 + TRAILER_BYTES
+
+
+def _chunks_bytes(k: int, sample: int, state_bytes: int) -> int:
+    """The chunk section's size at most: its count and, per challenged step, ``sample`` chunks
+    (no more bytes of data than a state) with the longest audit paths."""
+    if not sample:
+        return 4
+    return 4 + k * (12 + sample * (9 + MAX_CHUNK_PATH * DIGEST_SIZE) + min(state_bytes, sample * MAX_CHUNK_BYTES))
 
 
 def _values_bytes(opened: int) -> int:
@@ -143,6 +169,9 @@ class Response:
     proof: tuple[bytes, ...]  # the multiproof over every opened leaf (whole and by value)
     #: leaf index -> committed leaf value, for leaves opened by value alone (not in ``states``)
     values: Mapping[int, bytes] = dataclasses.field(default_factory=dict)
+    #: leaf index -> the chunks of that state opened with their audit paths (a tolerance
+    #: kernel's s_i compared by sample, §8.1); each such leaf is also opened by value
+    chunks: Mapping[int, tuple[ChunkOpening, ...]] = dataclasses.field(default_factory=dict)
     #: the signing worker's public key and its signature of the body (zeros: unsigned)
     worker: bytes = bytes(PUBKEY_SIZE)
     signature: bytes = bytes(SIGNATURE_SIZE)
@@ -156,6 +185,10 @@ class Response:
         both = set(self.states) & set(self.values)
         if both:
             raise MalformedError(f"leaves opened both whole and by value: {sorted(both)[:8]}")
+        object.__setattr__(self, "chunks", MappingProxyType({j: tuple(c) for j, c in sorted(self.chunks.items())}))
+        loose = set(self.chunks) - set(self.values)
+        if loose:
+            raise MalformedError(f"leaves opened in chunks must be opened by value: {sorted(loose)[:8]}")
         for j, v in self.values.items():
             if len(v) != DIGEST_SIZE:
                 raise MalformedError(f"leaf value {j} has wrong size: expected {DIGEST_SIZE} bytes, got {len(v)}")
@@ -188,7 +221,7 @@ class Response:
 
     def write_to(self, f: Sink) -> None:
         w = self._writer(f)
-        w.end_body(self.proof, self.values)
+        w.end_body(self.proof, self.values, self.chunks)
         w.trailer(self.worker, self.signature)
 
     def digest(self) -> bytes:
@@ -197,7 +230,7 @@ class Response:
         known = self.__dict__.get("_digest")
         if known is not None:
             return bytes(known)
-        return self._writer(_NullSink()).end_body(self.proof, self.values)
+        return self._writer(_NullSink()).end_body(self.proof, self.values, self.chunks)
 
     def signed(self, key: Signer) -> Response:
         """This bundle signed by ``key`` (the committing worker)."""
@@ -316,14 +349,24 @@ class BundleWriter:
         self._put(view)
         self._next += 1
 
-    def end_body(self, proof: Iterable[bytes], values: Mapping[int, bytes]) -> bytes:
-        """Write the multiproof and the leaf values; returns the body's digest."""
+    def end_body(self, proof: Iterable[bytes], values: Mapping[int, bytes],
+                 chunks: Mapping[int, Sequence[ChunkOpening]] | None = None) -> bytes:
+        """Write the multiproof, the leaf values and the chunk openings; returns the body's digest."""
         if self._next != len(self._whole):
             raise InputError(f"bundle writer: {len(self._whole) - self._next} whole states not written")
         proof = tuple(proof)
         self._put(struct.pack("<I", len(proof)) + b"".join(proof))
         self._put(struct.pack("<I", len(values)) + b"".join(struct.pack("<Q", leaf) + values[leaf]
                                                             for leaf in sorted(values)))
+        chunks = chunks or {}
+        self._put(struct.pack("<I", len(chunks)))
+        for leaf in sorted(chunks):
+            opened = chunks[leaf]
+            self._put(struct.pack("<QI", leaf, len(opened)))
+            for index, data, path in opened:
+                self._put(struct.pack("<II", index, len(data)))
+                self._put(data)
+                self._put(struct.pack("<B", len(path)) + b"".join(path))
         self._proof, self._values = len(proof), len(values)
         self._digest = bytes(self._hash.digest())
         return self._digest
@@ -549,6 +592,43 @@ def _parse(f: BinaryIO, size: int, expect: Expected | None = None, *, lazy: bool
         if wanted is not None and leaf not in wanted:
             raise MalformedError(f"response opens leaf {leaf}, which the challenge does not ask for")
         values[leaf] = r.take(DIGEST_SIZE, f"value of leaf {leaf}")
+    c = r.u32("chunk opening count")
+    if not 0 <= c <= k:
+        raise LimitExceeded(f"bundle chunk opening count must be in 0..{k} for {k} indices, got {c}")
+    sample = MAX_SAMPLE_CHUNKS if expect is None else expect.sample_chunks
+    if c and not sample:
+        raise MalformedError("response opens chunks, but this job compares whole states")
+    chunks: dict[int, tuple[ChunkOpening, ...]] = {}
+    last = -1
+    for _ in range(c):
+        leaf = r.u64("leaf index")
+        if not last < leaf < tree_size:
+            raise MalformedError(f"bundle chunk openings must ascend strictly within 0..{tree_size - 1}; "
+                                 f"got {leaf} after {last}")
+        last = leaf
+        if leaf not in values:
+            raise MalformedError(f"response opens chunks of leaf {leaf}, which it does not open by value")
+        n = r.u32("chunk count")
+        if not 1 <= n <= sample:
+            raise LimitExceeded(f"a state opens 1..{sample} chunks, bundle claims {n} for leaf {leaf}")
+        opened: list[ChunkOpening] = []
+        prev_index = -1
+        for _ in range(n):
+            index, length = struct.unpack("<II", r.take(8, "chunk index and length"))
+            if index <= prev_index:
+                raise MalformedError(f"chunk indices of leaf {leaf} must ascend strictly; got {index} after "
+                                     f"{prev_index}")
+            prev_index = index
+            if length > MAX_CHUNK_BYTES:
+                raise LimitExceeded(f"a chunk is at most {MAX_CHUNK_BYTES} bytes, bundle claims {length}")
+            data = r.take(length, f"chunk {index} of leaf {leaf}")
+            q = r.take(1, "chunk path length")[0]
+            if q > MAX_CHUNK_PATH:
+                raise LimitExceeded(f"a chunk's audit path has at most {MAX_CHUNK_PATH} hashes, bundle claims {q}")
+            raw_path = r.take(DIGEST_SIZE * q, "chunk path")
+            opened.append((index, data, tuple(raw_path[j : j + DIGEST_SIZE] for j in range(0, len(raw_path),
+                                                                                          DIGEST_SIZE))))
+        chunks[leaf] = tuple(opened)
     if not states and not values and not spans:
         raise MalformedError("bundle opens no leaf")
     if expect is not None:  # the exact size follows from the leaves opened
@@ -563,7 +643,7 @@ def _parse(f: BinaryIO, size: int, expect: Expected | None = None, *, lazy: bool
     if len(trailer) != TRAILER_BYTES:  # pragma: no cover - the file shrank while being read
         raise MalformedError("bundle truncated: no signature trailer")
     response = Response(job_id=job_id, root=root, tree_size=tree_size, indices=tuple(indices),
-                        states=FileStates(f, spans) if lazy else states, proof=proof, values=values,
+                        states=FileStates(f, spans) if lazy else states, proof=proof, values=values, chunks=chunks,
                         worker=trailer[:PUBKEY_SIZE], signature=trailer[PUBKEY_SIZE:])
     object.__setattr__(response, "_digest", digest)  # computed while reading: saves a second pass
     return response

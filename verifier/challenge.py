@@ -96,3 +96,34 @@ def derive_indices(job_id: bytes, root: bytes, beacon: bytes, steps: int, k: int
                 if len(chosen) == k:
                     break
     return tuple(sorted(chosen))
+
+
+def derive_chunks(job_id: bytes, root: bytes, beacon: bytes, leaf: int, count: int, m: int) -> tuple[int, ...]:
+    """The chunks of state ``leaf`` (of ``count`` chunks) compared by sample when a job asks
+    for ``m`` of them (docs/protocol.md §8.1): ``min(m, count)`` distinct chunk indices in
+    0..count-1, sorted, from the challenge seed, so the worker learns them only with the
+    challenge, after its commitment fixed every chunk."""
+    if count < 1 or m < 1:
+        raise InputError(f"a chunk sample needs count >= 1 and m >= 1, got count={count}, m={m}")
+    if m >= count:
+        return tuple(range(count))
+    seed = challenge_seed(job_id, root, beacon)
+    limit = ((1 << 64) // count) * count
+    chosen: set[int] = set()
+    counter = 0
+    while len(chosen) < m:  # messages of 22 bytes: never one of derive_indices' 8-byte counters
+        block = blake3(b"chunks" + struct.pack("<QQ", leaf, counter), key=seed).digest(length=8 * _WORDS_PER_BLOCK)
+        counter += 1
+        for (w,) in struct.iter_unpack("<Q", block):
+            if w < limit:
+                chosen.add(w % count)
+                if len(chosen) == m:
+                    break
+    return tuple(sorted(chosen))
+
+
+def chunk_detection(m: int, count: int, bad: int = 1) -> float:
+    """Probability that a sample of ``m`` of ``count`` chunks includes at least one of ``bad``
+    chunks that differ (the catch rate of one challenged step compared by sample)."""
+    return _exact_detection(count, bad, min(m, count)) if count > 0 else 0.0
+

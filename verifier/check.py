@@ -36,9 +36,9 @@ import numpy as np
 from blake3 import blake3
 
 from pocv.bundle import MAX_BUNDLE_BYTES, Expected, Response, answer_bytes_bound, probe_signature, signature_ok
-from pocv.challenge import derive_indices, detection_probability, sample_size
+from pocv.challenge import chunk_detection, derive_chunks, derive_indices, detection_probability, sample_size
 from pocv.device import resolve_device
-from pocv.encoding import State, decode_state, encoded_size, state_digest
+from pocv.encoding import ChunkLayout, State, decode_state, encoded_size, state_digest, verify_chunk
 from pocv.errors import (
     EvidenceError,
     InputError,
@@ -300,7 +300,8 @@ class Verifier:
             # largest honest answer, its indices by the challenge's, each opened leaf by the set the
             # challenge opens, each state by the job's state size, the proof by the exact multiproof
             expect = Expected(job_id=commitment.job_id, root=commitment.root, tree_size=commitment.tree_size,
-                              state_bytes=encoded_size(kernel.schema(spec)), indices=indices)
+                              state_bytes=encoded_size(kernel.schema(spec)), indices=indices,
+                              sample_chunks=spec.sample_chunks if kernel.samples_chunks() else 0)
             raw: bytes | BinaryIO
             if isinstance(response, bytes | bytearray | memoryview):
                 raw, size, start = bytes(response), len(response), 0
@@ -340,6 +341,9 @@ class Verifier:
                             f"response opens leaves that were not asked for: {sorted(have - want)[:8]}")
         if 0 not in have:
             return all_fail(Reason.MISSING, "response does not open s_0")
+        sampling = spec.sample_chunks > 0 and kernel.samples_chunks()
+        if response.chunks and not sampling:
+            return all_fail(Reason.MALFORMED, "response opens chunks, but this job compares whole states")
         # (6) the multiproof over what was opened: whole states by their digest, the rest by value
         digests = response.leaf_values()
         try:
@@ -366,8 +370,12 @@ class Verifier:
                     outcomes[i] = Outcome(i, Reason.MISSING, f"state {i - 1} must be opened whole and state {i} "
                                                              "opened")
                     continue
+                if i in response.chunks and i not in response.states:
+                    outcomes[i] = self._judge_sample(kernel, spec, response, challenge, digests, s0, i)
+                    continue
                 if i not in response.states and not exact:
-                    outcomes[i] = Outcome(i, Reason.MISSING, f"state {i} of a tolerance kernel must be opened whole")
+                    outcomes[i] = Outcome(i, Reason.MISSING, f"state {i} of a tolerance kernel must be opened whole"
+                                          + (" or by a sample of its chunks" if sampling else ""))
                     continue
                 try:
                     prev = decode_state(response.states[i - 1]) if i - 1 in response.states else s0
@@ -391,6 +399,39 @@ class Verifier:
             if self.progress is not None:
                 self.progress(done, len(indices))
         return verdict([outcomes[i] for i in indices])
+
+    def _judge_sample(self, kernel: Kernel, spec: JobSpec, response: Response, challenge: Challenge,
+                      digests: dict[int, bytes], s0: State, i: int) -> Outcome:
+        """Step ``i`` whose ``s_i`` is opened by its leaf value and a sample of its chunks
+        (docs/protocol.md §8.1): the chunks must be exactly the ones the beacon draws, each
+        proven against that leaf value (which the multiproof proved), and close to the
+        verifier's own s_i element by element (Kernel.judge_chunks). The detail states what the
+        sample catches."""
+        layout = ChunkLayout.from_schema(kernel.schema(spec))
+        count = len(layout.chunks)
+        want = derive_chunks(challenge.job_id, challenge.root, challenge.beacon, i, count, spec.sample_chunks)
+        opened = response.chunks[i]
+        got = tuple(c for c, _, _ in opened)
+        if got != want:
+            return Outcome(i, Reason.MALFORMED, f"state {i}: opens chunks {list(got)[:8]}, the beacon draws "
+                                                f"{list(want)[:8]}")
+        try:
+            for index, data, path in opened:
+                verify_chunk(digests[i], layout, index, data, path)
+        except EvidenceError as e:
+            return Outcome(i, Reason.BAD_PROOF, f"state {i}: {e}")
+        try:
+            prev = decode_state(response.states[i - 1]) if i - 1 in response.states else s0
+        except EvidenceError as e:
+            return Outcome(i, Reason.BAD_STATE, str(e))
+        with warnings.catch_warnings(), np.errstate(all="ignore"):
+            warnings.simplefilter("ignore", RuntimeWarning)
+            r = kernel.judge_chunks(prev, {c: d for c, d, _ in opened}, i, spec, self.device)
+        sample = (f"s_{i} compared on {len(want)} of {count} chunks (a step differing in one chunk is caught "
+                  f"with probability {chunk_detection(len(want), count):.3f})")
+        if r.ok:
+            return Outcome(i, Reason.OK, f"{r.detail}; {sample}" if r.detail else sample)
+        return Outcome(i, Reason.BAD_STATE if r.bad_state else Reason.MISMATCH, f"{r.detail}; {sample}")
 
     # -- raising form ----------------------------------------------------------------------
 

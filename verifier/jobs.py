@@ -27,7 +27,7 @@ from typing import Any, Final
 from blake3 import blake3
 
 from pocv.errors import InputError, LimitExceeded, MalformedError, SpecError
-from pocv.limits import MAX_SPEC_BYTES, MAX_STEPS
+from pocv.limits import MAX_SAMPLE_CHUNKS, MAX_SPEC_BYTES, MAX_STEPS
 
 JOB_CONTEXT: Final = "pocv 2026-11 job id v1"
 MAX_SEED: Final = (1 << 63) - 1
@@ -70,11 +70,16 @@ class JobSpec:
     seed: int
     params: Mapping[str, ParamValue] = field(default_factory=dict)
     version: int = 0
+    #: a tolerance kernel's challenged s_i is compared on this many chunks, drawn from the
+    #: beacon, instead of whole (docs/protocol.md §8.1); 0 (the default): whole. Part of the
+    #: canonical JSON only when set, so the ids of jobs without it are unchanged
+    sample_chunks: int = 0
 
     def __post_init__(self) -> None:
         if not isinstance(self.kernel, str) or not _KERNEL_RE.fullmatch(self.kernel):
             raise SpecError(f"kernel name must match {_KERNEL_RE.pattern}, got {self.kernel!r}")
-        for name, lo, hi in (("steps", 1, MAX_STEPS), ("seed", 0, MAX_SEED), ("version", 0, 1 << 31)):
+        for name, lo, hi in (("steps", 1, MAX_STEPS), ("seed", 0, MAX_SEED), ("version", 0, 1 << 31),
+                             ("sample_chunks", 0, MAX_SAMPLE_CHUNKS)):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
                 raise SpecError(f"{name} must be an integer in {lo}..{hi}, got {v!r}")
@@ -97,13 +102,16 @@ class JobSpec:
         return f"{self.kernel}@{self.version}"
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out = {
             "kernel": self.kernel,
             "version": self.version,
             "steps": self.steps,
             "seed": self.seed,
             "params": dict(self.params),
         }
+        if self.sample_chunks:
+            out["sample_chunks"] = self.sample_chunks
+        return out
 
     def canonical_json(self) -> bytes:
         return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
@@ -123,7 +131,7 @@ class JobSpec:
     def from_dict(cls, d: object) -> JobSpec:
         if not isinstance(d, dict):
             raise SpecError(f"a job spec is a JSON object, got {type(d).__name__}")
-        unknown = set(d) - {"kernel", "version", "steps", "seed", "params"}
+        unknown = set(d) - {"kernel", "version", "steps", "seed", "params", "sample_chunks"}
         if unknown:
             raise SpecError(f"unknown job spec fields: {sorted(unknown)}")
         missing = {"kernel", "steps", "seed"} - set(d)
@@ -135,6 +143,7 @@ class JobSpec:
             seed=d["seed"],
             params=d.get("params", {}),
             version=d.get("version", 0),
+            sample_chunks=d.get("sample_chunks", 0),
         )
 
     @classmethod

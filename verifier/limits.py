@@ -41,3 +41,6 @@ DEFAULT_MAX_ANSWER: Final = 2048
 DEFAULT_CONFIDENCE: Final = 0.999
 #: f: the fraction of faked steps the default challenge is sized for (k = 66 with p = 0.999)
 DEFAULT_CHEAT_FRACTION: Final = 0.1
+#: the most chunks of one state a job may ask to compare by sample (JobSpec.sample_chunks,
+#: docs/protocol.md §8.1)
+MAX_SAMPLE_CHUNKS: Final = 1024

@@ -26,11 +26,20 @@ from typing import TYPE_CHECKING
 import torch
 
 from pocv.artifacts import ArtifactStore
-from pocv.bundle import BundleSummary, BundleWriter, Response, Sink, whole_leaves
-from pocv.challenge import derive_indices
+from pocv.bundle import BundleSummary, BundleWriter, ChunkOpening, Response, Sink, whole_leaves
+from pocv.challenge import derive_chunks, derive_indices
 from pocv.device import deterministic, environment, fingerprint, resolve_device
 from pocv.dispute import Opening, Query
-from pocv.encoding import State, Tensor, decode_state, digest_encoded, encode_state, encoded_size
+from pocv.encoding import (
+    ChunkLayout,
+    State,
+    StateTree,
+    Tensor,
+    decode_state,
+    digest_encoded,
+    encode_state,
+    encoded_size,
+)
 from pocv.errors import EvidenceError, InputError, MismatchError, ProviderMismatch, StorageError
 from pocv.jobs import JobSpec
 from pocv.kernels import kernel_for, resolve_spec
@@ -240,10 +249,19 @@ class Prover:
 
         The bundle is built in memory (every opened state at once); :meth:`respond_to` writes
         it to a file as the states come, holding a bounded number of them."""
-        commitment, opened, keep = self._plan(challenge, whole)
-        states, values, proof = self.open_parts(opened, whole=keep, device=device)
+        commitment, opened, keep, sampled = self._plan(challenge, whole)
+        store, leaf_bytes, tree, full, values, run_device = self._open_plan(opened, keep, device)
+        states: dict[int, bytes] = {}
+        chunks: dict[int, tuple[ChunkOpening, ...]] = {}
+        with deterministic(), use_artifacts(self.artifacts):
+            for j, data in self._iter_states(store, store.spec, sorted({*full, *sampled}), leaf_bytes, run_device):
+                if j in sampled:
+                    chunks[j] = _chunk_openings(data, sampled[j])
+                if j in keep:
+                    states[j] = data
         return Response(job_id=commitment.job_id, root=commitment.root, tree_size=commitment.tree_size,
-                        indices=challenge.indices, states=states, values=values, proof=tuple(proof)).signed(self.key)
+                        indices=challenge.indices, states=states, values=values, proof=tuple(tree.multiproof(opened)),
+                        chunks=chunks).signed(self.key)
 
     def respond_to(self, challenge: Challenge, f: Sink, *, device: str | None = None,
                    whole: bool = False) -> BundleSummary:
@@ -252,21 +270,25 @@ class Prover:
         worker holds at most a few segments' states at once (:meth:`workers` of them in flight),
         however large the answer. On an error part of a bundle may have been written: write to
         a temporary file and rename it (pocv.store.atomic_writer) where that matters."""
-        commitment, opened, keep = self._plan(challenge, whole)
-        plan = self._open_plan(opened, keep, device)
-        store, leaf_bytes, tree, full, values, run_device = plan
+        commitment, opened, keep, sampled = self._plan(challenge, whole)
+        store, leaf_bytes, tree, full, values, run_device = self._open_plan(opened, keep, device)
         w = BundleWriter(f, job_id=commitment.job_id, root=commitment.root, tree_size=commitment.tree_size,
                          indices=challenge.indices, whole=full)
-        if full:
-            with deterministic(), use_artifacts(self.artifacts):
-                for j, data in self._iter_states(store, store.spec, full, leaf_bytes, run_device):
+        chunks: dict[int, tuple[ChunkOpening, ...]] = {}  # sampled chunks: at most sample_chunks per step
+        with deterministic(), use_artifacts(self.artifacts):
+            for j, data in self._iter_states(store, store.spec, sorted({*full, *sampled}), leaf_bytes, run_device):
+                if j in sampled:
+                    chunks[j] = _chunk_openings(data, sampled[j])
+                if j in keep:
                     w.state(j, data)
-        w.end_body(tree.multiproof(sorted(opened)), values)
+        w.end_body(tree.multiproof(opened), values, chunks)
         return w.sign(self.key)
 
-    def _plan(self, challenge: Challenge, whole: bool) -> tuple[Commitment, list[int], set[int]]:
-        """(the commitment, the leaves a response to ``challenge`` opens, those opened whole),
-        after checking the challenge is for this trace, within max_answer, with derived indices."""
+    def _plan(self, challenge: Challenge,
+              whole: bool) -> tuple[Commitment, list[int], set[int], dict[int, tuple[int, ...]]]:
+        """(the commitment, the leaves a response to ``challenge`` opens, those opened whole,
+        the chunks opened of each s_i compared by sample), after checking the challenge is for
+        this trace, within max_answer, with derived indices."""
         commitment = self.commitment()
         if challenge.job_id != commitment.job_id or challenge.root != commitment.root:
             raise MismatchError(
@@ -281,12 +303,20 @@ class Prover:
         if challenge.indices != expected:
             raise MismatchError("challenge indices are not the ones its beacon derives")
         opened = Response.opened_leaves(list(challenge.indices))
+        sampled: dict[int, tuple[int, ...]] = {}
         if whole:
-            keep = set(opened)
-        else:
-            exact = kernel_for(TraceStore.open(self.trace_dir).spec).mode == "exact"
-            keep = whole_leaves(challenge.indices, exact)
-        return commitment, opened, keep
+            return commitment, opened, set(opened), sampled
+        spec = TraceStore.open(self.trace_dir).spec
+        kernel = kernel_for(spec)
+        by_sample = spec.sample_chunks > 0 and kernel.samples_chunks()
+        keep = whole_leaves(challenge.indices, kernel.mode == "exact" or by_sample)
+        if by_sample:  # s_i by value and a beacon-drawn sample of its chunks (§8.1)
+            count = len(ChunkLayout.from_schema(kernel.schema(spec)).chunks)
+            for i in challenge.indices:
+                if i not in keep:
+                    sampled[i] = derive_chunks(challenge.job_id, challenge.root, challenge.beacon, i, count,
+                                               spec.sample_chunks)
+        return commitment, opened, keep, sampled
 
     def open(self, leaves: Sequence[int], *, device: str | None = None) -> tuple[dict[int, bytes], list[bytes]]:
         """Canonical bytes of the states at ``leaves`` and one multiproof for all of them.
@@ -442,6 +472,12 @@ class Prover:
         m = query.leaves[0]
         return Opening(job_id=c.job_id, root=c.root, tree_size=c.tree_size, leaf=m, value=tree.leaf_value(m),
                        proof=tuple(tree.inclusion_proof(m)))
+
+
+def _chunk_openings(data: bytes, indices: tuple[int, ...]) -> tuple[ChunkOpening, ...]:
+    """The chunks ``indices`` of the state ``data`` with their audit paths in its subtree."""
+    tree = StateTree(data)
+    return tuple((c, tree.layout.chunk_of(data, c), tuple(tree.chunk_proof(c))) for c in indices)
 
 
 def _check_provider(recorded: str | None, kernel: Kernel, what: str) -> None:

@@ -173,6 +173,13 @@ def seeds() -> dict[str, list[bytes]]:
     verdict = v.check(c, ch, resp)
     mlp = resolve_spec(JobSpec(kernel="mlp-sgd", steps=3, seed=1, params={"width": 8, "depth": 2, "batch": 4}))
     mlp_state = encode_state(kernel_for(mlp).init_state(mlp))
+    # a tolerance job compared by chunk samples: a bundle with a chunk section (docs/protocol.md §8.1)
+    sampled = resolve_spec(JobSpec(kernel="mlp-sgd", steps=6, seed=1, params={"width": 8, "depth": 1, "batch": 4},
+                                   sample_chunks=2))
+    sp = Prover(trace_dir=tmp / "s", key=key)
+    sc = sp.run(sampled)
+    sampled_resp = sp.respond(v.challenge(sc, beacon=bytes(range(32)), k=2))
+    assert sampled_resp.chunks
 
     # a second root for the same job by the same worker: a dispute and an equivocation
     from pocv.prover import answer_query
@@ -201,11 +208,11 @@ def seeds() -> dict[str, list[bytes]]:
              + b"".join(struct.pack("<H", i) + tree.leaf_value(i) for i in idx)
              + b"".join(bytes([32]) + h for h in tree.multiproof(idx)))
     return {
-        "bundle": [resp.to_bytes()],
+        "bundle": [resp.to_bytes(), sampled_resp.to_bytes()],
         "commitment": [c.to_json().encode()],
         "challenge": [ch.to_json().encode()],
         "verdict": [verdict.to_json().encode()],
-        "jobspec": [spec.to_json().encode(), mlp.to_json().encode()],
+        "jobspec": [spec.to_json().encode(), mlp.to_json().encode(), sampled.to_json().encode()],
         "state": [next(iter(resp.states.values())), mlp_state],
         "inclusion": [incl],
         "multiproof": [multi],

@@ -435,12 +435,13 @@ def _cmd_job(args: argparse.Namespace) -> int:
     target = output_target(args.out, "job spec")
     try:
         spec = resolve_spec(JobSpec(kernel=args.kernel, version=kernel.version, steps=args.steps, seed=args.seed,
-                                    params=params))
+                                    params=params, sample_chunks=args.sample_chunks))
     except SpecError as e:  # a required parameter not given, a size over the limits: the arguments' fault
         args._parser.error(str(e))
     refs = kernel.artifacts(spec)
     text = (f"job {spec.job_id.hex()} ({spec.kernel_ref}, {spec.steps} steps, seed {spec.seed})\n"
-            f"params {json.dumps(dict(spec.params), sort_keys=True)}")
+            f"params {json.dumps(dict(spec.params), sort_keys=True)}"
+            + (f"\ns_i compared on {spec.sample_chunks} sampled chunks" if spec.sample_chunks else ""))
     _result(args, spec.to_json(), text, target)
     if refs:
         store = artifact_store(args)
@@ -646,6 +647,10 @@ def add_core_parsers(sub: Any) -> None:
     p.add_argument("--kernel-version", type=_positive, default=None, metavar="V",
                    help="the kernel version (default: the current one)")
     _param_option(p)
+    p.add_argument("--sample-chunks", type=int, default=0, metavar="M",
+                   help="a tolerance kernel's challenged state is compared on M chunks of 256 KiB drawn from the "
+                        "beacon instead of whole (fewer bytes; a step that differs in one of C chunks is caught "
+                        "with probability M/C, stated in each verdict); 0, the default: whole states")
     add_artifacts_option(p, what="checked for the artifacts the job names (a note lists those missing there)")
     _out_option(p, "the job spec JSON")
     p.set_defaults(_handler=_cmd_job, _parser=p)
