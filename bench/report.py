@@ -62,6 +62,8 @@ EXPECTED: dict[str, str] = {
     "worker": "`pocv bench --suite worker` (bench/test_bench_worker.py)",
     "merkle_scale": "`pocv bench --suite merkle` (needs pymerkle: the bench extra)",
     "net": "`pocv bench --suite net` (the Ray part needs the ray extra)",
+    "memory": "`pocv bench --suite memory` (bench/test_bench_memory.py)",
+    "bytes": "`pocv bench --suite bytes` (bench/test_bench_bytes.py)",
 }
 
 #: targets of the core suite (bench/test_bench_core.py; docs/protocol.md §5, §9)
@@ -961,6 +963,54 @@ def render_net(sec: Section, data: dict[str, Any], plot: Plotter) -> None:
                            + "; ".join(f"{k} {v}" for k, v in loads.items()) + ".")
 
 
+def render_memory(sec: Section, data: dict[str, Any], plot: Plotter) -> None:
+    sec.title = "Peak memory of answering and checking (`memory`)"
+    modes = {k: v for k, v in data.items() if isinstance(v, dict) and "worker" in v}
+    if not modes:
+        raise KeyError("no job measured")
+    budget = _num(data.get("budget_bytes")) or 0
+    figs, rows = [], []
+    for mode, e in modes.items():
+        state = e.get("state_bytes") or 1
+        for side in ("worker", "verifier"):
+            r = e.get(side) or {}
+            figs.append(Figure(f"{mode} ({e.get('kernel')}): {side}'s peak RSS for a "
+                               f"{fmt((e.get('bundle_bytes') or 0) / 2**30)} GiB answer, GiB",
+                               (r.get("peak_bytes") or 0) / 2**30, budget / 2**30, "<="))
+            rows.append([mode, e.get("kernel"), side, fmt(state / 2**20), e.get("k"),
+                         fmt((r.get("base_bytes") or 0) / 2**20), fmt((r.get("peak_k1_bytes") or 0) / 2**20),
+                         fmt((r.get("peak_bytes") or 0) / 2**20), r.get("over_k1_states")])
+    sec.add_figures(figs)
+    sec.blocks.append(table(["mode", "kernel", "side", "state MiB", "k", "before answering MiB", "peak at k = 1 MiB",
+                             "peak at k MiB", "k adds, states"], rows))
+    sec.reading.append("Each side runs in its own process; its peak RSS (VmHWM) against the same answer at k = 1 "
+                       "shows what k adds: a few states at most (the worker's window of segments in flight), "
+                       "not k of them.")
+
+
+def render_bytes(sec: Section, data: dict[str, Any], plot: Plotter) -> None:
+    sec.title = "Bytes sent per challenged step (`bytes`)"
+    kernels = {k: v for k, v in data.items() if isinstance(v, dict) and "per_step" in v}
+    if not kernels:
+        raise KeyError("no kernel measured")
+    figs, rows = [], []
+    for name, e in kernels.items():
+        figs.append(Figure(f"{name} ({e.get('mode')}), bytes / k / state", e.get("per_step"), _num(e.get("target")),
+                           "<="))
+        rows.append([name, e.get("mode"), f"{e.get('state_bytes'):,}", e.get("chunks"), "default",
+                     e.get("per_step"), "", ""])
+        rows.append([name, e.get("mode"), "", "", "all whole", e.get("whole_per_step"), "", ""])
+        for m, smp in (e.get("sampled") or {}).items():
+            rows.append([name, e.get("mode"), "", "", f"sample_chunks = {m}", smp.get("per_step"),
+                         smp.get("step_one_chunk"), smp.get("challenge_one_chunk_f")])
+    sec.add_figures(figs)
+    sec.blocks.append(table(["kernel", "mode", "state B", "chunks", "answer", "bytes / k / state",
+                             "one-chunk cheat caught per step", "over k = 66 at f = 0.1"], rows))
+    sec.reading.append(f"n = {data.get('steps')} steps, k = {data.get('k')}; exact kernels send s_(i-1) whole and "
+                       "s_i by value, tolerance kernels both whole, or s_i by a chunk sample when the job says so "
+                       "(a cheat in every chunk of a step is caught whenever the step is challenged).")
+
+
 LLM_TARGETS: dict[str, tuple[str, float]] = {
     "commit_overhead": ("<=", 1.05),  # worker / plain generate of the same tokens
     "verify_all_challenged_over_generate": ("<=", 0.10),  # k challenged positions in one pass / generating
@@ -1032,6 +1082,8 @@ RENDERERS: dict[str, Renderer] = {
     "worker": render_worker,
     "merkle_scale": render_merkle_scale,
     "net": render_net,
+    "memory": render_memory,
+    "bytes": render_bytes,
     "llm": render_llm,
 }
 

@@ -105,8 +105,8 @@ def test_answer_memory(benchmark: Any, mode: str) -> None:
     finally:
         shutil.rmtree(work, ignore_errors=True)
     bundle = runs["worker"][1]["bundle_bytes"]
-    assert runs["verifier"][1]["passed"]
-    assert runs["verifier"][0]["passed"]
+    assert runs["verifier"][1]["passed"], runs["verifier"][1]
+    assert runs["verifier"][0]["passed"], runs["verifier"][0]
     entry: dict[str, Any] = {"kernel": spec.kernel, "params": dict(spec.params), "steps": spec.steps, "k": K,
                              "state_bytes": state, "bundle_bytes": bundle, "budget_bytes": MEMORY_BUDGET,
                              "run_s": run_s}

@@ -233,6 +233,9 @@ def test_a_stalled_disk_holds_the_pipeline_within_its_bounds(tmp_path, monkeypat
         seen.append(committers[-1]._pending_count)
         gate.set()
 
+    import pocv.trace as trace_module  # writer threads for every checkpoint, as for large states
+
+    monkeypatch.setattr(trace_module, "INLINE_CHEAP_WRITES", False)
     monkeypatch.setattr(TraceStore, "write_checkpoint", stalled)
     monkeypatch.setattr(Committer, "__init__", remember)
     watcher = threading.Thread(target=watch, daemon=True)
@@ -286,7 +289,8 @@ def test_parallel_respond_gives_the_same_bundle(tmp_path) -> None:
 def test_no_temporaries_are_left_by_a_run(tmp_path) -> None:
     Prover(trace_dir=tmp_path / "t", key=KEY, checkpoint_every=3).run(SMALL)
     assert not [p for p in (tmp_path / "t").rglob("*") if p.name.endswith(".tmp")]
-    assert os.listdir(tmp_path / "t" / "checkpoints")
+    assert (tmp_path / "t" / "checkpoints.pack").stat().st_size > 0
+    assert not os.listdir(tmp_path / "t" / "checkpoints")  # every state fits its slot
 
 
 # -- which kernels are shared with the committer, and answered in parallel ------------------------

@@ -66,9 +66,11 @@ def test_resume_survives_torn_leaves_and_a_corrupt_checkpoint(tmp_path, referenc
     with store.leaves_path.open("ab") as f:
         f.write(b"\x01" * 13)  # a torn append
     # bit rot in the newest checkpoint on disk (written behind the run: the crash may come before
-    # the writer reached checkpoint 24)
-    ck = store.checkpoint_path(max(store.checkpoints()))
-    ck.write_bytes(ck.read_bytes()[:-1] + b"\xff")
+    # the writer reached checkpoint 24): its last byte flipped, in its slot of the checkpoint pack
+    newest = max(store.checkpoints())
+    data = store.read_checkpoint(newest)
+    store.write_checkpoint(newest, data[:-1] + bytes([data[-1] ^ 0xFF]))
+    store.close()
     assert Prover(trace_dir=tmp_path / "t", key=KEY, checkpoint_every=8).run(SMALL).root == reference_root
 
 

@@ -202,3 +202,128 @@ def test_pieces_that_cut_through_a_tensor_give_the_same_root() -> None:
     pieces = [DATA[a:b] for a, b in pairwise(cuts)]
     assert digest_pieces(pieces) == digest_encoded(DATA) == naive_state_root(DATA)
     assert digest_pieces([memoryview(p) for p in pieces]) == naive_state_root(DATA)
+
+
+# -- the digest's fast paths (issue 16 point 3): the same root as the reference, whatever the path
+
+
+def _fast_path_states() -> list[dict[str, object]]:
+    rng = np.random.default_rng(16)
+
+    def raw(n: int) -> torch.Tensor:
+        return torch.from_numpy(rng.integers(0, 256, n, dtype=np.uint8))
+
+    return [
+        {"x": raw(4096)},  # one chunk: one node over the header and chunk leaves
+        {"x": raw(CHUNK_BYTES)},  # exactly one chunk
+        {"x": raw(CHUNK_BYTES + 1)},  # one tensor, two chunks
+        {"h": raw(4 * CHUNK_BYTES + 6).view(torch.bfloat16)},  # raw bits, five chunks
+        {"m": torch.from_numpy(rng.integers(0, 2, 33, dtype=np.uint8)).bool()},
+        {"s": torch.tensor(2.5, dtype=torch.float64)},  # 0-d
+        {"n": np.array(1.5, dtype=np.float32)},  # 0-d numpy
+        {"w": raw(64 * 4).view(torch.float32).reshape(8, 8), "b": torch.zeros(0, 3), "c": np.arange(5, dtype=np.int64)},
+        {"e": torch.zeros(0, dtype=torch.int16)},  # no data: the root is the header leaf
+        {"a": raw(CHUNK_BYTES - 3), "b": raw(5), "z": raw(2 * CHUNK_BYTES)},  # chunks never span tensors
+    ]
+
+
+@pytest.mark.parametrize("i", range(len(_fast_path_states())))
+def test_every_path_of_state_digest_gives_the_reference_root(i: int) -> None:
+    enc._LAYOUTS.clear()
+    state = _fast_path_states()[i]
+    want = naive_state_root(encode_state(state))
+    for _ in range(3):  # the general path, then the cached layout's
+        assert state_digest(state) == want
+    # a new tensor of the same schema (a new address), and the same one changed in place: hashed again
+    fresh = {k: (v.clone() if isinstance(v, torch.Tensor) else v.copy()) for k, v in state.items()}
+    assert state_digest(fresh) == want
+    for v in fresh.values():
+        if v.dtype in (torch.bool, np.bool_) or not v.shape or not np.prod(v.shape):
+            continue
+        (v.view(torch.uint8) if isinstance(v, torch.Tensor) else v.view(np.uint8)).reshape(-1)[-1] ^= 1
+        assert state_digest(fresh) == naive_state_root(encode_state(fresh)) != want
+        break
+
+
+def test_tensors_at_many_addresses_hash_their_own_bytes() -> None:
+    """More tensors of one schema than the views kept per layout, alive at once and then freed and
+    reallocated: each digest is of the tensor's own bytes."""
+    enc._LAYOUTS.clear()
+    tensors = [torch.full((1024,), float(i)) for i in range(3 * enc._MAX_VIEWS)]
+    want = [naive_state_root(encode_state({"w": t})) for t in tensors]
+    for _ in range(2):
+        assert [state_digest({"w": t}) for t in tensors] == want
+    for i in range(len(tensors)):  # free and reallocate: the allocator may reuse the addresses
+        tensors[i] = torch.full((1024,), float(-i))
+        assert state_digest({"w": tensors[i]}) == naive_state_root(encode_state({"w": tensors[i]}))
+
+
+def test_a_tensor_without_memory_of_its_own_is_not_read_at_its_null_pointer() -> None:
+    """torch's zero tensor has data_ptr() 0: reading it in place would crash the process."""
+    enc._LAYOUTS.clear()
+    state_digest({"z": torch.zeros(4)})  # caches the layout of a (4,) float32 state named z
+    zero = torch._efficientzerotensor(4)
+    assert zero.data_ptr() == 0
+    try:
+        got = state_digest({"z": zero})
+    except RuntimeError:  # torch refuses to read it (the general path): refused, not crashed
+        return
+    assert got == state_digest({"z": torch.zeros(4)})
+
+
+@pytest.mark.parametrize("threaded_from", [None, 1])
+def test_digests_on_several_threads_at_once_are_each_their_states(monkeypatch: pytest.MonkeyPatch,
+                                                                   threaded_from: int | None) -> None:
+    """Each thread hashes with hashers of its own (they are reset and reused per hash); with every
+    state hashed on the chunk threads too (threaded_from=1), the threads share one pool."""
+    import threading  # reason: only this test starts threads
+
+    if threaded_from is not None:
+        monkeypatch.setattr(enc, "_THREADED_HASH_BYTES", threaded_from)
+    enc._LAYOUTS.clear()
+    rng = np.random.default_rng(3)
+    sizes = [4096, 65536, CHUNK_BYTES + 7, 3 * CHUNK_BYTES]
+    states_ = [{"x": torch.from_numpy(rng.integers(0, 256, sizes[i % 4], dtype=np.uint8))} for i in range(16)]
+    want = [naive_state_root(encode_state(s)) for s in states_]
+    errors: list[str] = []
+
+    def work(k: int) -> None:
+        for r in range(40):
+            j = (k * 5 + r) % len(states_)
+            if state_digest(states_[j]) != want[j]:
+                errors.append(f"thread {k} round {r} state {j}")
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+
+
+def test_an_unreadable_chunk_on_any_thread_raises_after_every_thread_stopped(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(enc, "_THREADED_HASH_BYTES", 1)
+    good = memoryview(np.zeros(4 * CHUNK_BYTES, dtype=np.uint8))
+    strided = memoryview(np.zeros(8 * CHUNK_BYTES, dtype=np.uint8)[::2])  # not contiguous: BLAKE3 refuses it
+    for datas in ([good, strided], [strided, good]):
+        with pytest.raises(BufferError):
+            enc._chunk_leaves(datas)
+    assert enc._chunk_leaves([good, good]) == [chunk_leaf(bytes(CHUNK_BYTES))] * 8
+
+
+@SETTINGS
+@given(states(max_bytes=CHUNK_BYTES + 64), st.data())
+def test_bytes_in_one_piece_and_in_two_digest_alike_canonical_or_not(state: dict[str, torch.Tensor],
+                                                                     data: st.DataObject) -> None:
+    """digest_encoded parses one piece in place (_split_whole), digest_pieces of several pieces
+    streams them (_split): the same bytes accepted as canonical, the same digest, for canonical
+    bytes and for bytes cut, extended or with a header byte changed."""
+    raw = encode_state(state)
+    header_end = len(raw) - sum(t.numel() * t.element_size() for t in state.values())
+    variants = [raw, raw[:-1], raw + b"\0", raw[: data.draw(st.integers(0, len(raw)))]]
+    at = data.draw(st.integers(0, max(0, min(header_end, len(raw)) - 1)))
+    variants.append(raw[:at] + bytes([raw[at] ^ data.draw(st.sampled_from([1, 2, 0x80, 0xFF]))]) + raw[at + 1 :])
+    for v in variants:
+        cut = data.draw(st.integers(0, len(v)))
+        assert digest_encoded(v) == digest_pieces([v[:cut], v[cut:]]) == digest_encoded(memoryview(v))
+    assert digest_encoded(raw) == naive_state_root(raw)

@@ -29,13 +29,14 @@ keys (pocv.merkle). The subtree's shape follows from the schema alone (:class:`C
 from __future__ import annotations
 
 import ctypes
+import itertools
 import os
 import re
 import struct
 import sys
 import threading
-from collections.abc import Iterator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -45,7 +46,7 @@ from blake3 import blake3
 
 from pocv.errors import EncodingError, LimitExceeded, MalformedError, ProofError
 from pocv.limits import DIGEST_SIZE, MAX_STATE_BYTES
-from pocv.merkle import keyed_fold, keyed_levels, keyed_proof, keyed_root
+from pocv.merkle import keyed_fold, keyed_levels, keyed_proof
 
 if sys.byteorder != "little":  # pragma: no cover - every supported host is little-endian
     raise ImportError("pocv's zero-copy encoding assumes a little-endian host")
@@ -71,7 +72,7 @@ K_HEADER: Final[bytes] = blake3(b"", derive_key_context=HEADER_KEY_CONTEXT).dige
 K_CHUNK: Final[bytes] = blake3(b"", derive_key_context=CHUNK_KEY_CONTEXT).digest()
 K_STATE_NODE: Final[bytes] = blake3(b"", derive_key_context=STATE_NODE_KEY_CONTEXT).digest()
 _HEADER_PREFIX: Final = struct.pack("<BI", STATE_TREE_VERSION, CHUNK_BYTES)
-#: threads that hash one large state's chunks
+#: threads that hash one large state's chunks, the calling thread among them
 _MAX_HASH_THREADS: Final = 4
 
 #: Limits a hostile encoding cannot exceed (checked before anything is allocated).
@@ -82,9 +83,6 @@ MAX_NAME_BYTES: Final = 64  # UTF-8 bytes of one name
 #: after a torch step, while torch's OpenMP threads still spin: measured there (format 1), a 4 MiB
 #: state took 1.00 ms on one thread and 1.21 ms with all cores, so threads start at 16 MiB.
 _THREADED_HASH_BYTES: Final = 16 << 20
-
-#: canonical bytes are little-endian: a tensor's memory is its encoding only on such a host
-_LITTLE_ENDIAN: Final = sys.byteorder == "little"
 
 _NAME_RE: Final = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
 
@@ -179,7 +177,7 @@ class _Layout:
     data (the first with the magic and count), ``tail`` those after the last data.
     """
 
-    __slots__ = ("header_leaf", "heads", "items", "one", "raw", "tail", "total")
+    __slots__ = ("digest_items", "header_leaf", "heads", "items", "one", "single", "tail", "total")
 
     def __init__(self, state: State) -> None:
         pieces = list(_pieces(state))  # validates names, count, dims (raises as the slow path does)
@@ -200,20 +198,59 @@ class _Layout:
         self.tail = pending
         self.header_leaf = _header_leaf(b"".join(p for p in pieces if isinstance(p, bytes)))
         items: list[tuple[str, object, tuple[int, ...], bool, bool]] = []
+        digest_items: list[_DigestItem] = []
         for name in sorted(state, key=lambda k: k.encode()):
             t = state[name]
             size = int(t.numel()) if isinstance(t, torch.Tensor) else int(t.size)
             bf16 = isinstance(t, torch.Tensor) and t.dtype == torch.bfloat16
-            items.append((name, t.dtype, tuple(int(d) for d in t.shape), size > 0, bf16))
+            shape = tuple(int(d) for d in t.shape)
+            items.append((name, t.dtype, shape, size > 0, bf16))
+            nbytes = size * _DTYPES[dtype_name(t)][3]
+            digest_items.append((name, t.dtype, shape, _Views(nbytes) if nbytes else None))
         self.items = tuple(items)
-        #: (name, dtype, shape, head, tail) of a state of one non-empty, non-bfloat16 tensor
-        #: below _THREADED_HASH_BYTES, hashed by the tightest path in state_digest
-        self.one: tuple[str, object, tuple[int, ...], bytes, bytes] | None = None
-        #: a C array type of that tensor's byte size (state_digest reads the tensor in place)
-        self.raw: Any = None
-        if len(items) == 1 and items[0][3] and not items[0][4] and self.total < _THREADED_HASH_BYTES:
-            self.one = (items[0][0], items[0][1], items[0][2], heads[0], pending)
-            self.raw = ctypes.c_char * (self.total - len(heads[0]) - len(pending))
+        small = self.total < _THREADED_HASH_BYTES
+        #: (name, dtype, shape, views of its memory) of each tensor in canonical order, for
+        #: state_digest (views None for an empty tensor); None for a state hashed on several
+        #: threads (those read numpy views, which keep the tensors' memory alive)
+        self.digest_items = tuple(digest_items) if small else None
+        #: the digest item of a small state of one non-empty tensor (state_digest's tightest path)
+        self.one = digest_items[0] if small and len(digest_items) == 1 and digest_items[0][3] is not None else None
+        #: the state's data is one chunk: the subtree is one node over the header and chunk leaves
+        self.single = len(heads) == 1 and self.total - len(heads[0]) - len(pending) <= CHUNK_BYTES
+
+
+class _Views(dict[int, memoryview]):
+    """Byte views of the memory at tensors' data pointers, for one size (a tensor's data bytes),
+    by address. ``state_digest`` hashes a contiguous CPU tensor of a cached dtype and shape in
+    place through the view at its ``data_ptr()`` (a C array at that address: building one costs
+    more than hashing 1 KiB, so the views of the last few addresses are kept; the allocator
+    hands a job's states the same few addresses step after step). A view is read only while a
+    live tensor of exactly its size lies at its address, so a view of freed memory is never
+    read."""
+
+    __slots__ = ("array",)
+
+    def __init__(self, nbytes: int) -> None:
+        super().__init__()
+        self.array = ctypes.c_char * nbytes
+
+    def at(self, ptr: int) -> memoryview | None:
+        """The view at ``ptr``; None for the null pointer (a tensor without memory of its own,
+        such as torch's zero tensors: the general path reads those)."""
+        view = self.get(ptr)
+        if view is None:
+            if not ptr:
+                return None
+            if len(self) >= _MAX_VIEWS:
+                self.clear()
+            view = self[ptr] = memoryview(self.array.from_address(ptr)).cast("B")
+        return view
+
+
+#: (name, dtype, shape, views) of one tensor of a cached layout (see _Layout.digest_items)
+_DigestItem = tuple[str, object, tuple[int, ...], "_Views | None"]
+#: data addresses whose views one layout keeps (see _Views)
+_MAX_VIEWS: Final = 16
 
 
 #: schema -> layout, keyed by the state's names in iteration order (a few schemas per process)
@@ -228,8 +265,11 @@ def _fast_parts(state: State) -> tuple[_Layout, list[Any]] | None:
     general path, which may cache it) or a tensor is not a CPU torch tensor / numpy array of
     the cached dtype and shape."""
     lay = _LAYOUTS.get(tuple(state))
-    if lay is None:
-        return None
+    return None if lay is None else _parts_of(lay, state)
+
+
+def _parts_of(lay: _Layout, state: State) -> tuple[_Layout, list[Any]] | None:
+    """:func:`_fast_parts` with the state's layout ``lay`` looked up."""
     parts: list[Any] = []
     heads = iter(lay.heads)
     try:
@@ -330,7 +370,10 @@ def _header_leaf(header: bytes | bytearray) -> bytes:
 
 def chunk_leaf(data: bytes | bytearray | memoryview) -> bytes:
     """The leaf hash of one chunk of tensor data: BLAKE3 keyed with :data:`K_CHUNK`."""
-    return bytes(blake3(data, key=K_CHUNK).digest())
+    h = _HASHERS.chunk
+    h.reset()
+    h.update(data)
+    return h.digest()
 
 
 def _chunk_slices(datas: Sequence[memoryview]) -> list[memoryview]:
@@ -338,7 +381,10 @@ def _chunk_slices(datas: Sequence[memoryview]) -> list[memoryview]:
     out: list[memoryview] = []
     for d in datas:
         n = d.nbytes
-        out.extend(d[o : o + CHUNK_BYTES] for o in range(0, n, CHUNK_BYTES))
+        if n <= CHUNK_BYTES:
+            out.append(d)
+        else:
+            out.extend(d[o : o + CHUNK_BYTES] for o in range(0, n, CHUNK_BYTES))
     return out
 
 
@@ -347,8 +393,9 @@ _chunk_pool_lock = threading.Lock()
 
 
 def _pool() -> ThreadPoolExecutor | None:
-    """Threads that hash the chunks of a large state (BLAKE3 releases the GIL), made on first
-    use where there is more than one core."""
+    """Threads that hash the chunks of a large state beside the calling thread (BLAKE3 releases
+    the GIL): one fewer than the cores, at most :data:`_MAX_HASH_THREADS` - 1, made on first use
+    where there is more than one core."""
     global _chunk_pool
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     if cores < 2:
@@ -356,7 +403,7 @@ def _pool() -> ThreadPoolExecutor | None:
     if _chunk_pool is None:
         with _chunk_pool_lock:
             if _chunk_pool is None:
-                _chunk_pool = ThreadPoolExecutor(max_workers=min(cores, _MAX_HASH_THREADS),
+                _chunk_pool = ThreadPoolExecutor(max_workers=min(cores, _MAX_HASH_THREADS) - 1,
                                                  thread_name_prefix="pocv-chunks")
     return _chunk_pool
 
@@ -370,43 +417,136 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_forget_pool_after_fork)
 
 
-#: keyed hashers copied per hash (a copy costs less than deriving a hasher from the key anew)
-_CHUNK_HASHER: Final = blake3(key=K_CHUNK, max_threads=1)
-_NODE_HASHER: Final = blake3(key=K_STATE_NODE, max_threads=1)
+class _Hashers(threading.local):
+    """This thread's keyed hashers, reset and reused for every hash: a reset costs a fraction of
+    a new hasher or a copy (about 0.1 us against 0.4 us, a quarter of a 4 KiB state's digest).
+    One set per thread, because a hasher is stateful between reset and digest and BLAKE3 lets
+    go of the GIL while it hashes (the chunk threads and the prover's commit thread hash too)."""
+
+    def __init__(self) -> None:
+        self.chunk = blake3(key=K_CHUNK, max_threads=1)
+        self.node = blake3(key=K_STATE_NODE, max_threads=1)
+
+
+_HASHERS: Final = _Hashers()
 
 
 def _hash_group(chunks: Sequence[memoryview]) -> list[bytes]:
+    h = _HASHERS.chunk
     out = []
     for c in chunks:
-        h = _CHUNK_HASHER.copy()
+        h.reset()
         h.update(c)
         out.append(h.digest())
     return out
 
 
+def _node_root(leaves: list[bytes]) -> bytes:
+    """pocv.merkle.keyed_root with K_STATE_NODE, on this thread's reused node hasher."""
+    h = _HASHERS.node
+    level = leaves
+    while len(level) > 1:
+        up = []
+        for i in range(0, len(level) - 1, 2):
+            h.reset()
+            h.update(level[i] + level[i + 1])
+            up.append(h.digest())
+        if len(level) & 1:  # promote the odd last node
+            up.append(level[-1])
+        level = up
+    return level[0]
+
+
+def digest_threads(data_bytes: int) -> int:
+    """The threads, the caller's among them, that hash the chunks of a state with ``data_bytes``
+    bytes of tensor data: 1 below :data:`_THREADED_HASH_BYTES` (16 MiB), else the cores this
+    process may run on, at most :data:`_MAX_HASH_THREADS`."""
+    if data_bytes < _THREADED_HASH_BYTES:
+        return 1
+    pool = _pool()
+    return 1 if pool is None else pool._max_workers + 1
+
+
+def _hash_claimed(chunks: Sequence[memoryview], out: list[bytes], claim: Callable[[], int]) -> None:
+    """Hash chunks into ``out`` until none is left unclaimed (``claim``: the next index, shared by
+    the threads; itertools.count's __next__ is atomic under the GIL)."""
+    h = _HASHERS.chunk
+    n = len(chunks)
+    while (i := claim()) < n:
+        h.reset()
+        h.update(chunks[i])
+        out[i] = h.digest()
+
+
 def _chunk_leaves(datas: Sequence[memoryview]) -> list[bytes]:
-    """The chunk leaf hashes of the tensors' data, in order: on several threads (contiguous runs
-    of chunks each) from :data:`_THREADED_HASH_BYTES` of data."""
+    """The chunk leaf hashes of the tensors' data, in order: from :data:`_THREADED_HASH_BYTES` of
+    data on the calling thread and the pool's (:func:`_pool`), each claiming the next chunk not
+    yet taken. Claiming one chunk at a time balances the threads when another process holds a
+    core (fixed halves waited for the slower one: 0.67-0.76 of all-core BLAKE3 at 16 MiB)."""
+    total = 0
+    for d in datas:
+        total += d.nbytes
+    if total < _THREADED_HASH_BYTES or (pool := _pool()) is None:
+        return _hash_group(_chunk_slices(datas))
     chunks = _chunk_slices(datas)
-    total = sum(d.nbytes for d in datas)
-    pool = _pool() if total >= _THREADED_HASH_BYTES else None
-    if pool is None or len(chunks) < 2:
-        return _hash_group(chunks)
-    groups = min(len(chunks), pool._max_workers)
-    step = -(-len(chunks) // groups)
-    parts = list(pool.map(_hash_group, [chunks[j : j + step] for j in range(0, len(chunks), step)]))
-    return [h for part in parts for h in part]
+    out = [b""] * len(chunks)
+    claim = itertools.count().__next__
+    helpers = [pool.submit(_hash_claimed, chunks, out, claim) for _ in range(pool._max_workers)]
+    try:
+        _hash_claimed(chunks, out, claim)
+    finally:  # never return (nor raise) while a helper still reads the caller's memory
+        for f in helpers:
+            f.cancel()  # one still queued (behind another state's helpers) has nothing left to do
+        wait(helpers)
+    for f in helpers:
+        if not f.cancelled():
+            f.result()  # a helper's error, raised here
+    return out
 
 
 def _root(header_leaf: bytes, datas: Sequence[memoryview]) -> bytes:
     """The root of the subtree over the header leaf and the chunks of ``datas``."""
     if len(datas) == 1 and datas[0].nbytes <= CHUNK_BYTES:  # one chunk: one node over two leaves
-        h = _CHUNK_HASHER.copy()
-        h.update(datas[0])
-        node = _NODE_HASHER.copy()
-        node.update(header_leaf + h.digest())
-        return bytes(node.digest())
-    return keyed_root([header_leaf, *_chunk_leaves(datas)], K_STATE_NODE)
+        return _one_chunk_root(header_leaf, datas[0])
+    return _node_root([header_leaf, *_chunk_leaves(datas)])
+
+
+def _one_chunk_root(header_leaf: bytes, data: Any) -> bytes:
+    """The root of a subtree of two leaves: the header leaf and one chunk ``data`` (a buffer)."""
+    hs = _HASHERS
+    h = hs.chunk
+    h.reset()
+    h.update(data)
+    node = hs.node
+    node.reset()
+    node.update(header_leaf + h.digest())
+    return node.digest()
+
+
+def _data_views(lay: _Layout, state: State) -> list[Any] | None:
+    """Each non-empty tensor's data of ``state`` as a flat byte buffer, in place, in canonical
+    order: None unless every tensor is a contiguous CPU torch tensor (not a lazily negated view)
+    or C-contiguous numpy array of the dtype and shape ``lay`` was made for."""
+    out: list[Any] = []
+    for name, dt, shape, views in lay.digest_items or ():
+        t = state[name]
+        if type(t) is torch.Tensor:
+            if t.dtype is not dt or t.shape != shape or not t.is_cpu or not t.is_contiguous() or t.is_neg():
+                return None
+            if views is not None:
+                ptr = t.data_ptr()
+                view = views.get(ptr) or views.at(ptr)
+                if view is None:
+                    return None
+                out.append(view)
+        elif type(t) is np.ndarray:
+            if t.dtype != dt or t.shape != shape or not t.flags.c_contiguous:
+                return None
+            if views is not None:
+                out.append(memoryview(t if t.shape else t.reshape(1)).cast("B"))  # type: ignore[arg-type]
+        else:
+            return None
+    return out
 
 
 def state_digest(state: State) -> bytes:
@@ -418,35 +558,46 @@ def state_digest(state: State) -> bytes:
     costs little more than BLAKE3 on its bytes.
     """
     lay = _LAYOUTS.get(tuple(state))
-    if lay is not None and lay.one is not None:  # one tensor, small: the tightest path
-        name, dt, shape, _head, _tail = lay.one
-        t = state[name]
-        if type(t) is torch.Tensor:
+    if lay is not None:
+        one = lay.one
+        if one is not None:  # one tensor: the tightest path
+            name, dt, shape, views = one
+            t = state[name]
             # the tensor's bytes read in place (a C array at its data pointer: cheaper than
             # .numpy()), hashed at once while ``t`` is alive; only for a contiguous CPU tensor of
-            # the cached dtype and shape on a little-endian host
-            if _LITTLE_ENDIAN and t.dtype is dt and t.shape == shape and t.is_cpu and t.is_contiguous() \
-                    and not t.is_neg():  # a lazily negated view (torch._neg_view) is not its bytes
-                data = lay.raw.from_address(t.data_ptr())
-                return _root(lay.header_leaf, [memoryview(data).cast("B")])
-        elif type(t) is np.ndarray and t.dtype == dt and t.shape == shape and t.flags.c_contiguous:
-            arr: Any = t if t.shape else t.reshape(1)
-            return _root(lay.header_leaf, [memoryview(arr).cast("B")])
-    fast = _fast_parts(state)
-    if fast is not None:
-        lay, parts = fast
-        pieces = _as_bytes(parts)
-        if pieces is not None:  # [head, data, head, data, ..., tail]
-            return _root(lay.header_leaf, [p for p in pieces[1:-1:2] if isinstance(p, memoryview)])
+            # the cached dtype and shape (a lazily negated view, torch._neg_view, is not its bytes)
+            if type(t) is torch.Tensor and t.dtype is dt and t.shape == shape and t.is_cpu \
+                    and t.is_contiguous() and not t.is_neg():
+                ptr = t.data_ptr()
+                view = views.get(ptr) or views.at(ptr)  # type: ignore[union-attr]
+                if view is not None:
+                    if not lay.single:
+                        return _root(lay.header_leaf, [view])
+                    hs = _HASHERS  # _one_chunk_root, inline
+                    h = hs.chunk
+                    h.reset()
+                    h.update(view)
+                    node = hs.node
+                    node.reset()
+                    node.update(lay.header_leaf + h.digest())
+                    return node.digest()
+        if lay.digest_items is not None:
+            datas = _data_views(lay, state)
+            if datas is not None:
+                return _one_chunk_root(lay.header_leaf, datas[0]) if lay.single else _root(lay.header_leaf, datas)
+        else:  # a large state: numpy views, hashed on several threads
+            fast = _parts_of(lay, state)
+            if fast is not None:
+                pieces = _as_bytes(fast[1])
+                if pieces is not None:  # [head, data, head, data, ..., tail]
+                    return _root(lay.header_leaf, [p for p in pieces[1:-1:2] if isinstance(p, memoryview)])
     pieces = list(_pieces(state))
     total = sum(len(p) if isinstance(p, bytes) else p.nbytes for p in pieces)
     if total > MAX_STATE_BYTES:
         raise LimitExceeded(f"an encoded state is at most {MAX_STATE_BYTES} bytes, got {total}")
     header = b"".join(p for p in pieces if isinstance(p, bytes))
-    datas = [p for p in pieces if isinstance(p, memoryview)]
-    if fast is None:
-        _remember(state)
-    return _root(_header_leaf(header), datas)
+    _remember(state)  # a new schema, or tensors not as cached: cache this one if it fits
+    return _root(_header_leaf(header), [p for p in pieces if isinstance(p, memoryview)])
 
 
 class _Stream:
@@ -530,13 +681,65 @@ def digest_pieces(pieces: Sequence[bytes | bytearray | memoryview]) -> bytes:
     (BLAKE3 derive_key with :data:`STATE_CONTEXT`), which no state's subtree root can equal
     without a BLAKE3 collision: such bytes never open a leaf that a state committed.
     """
-    split = _split(pieces)
+    split = _split_whole(memoryview(pieces[0]).cast("B")) if len(pieces) == 1 else _split(pieces)
     if split is None:
         h = blake3(derive_key_context=STATE_CONTEXT)
         _update_aligned(h, [memoryview(p).cast("B") for p in pieces])  # any buffer, as bytes
         return bytes(h.digest())
     header, datas = split
-    return _root(_header_leaf(header), datas)
+    leaf = _HEADER_LEAVES.get(header)
+    if leaf is None:
+        if len(_HEADER_LEAVES) >= _MAX_LAYOUTS:
+            _HEADER_LEAVES.clear()
+        leaf = _HEADER_LEAVES[header] = _header_leaf(header)
+    return _root(leaf, datas)
+
+
+#: header bytes -> header leaf, for digest_pieces (a few schemas per process)
+_HEADER_LEAVES: dict[bytes, bytes] = {}
+
+
+def _split_whole(mv: memoryview) -> tuple[bytes, list[memoryview]] | None:
+    """:func:`_split` of canonical bytes in one piece (a flat byte view), read in place: the
+    same bytes accepted, the same header and data (a verifier digests every state it opens so)."""
+    n = mv.nbytes
+    if n < 7 or n > MAX_STATE_BYTES:
+        return None
+    magic, version, count = struct.unpack_from("<4sBH", mv)
+    if magic != MAGIC or version != FORMAT_VERSION or count > MAX_TENSORS:
+        return None
+    header: list[memoryview] = [mv[:7]]
+    datas: list[memoryview] = []
+    pos = 7
+    for _ in range(count):
+        if pos >= n:
+            return None
+        name_len = mv[pos]
+        if not 1 <= name_len <= MAX_NAME_BYTES:
+            return None
+        dims_at = pos + 3 + name_len
+        if dims_at > n:
+            return None
+        code, ndim = mv[dims_at - 2], mv[dims_at - 1]
+        if code not in _BY_CODE or ndim > MAX_NDIM or dims_at + 8 * ndim > n:
+            return None
+        dims = struct.unpack_from(f"<{ndim}Q", mv, dims_at)
+        data_at = dims_at + 8 * ndim
+        header.append(mv[pos:data_at])
+        extent = _DTYPES[_BY_CODE[code]][3]
+        for d in dims:
+            extent *= max(d, 1)
+            if extent > MAX_STATE_BYTES:
+                return None
+        nbytes = 0 if 0 in dims else extent
+        if data_at + nbytes > n:
+            return None
+        if nbytes:
+            datas.append(mv[data_at : data_at + nbytes])
+        pos = data_at + nbytes
+    if pos != n:
+        return None
+    return b"".join(header), datas
 
 
 def digest_encoded(data: bytes | bytearray | memoryview) -> bytes:

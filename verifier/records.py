@@ -457,11 +457,13 @@ class Verdict:
         bundle: bytes = bytes(DIGEST_SIZE),
         bundle_signed: bool = False,
     ) -> Verdict:
-        unsigned = cls(job_id=job_id, root=root, beacon=beacon, kernel=kernel, outcomes=tuple(outcomes),
-                       cheat_fraction=cheat_fraction, verifier=bytes(key.pubkey()), steps=steps, bundle=bundle,
-                       bundle_signed=bundle_signed)
-        sig = sign(key, unsigned.signing_bytes())
-        return dataclasses.replace(unsigned, signature=sig)
+        verdict = cls(job_id=job_id, root=root, beacon=beacon, kernel=kernel, outcomes=tuple(outcomes),
+                      cheat_fraction=cheat_fraction, verifier=bytes(key.pubkey()), steps=steps, bundle=bundle,
+                      bundle_signed=bundle_signed)
+        # every field is checked once, above; the signature (64 bytes from sign) goes into the new
+        # record before anyone else holds it (dataclasses.replace would check them all again)
+        object.__setattr__(verdict, "signature", sign(key, verdict.signing_bytes()))
+        return verdict
 
     def verify_signature(self, expected_verifier: bytes | None = None) -> None:
         """Check the signature; with ``expected_verifier``, also that it is that verifier's."""

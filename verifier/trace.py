@@ -1,27 +1,42 @@
 """The prover's trace directory (docs/protocol.md §14).
 
-Layout (format 1)::
+Layout (format 2)::
 
     TRACE/
-      trace.json          {"format": 1, "spec": {...}, "checkpoint_every": c}
+      trace.json          {"format": 2, "spec": {...}, "checkpoint_every": c, "provider": ...}
       leaves.bin          32-byte state digests of s_0, s_1, ... appended in order
-      checkpoints/        canonical bytes of s_j for j = 0, c, 2c, ... ("{j:012d}.state")
+      checkpoints.pack    the kept states, one fixed-size slot each (below)
+      checkpoints/        a kept state larger than its slot, in a file of its own ("{j:012d}.state")
       commitment.json     the signed commitment, once the run is complete
 
-Crash safety: every file other than ``leaves.bin`` is written to a temporary file and renamed
-into place, so a reader sees the old file or the new one, never part of one. ``leaves.bin`` is
-only appended; before checkpoint j is written the leaves up to j are written out. On resume
-the store keeps the highest checkpoint whose digest matches its leaf and truncates
-``leaves.bin`` after it (a torn append or a stale tail is dropped), so a prover killed at any
-point resumes from a consistent state and reaches the same root.
+The pack is one file for every kept state, created (and preallocated where the file system
+allows) at the first checkpoint: a 4 KiB header (magic, pack version, the interval c, the slot
+size, the number of slots), then slot k at ``4096 + k * slot_bytes`` holding s_(k c): its
+canonical bytes, zeros, and in the slot's last 24 bytes a trailer (magic, j, length). The slot
+size is the first checkpoint's size plus the trailer, in whole 4 KiB blocks; a state that does not
+fit (a kernel whose states grow) is written to a file of its own instead, as format 1 wrote every
+state. A slot is written with one call, its trailer last, so a killed prover leaves a slot
+either listed and whole or without a trailer; a slot is valid only if its trailer names j.
+Format 1 traces (a file per kept state, no pack) are resumed and answered as they are (new
+checkpoints of such a trace go to files); a trace of a newer format is refused.
+
+Crash safety: the leaves are the source of truth. ``leaves.bin`` is only appended; before
+checkpoint j is written the leaves up to j are written out. Every other file is written to a
+temporary file and renamed into place, except the pack's slots, which are overwritten in place.
+On resume the store keeps the highest checkpoint whose digest matches its leaf, truncates
+``leaves.bin`` after it (a torn append or a stale tail is dropped) and drops every checkpoint
+after it (the pack is truncated after its slot), so a prover killed at any point resumes from a
+consistent state and reaches the same root, and no slot of an earlier run outlives a resume.
 
 Which states are kept is a :class:`CheckpointPolicy` (``auto`` by default: the fewest checkpoints
 such that answering a default challenge recomputes at most 5% of the job, within an 8 GiB disk
 budget; or ``all``, ``every:C``, ``budget:SIZE``); the resolved interval c is what trace.json
-records, so the format is unchanged. The prover commits through a :class:`Committer`: one
-background thread hashes s_i, appends its leaf and writes its checkpoint (O_DIRECT where the file
-system allows, so a new file costs no page-cache allocation) while s_(i+1) computes, in order,
-so every invariant below holds at every instant of a run.
+records. The prover commits through a :class:`Committer`: one background thread hashes s_i,
+appends its leaf and writes its checkpoint while s_(i+1) computes, in order, so every invariant
+above holds at every instant of a run. A small state goes into its slot through the page cache
+with one ``pwritev`` from the tensors' memory (no copy in Python, the GIL released for all of
+it); a large one (from :data:`DIRECT_MIN_BYTES`) with ``O_DIRECT`` from an aligned buffer, so it
+costs no page-cache allocation.
 
 Durability: during a run nothing is fsynced (a killed process loses nothing the page cache
 holds, and after a power loss the digest check above discards whatever did not reach the
@@ -32,6 +47,7 @@ is fsynced, so a signed root always has its leaves on disk.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import mmap
@@ -40,6 +56,7 @@ import queue
 import re
 import secrets
 import statistics
+import struct
 import threading
 import time
 from collections.abc import Sequence
@@ -48,17 +65,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, Final
 
+import numpy as np
 import torch
 
 from pocv.challenge import sample_size
-from pocv.encoding import State, Tensor, digest_encoded, digest_pieces, encoded_pieces, state_digest
+from pocv.encoding import State, Tensor, digest_encoded, encoded_pieces, state_digest
 from pocv.errors import EvidenceError, InputError, StorageError
 from pocv.jobs import JobSpec
 from pocv.limits import DEFAULT_CHEAT_FRACTION, DEFAULT_CONFIDENCE, DIGEST_SIZE, MAX_STATE_BYTES
 from pocv.merkle import IncrementalTree
 from pocv.store import atomic_write, atomic_writer
 
-TRACE_FORMAT: Final = 1
+TRACE_FORMAT: Final = 2
+#: the trace formats this version resumes and answers: 1 (every kept state in a file of its own)
+#: and 2 (a checkpoint pack)
+READ_FORMATS: Final = (1, 2)
 DEFAULT_CHECKPOINT_EVERY: Final = 16
 MAX_CHECKPOINT_EVERY: Final = 1 << 20
 _CKPT_RE: Final = re.compile(r"(\d{12})\.state")
@@ -78,19 +99,24 @@ def _remove_stale_temporaries(root: Path) -> None:
 
 
 class TraceStore:
-    """Leaf hashes and checkpoints of one job on disk. Not safe for two writers at once."""
+    """Leaf hashes and checkpoints of one job on disk. Not safe for two writers at once (a
+    :class:`Committer`'s writer threads write different checkpoints at once: that is safe)."""
 
     def __init__(self, root: str | os.PathLike[str], spec: JobSpec, *, checkpoint_every: int,
-                 provider: str | None = None) -> None:
+                 provider: str | None = None, format: int = TRACE_FORMAT) -> None:
         self.root = Path(root)
         self.spec = spec
         self.checkpoint_every = checkpoint_every
         #: the provider of the kernel that computed this trace ("pocv", "dist==version"); None in
         #: a trace written before it was recorded
         self.provider = provider
+        #: the trace format (1: a file per kept state; 2: the checkpoint pack)
+        self.format = format
         self._leaf_file: BinaryIO | None = None
         self._pending = bytearray()
         self._writer = _StateWriter()
+        self._pack: _Pack | None = None
+        self._pack_lock = threading.Lock()
 
     # -- opening ---------------------------------------------------------------------------
 
@@ -107,19 +133,28 @@ class TraceStore:
         ``provider`` (recorded in trace.json; the prover refuses to resume a trace with a kernel
         of another provider).
 
-        An existing trace for another spec is refused rather than overwritten.
+        An existing trace for another spec is refused rather than overwritten, and so is a trace
+        of a format this version does not read (StorageError naming both).
         """
         root = Path(root)
         meta_path = root / "trace.json"
         if meta_path.exists():
             try:
                 meta = json.loads(meta_path.read_text())
+                if not isinstance(meta, dict):
+                    raise ValueError(f"expected a JSON object, got {type(meta).__name__}")
+                fmt = meta.get("format")
+                if isinstance(fmt, int) and not isinstance(fmt, bool) and fmt > TRACE_FORMAT:
+                    raise StorageError(
+                        f"trace {str(root)!r} is format {fmt}, written by a newer pocv; this one reads formats "
+                        f"{', '.join(map(str, READ_FORMATS))}: answer it with the pocv that wrote it, or run the job "
+                        "again in a new trace directory")
+                if fmt not in READ_FORMATS or isinstance(fmt, bool):
+                    raise ValueError(f"format {str(fmt)[:20]}, expected one of {', '.join(map(str, READ_FORMATS))}")
                 existing = JobSpec.from_dict(meta["spec"])
                 every = meta["checkpoint_every"]
                 if isinstance(every, bool) or not isinstance(every, int) or not 1 <= every <= MAX_CHECKPOINT_EVERY:
                     raise ValueError(f"checkpoint_every {str(every)[:20]} is not in 1..{MAX_CHECKPOINT_EVERY}")
-                if meta.get("format") != TRACE_FORMAT:
-                    raise ValueError(f"format {str(meta.get('format'))[:20]}, expected {TRACE_FORMAT}")
                 recorded = meta.get("provider")
                 if recorded is not None and not isinstance(recorded, str):
                     raise ValueError(f"provider {str(recorded)[:40]} is not a string")
@@ -130,7 +165,7 @@ class TraceStore:
                 raise InputError(
                     f"trace {str(root)!r} holds job {existing.job_id.hex()[:16]}..., not "
                     f"{spec.job_id.hex()[:16]}...; use another --trace directory")
-            return cls(root, existing, checkpoint_every=every, provider=recorded)
+            return cls(root, existing, checkpoint_every=every, provider=recorded, format=fmt)
         if spec is None:
             raise InputError(f"{str(root)!r} is not a pocv trace directory (no trace.json)")
         if not 1 <= checkpoint_every <= MAX_CHECKPOINT_EVERY:
@@ -141,7 +176,7 @@ class TraceStore:
             (root / "checkpoints").mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise InputError(f"cannot use {str(root)!r} as a trace directory: {e.strerror}") from e
-        store = cls(root, spec, checkpoint_every=checkpoint_every, provider=provider)
+        store = cls(root, spec, checkpoint_every=checkpoint_every, provider=provider, format=TRACE_FORMAT)
         meta_out: dict[str, Any] = {"format": TRACE_FORMAT, "spec": spec.to_dict(),
                                     "checkpoint_every": checkpoint_every}
         if provider is not None:
@@ -191,72 +226,162 @@ class TraceStore:
             raise StorageError(f"cannot sync {str(self.leaves_path)!r}: {e.strerror}") from e
 
     def close(self) -> None:
+        """Flush the leaves and close the files this store holds open (it reopens them when used
+        again)."""
         self.flush()
         if self._leaf_file is not None:
             self._leaf_file.close()
             self._leaf_file = None
+        with self._pack_lock:
+            if self._pack is not None:
+                self._pack.close()
+                self._pack = None
 
     # -- checkpoints -----------------------------------------------------------------------
 
+    @property
+    def pack_path(self) -> Path:
+        return self.root / PACK_NAME
+
     def checkpoint_path(self, index: int) -> Path:
+        """The file of checkpoint ``index`` when it is not in the pack (format 1, or a state larger
+        than its slot)."""
         return self.root / "checkpoints" / f"{index:012d}.state"
 
+    def _loaded_pack(self) -> _Pack | None:
+        """The pack on disk, opened once (None: no pack, or a format 1 trace); StorageError if
+        its header is unreadable."""
+        if self.format < 2:
+            return None
+        with self._pack_lock:
+            if self._pack is None:
+                self._pack = _Pack.load(self.pack_path)
+            return self._pack
+
+    def _pack_for(self, index: int, size: int) -> _Pack | None:
+        """The pack checkpoint ``index`` of ``size`` bytes goes into, created at the first
+        checkpoint (slots of that state's size, one per state the job keeps); None where it does
+        not fit (a file of its own) or in a format 1 trace."""
+        if self.format < 2:
+            return None
+        with self._pack_lock:
+            if self._pack is None:
+                self._pack = _Pack.load(self.pack_path)
+            if self._pack is None:
+                every = self.checkpoint_every
+                self._pack = _Pack.create(self.pack_path, every=every, slot_bytes=_slot_bytes(size),
+                                          slots=self.spec.steps // every + 1)
+            pack = self._pack
+        return pack if pack.fits(index, size) else None
+
     def write_checkpoint(self, index: int, encoded_state: bytes | Sequence[bytes | memoryview], *,
-                         writer: _StateWriter | None = None, flush: bool = True) -> None:
+                         writer: _StateWriter | None = None, flush: bool = True, size: int | None = None) -> None:
         """Write checkpoint ``index`` (its canonical bytes, or pieces that concatenate to them)
-        atomically, after the leaves up to ``index``; not fsynced (see the module docstring).
+        into its slot of the pack (a file of its own where it does not fit), after the leaves up
+        to ``index``; not fsynced (see the module docstring).
 
         ``flush`` false: the caller has flushed those leaves already (a writer thread of the
-        :class:`Committer`, which must not touch the leaves); ``writer``: that thread's own."""
+        :class:`Committer`, which must not touch the leaves); ``writer``: that thread's own;
+        ``size``: the bytes of the pieces, where the caller knows them."""
         if flush:
             self.flush()  # leaves up to index are written before the checkpoint that needs them
         pieces = [encoded_state] if isinstance(encoded_state, bytes | bytearray | memoryview) else encoded_state
+        total = sum(map(_nbytes, pieces)) if size is None else size
         try:
+            pack = self._pack_for(index, total)
+            if pack is not None:
+                pack.write(index, pieces, total, writer or self._writer)
+                return
+            if self.format >= 2 and self._pack is not None:
+                self._pack.clear(index)  # a stale slot of this index must not shadow its file
             (writer or self._writer).write(self.checkpoint_path(index), pieces)
         except OSError as e:
-            raise StorageError(f"cannot write checkpoint {index} in {str(self.root)!r}: {e.strerror}") from e
+            raise StorageError(f"cannot write checkpoint {index} in {str(self.root)!r}: {e.strerror or e}") from e
+
+    def writes_through_page_cache(self, size: int) -> bool:
+        """Whether a checkpoint of ``size`` bytes is written through the page cache (a copy into
+        memory the kernel already holds: cheap enough for the committer's own thread) rather
+        than with ``O_DIRECT`` (the caller waits for the disk: a writer thread's job)."""
+        return self.format >= 2 and size < DIRECT_MIN_BYTES
 
     def read_checkpoint(self, index: int) -> bytes:
+        data = self._read_kept(index)
+        if data is None:
+            raise StorageError(f"checkpoint {index} is not in trace {str(self.root)!r}: no valid slot in {PACK_NAME} "
+                               f"and no file {str(self.checkpoint_path(index).relative_to(self.root))!r}")
+        return data
+
+    def _read_kept(self, index: int) -> bytes | None:
+        """Checkpoint ``index`` from its slot, else from its file; None where neither holds it."""
+        pack = self._loaded_pack()
+        if pack is not None:
+            try:
+                data = pack.read(index)
+            except OSError as e:
+                raise StorageError(f"cannot read checkpoint {index} from {str(pack.path)!r}: {e.strerror}") from e
+            if data is not None:
+                return data
         p = self.checkpoint_path(index)
         try:
             with p.open("rb") as f:
                 if os.fstat(f.fileno()).st_size > MAX_STATE_BYTES:
                     raise StorageError(f"checkpoint {str(p)!r} is larger than any state")
                 return f.read()
+        except FileNotFoundError:
+            return None
         except OSError as e:
             raise StorageError(f"cannot read checkpoint {str(p)!r}: {e.strerror}") from e
 
-    def checkpoints(self) -> list[int]:
+    def _checkpoint_files(self) -> list[int]:
         try:
             names = os.listdir(self.root / "checkpoints")
         except FileNotFoundError:
             return []
         return sorted(int(m.group(1)) for n in names if (m := _CKPT_RE.fullmatch(n)))
 
+    def checkpoints(self) -> list[int]:
+        """The indices of the kept states on disk: valid slots of the pack and files."""
+        pack = self._loaded_pack()
+        try:
+            slots = pack.present() if pack is not None else []
+        except OSError as e:
+            raise StorageError(f"cannot read {str(self.pack_path)!r}: {e.strerror}") from e
+        return sorted(set(slots).union(self._checkpoint_files()))
+
     def nearest_checkpoint(self, index: int) -> int:
         """The checkpoint the prover recomputes ``s_index`` from (at most c-1 steps away)."""
         return index - index % self.checkpoint_every
 
     def resume_point(self) -> tuple[int, bytes] | None:
-        """(j, encoded s_j) of the last consistent checkpoint, after truncating leaves past it.
+        """(j, encoded s_j) of the last consistent checkpoint, after truncating the leaves and
+        dropping the checkpoints past it.
 
         None when nothing usable is on disk (the run starts from s_0).
         """
         leaves = self.read_leaves()
         count = len(leaves) // DIGEST_SIZE
+        try:
+            self._loaded_pack()
+        except StorageError:  # a pack whose header is unreadable holds nothing usable: start it again
+            self._discard_pack()
         for j in reversed(self.checkpoints()):
             if j >= count:
                 continue
-            data = self.read_checkpoint(j)
-            if digest_encoded(data) != leaves[j * DIGEST_SIZE : (j + 1) * DIGEST_SIZE]:
-                continue  # corrupt or stale checkpoint: fall back to an earlier one
+            data = self._read_kept(j)
+            if data is None or digest_encoded(data) != leaves[j * DIGEST_SIZE : (j + 1) * DIGEST_SIZE]:
+                continue  # torn, corrupt or stale checkpoint: fall back to an earlier one
             self._truncate_leaves(j + 1)
+            self._drop_checkpoints_after(j)
             return j, data
         self._truncate_leaves(0)
+        self._drop_checkpoints_after(-1)
         return None
 
     def _truncate_leaves(self, count: int) -> None:
-        self.close()
+        self.flush()
+        if self._leaf_file is not None:
+            self._leaf_file.close()
+            self._leaf_file = None
         try:
             if self.leaves_path.exists():
                 with self.leaves_path.open("r+b") as f:
@@ -264,6 +389,30 @@ class TraceStore:
                     os.fsync(f.fileno())
         except OSError as e:
             raise StorageError(f"cannot truncate {str(self.leaves_path)!r}: {e.strerror}") from e
+
+    def _drop_checkpoints_after(self, index: int) -> None:
+        """Drop every checkpoint after ``index`` (the resume point): the pack is cut after the
+        slot of ``index``, files after it are removed, so nothing of an earlier run is left to be
+        read back for a state the resumed run has not rewritten."""
+        try:
+            pack = self._loaded_pack()
+            if pack is not None:
+                pack.truncate_after(index)
+            for j in self._checkpoint_files():
+                if j > index:
+                    os.unlink(self.checkpoint_path(j))
+        except OSError as e:
+            raise StorageError(f"cannot drop the checkpoints after {index} in {str(self.root)!r}: {e.strerror}") from e
+
+    def _discard_pack(self) -> None:
+        with self._pack_lock:
+            if self._pack is not None:
+                self._pack.close()
+                self._pack = None
+            try:
+                self.pack_path.unlink(missing_ok=True)
+            except OSError as e:
+                raise StorageError(f"cannot remove the unreadable {str(self.pack_path)!r}: {e.strerror}") from e
 
     # -- commitment ------------------------------------------------------------------------
 
@@ -386,9 +535,274 @@ _ALIGN: Final = 4096
 _MAX_DIRECT: Final = 1 << 30
 _O_DIRECT: Final = getattr(os, "O_DIRECT", 0)
 
+#: the checkpoint pack of a format 2 trace (module docstring)
+PACK_NAME: Final = "checkpoints.pack"
+#: the layout version of the pack, in its header
+PACK_VERSION: Final = 1
+_PACK_MAGIC: Final = b"POCVPACK"
+_PACK_HEAD: Final = struct.Struct("<8sIQQQ")  # magic, pack version, interval c, slot bytes, slots
+_SLOT_MAGIC: Final = b"POCVSLOT"
+_TRAILER: Final = struct.Struct("<8sQQ")  # magic, state index j, bytes of its canonical encoding
+#: checkpoints from this size go into their slot with O_DIRECT (the caller waits for the device,
+#: but no page-cache page is allocated: 0.4 ms of CPU for 4 MiB against 3.5-6.7 ms buffered on the
+#: reference host); smaller ones through the page cache, with one ``pwritev`` from the tensors'
+#: memory (0.1 ms for 0.3 MB, the GIL released for all of it; heat2d's 1 MiB states every step:
+#: run / bare 1.10-1.22 through the page cache against 1.33-1.40 with O_DIRECT, load 2-3)
+DIRECT_MIN_BYTES: Final = 2 << 20
+#: the most slots a pack header may declare (a sanity bound on a header read back)
+_MAX_SLOTS: Final = 1 << 40
+#: buffers one pwritev call takes at most (Linux and macOS IOV_MAX)
+_IOV_MAX: Final = 1024
+#: zeros between a state and its trailer written in the same call (a larger gap: a second call)
+_MAX_PAD: Final = 1 << 16
+_ZEROS: Final = bytes(_MAX_PAD)
+_ZERO_VIEW: Final = memoryview(_ZEROS)
+#: pieces from this size are copied into an aligned buffer by numpy, without the GIL
+_GIL_FREE_COPY: Final = 1 << 16
+#: preallocate a new pack in full (posix_fallocate): the file system finds the room for every
+#: kept state at the first checkpoint, and a disk too small for the job fails then, not hours in
+_PREALLOCATE = True
+
+
+def _slot_bytes(size: int) -> int:
+    """The slot of a pack whose first checkpoint is ``size`` bytes: it and the trailer, in whole
+    4 KiB blocks (O_DIRECT writes whole, aligned blocks)."""
+    return -(-(size + _TRAILER.size) // _ALIGN) * _ALIGN
+
+
+def _nbytes(p: bytes | bytearray | memoryview) -> int:
+    return p.nbytes if isinstance(p, memoryview) else len(p)
+
+
+def _pwrite_all(fd: int, bufs: list[bytes | bytearray | memoryview], offset: int, total: int) -> None:
+    """Write the concatenation of ``bufs`` (``total`` bytes) at ``offset``: one ``pwritev`` (no
+    copy in Python) for up to :data:`_IOV_MAX` buffers, in order: a byte is written only after
+    every byte before it (a short write resumes where it stopped)."""
+    if len(bufs) <= _IOV_MAX and hasattr(os, "pwritev"):
+        n = os.pwritev(fd, bufs, offset)
+        if n == total:
+            return
+    else:
+        n = 0
+    views = [memoryview(b).cast("B") for b in bufs if _nbytes(b)]
+    if not hasattr(os, "pwritev"):  # pragma: no cover - every platform pocv supports has it
+        views = [memoryview(b"".join(views))]
+    offset += n
+    i = 0
+    while True:  # skip what the first call wrote, then write the rest
+        while n and i < len(views):
+            size = views[i].nbytes
+            if n >= size:
+                n -= size
+                i += 1
+            else:
+                views[i] = views[i][n:]
+                n = 0
+        if i == len(views):
+            return
+        batch = views[i : i + _IOV_MAX]
+        n = os.pwritev(fd, batch, offset) if len(batch) > 1 else os.pwrite(fd, batch[0], offset)
+        if n <= 0:
+            raise OSError(errno.EIO, f"a write of {sum(v.nbytes for v in batch)} bytes wrote {n}")
+        offset += n
+
+
+def _preallocate(fd: int, offset: int, length: int, path: Path) -> None:
+    """Reserve ``length`` bytes at ``offset`` (where the file system supports it; elsewhere the
+    file grows as slots are written). StorageError when the disk has no room for them."""
+    if not _PREALLOCATE or length <= 0 or not hasattr(os, "posix_fallocate"):
+        return
+    try:
+        os.posix_fallocate(fd, offset, length)
+    except OSError as e:
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise StorageError(
+                f"no room for the checkpoints of this job in {str(path.parent)!r}: they need {offset + length} bytes "
+                f"({e.strerror}); free some space, or keep fewer states (--checkpoint budget:SIZE)") from e
+        if e.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS, errno.ENODEV):
+            raise
+
+
+class _Pack:
+    """``checkpoints.pack``: a header block, then one slot of ``slot_bytes`` per kept state:
+    checkpoint ``j = k * every`` in slot ``k`` at ``4096 + k * slot_bytes``, its canonical bytes,
+    zeros, and a trailer (magic, j, length) in the slot's last bytes, written last. Slots are
+    written and read with positional calls on one descriptor: several threads may write
+    different slots at once."""
+
+    def __init__(self, path: Path, *, every: int, slot_bytes: int, slots: int) -> None:
+        self.path = path
+        self.every = every
+        self.slot_bytes = slot_bytes
+        self.slots = slots
+        try:
+            self._file = open(path, "r+b", buffering=0)  # noqa: SIM115 - held for the store's life
+        except OSError as e:  # a trace on a read-only mount or of another user: answering only reads
+            if e.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
+                raise
+            self._file = open(path, "rb", buffering=0)  # noqa: SIM115
+        self._direct: int | None = None
+        self._direct_ok = bool(_O_DIRECT) and os.environ.get("POCV_NO_DIRECT_IO") != "1"
+        self._lock = threading.Lock()
+
+    @classmethod
+    def create(cls, path: Path, *, every: int, slot_bytes: int, slots: int) -> _Pack:
+        """A new, empty pack (its header written to a temporary file and renamed into place, so a
+        pack on disk always has a whole header), preallocated for every slot."""
+        head = _PACK_HEAD.pack(_PACK_MAGIC, PACK_VERSION, every, slot_bytes, slots).ljust(_ALIGN, b"\0")
+        tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
+        try:
+            with open(tmp, "xb") as f:
+                f.write(head)
+                f.flush()
+                _preallocate(f.fileno(), _ALIGN, slots * slot_bytes, path)
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+        return cls(path, every=every, slot_bytes=slot_bytes, slots=slots)
+
+    @classmethod
+    def load(cls, path: Path) -> _Pack | None:
+        """The pack at ``path``; None if there is none; StorageError if its header is not one."""
+        try:
+            with open(path, "rb") as f:
+                head = f.read(_PACK_HEAD.size)
+        except FileNotFoundError:
+            return None
+        except OSError as e:
+            raise StorageError(f"cannot read {str(path)!r}: {e.strerror}") from e
+        if len(head) < _PACK_HEAD.size:
+            raise StorageError(f"{str(path)!r} is not a checkpoint pack: {len(head)} bytes, expected a "
+                               f"{_PACK_HEAD.size}-byte header at least")
+        magic, version, every, slot_bytes, slots = _PACK_HEAD.unpack(head)
+        if magic != _PACK_MAGIC or version != PACK_VERSION:
+            raise StorageError(f"{str(path)!r} is not a checkpoint pack of version {PACK_VERSION}: header "
+                               f"{magic[:8]!r} version {version}")
+        if not (1 <= every <= MAX_CHECKPOINT_EVERY and slot_bytes % _ALIGN == 0
+                and _TRAILER.size < slot_bytes <= _slot_bytes(MAX_STATE_BYTES) and 1 <= slots <= _MAX_SLOTS):
+            raise StorageError(f"{str(path)!r} has an impossible header: interval {every}, slots of {slot_bytes} "
+                               f"bytes, {slots} slots")
+        try:
+            return cls(path, every=every, slot_bytes=slot_bytes, slots=slots)
+        except OSError as e:
+            raise StorageError(f"cannot open {str(path)!r}: {e.strerror}") from e
+
+    def close(self) -> None:
+        self._file.close()
+        if self._direct is not None:
+            os.close(self._direct)
+            self._direct = None
+
+    def __del__(self) -> None:  # a store dropped without close(): its descriptors
+        with contextlib.suppress(Exception):
+            self.close()
+
+    def slot(self, index: int) -> int | None:
+        """The slot of checkpoint ``index``, if the pack has one for it."""
+        if index < 0 or index % self.every:
+            return None
+        k = index // self.every
+        return k if k < self.slots else None
+
+    def _offset(self, k: int) -> int:
+        return _ALIGN + k * self.slot_bytes
+
+    def fits(self, index: int, size: int) -> bool:
+        return self.slot(index) is not None and size <= self.slot_bytes - _TRAILER.size
+
+    def write(self, index: int, pieces: Sequence[bytes | memoryview], size: int, writer: _StateWriter) -> None:
+        """Write checkpoint ``index`` (``size`` bytes) into its slot: the state, zeros, the trailer,
+        in one call; O_DIRECT from ``writer``'s aligned buffer from :data:`DIRECT_MIN_BYTES` on."""
+        k = self.slot(index)
+        if k is None or size > self.slot_bytes - _TRAILER.size:
+            raise StorageError(f"checkpoint {index} of {size} bytes has no slot in {str(self.path)!r}")
+        offset = self._offset(k)
+        trailer = _TRAILER.pack(_SLOT_MAGIC, index, size)
+        if DIRECT_MIN_BYTES <= size <= _MAX_DIRECT and self._direct_ok:
+            fd = self._direct_fd()
+            if fd is not None:
+                try:
+                    writer.write_direct_at(fd, offset, pieces, size, self.slot_bytes, trailer)
+                    return
+                except OSError as e:
+                    if e.errno != errno.EINVAL:
+                        raise
+                    self._direct_ok = False  # this file system refuses O_DIRECT: the page cache from now on
+        pad = self.slot_bytes - _TRAILER.size - size
+        if pad <= _MAX_PAD:
+            _pwrite_all(self._file.fileno(), [*pieces, _ZERO_VIEW[:pad], trailer], offset, self.slot_bytes)
+        else:  # a state much smaller than its slot: the gap is left as it is (zeros, or an older state)
+            _pwrite_all(self._file.fileno(), list(pieces), offset, size)
+            _pwrite_all(self._file.fileno(), [trailer], offset + self.slot_bytes - _TRAILER.size, _TRAILER.size)
+
+    def _direct_fd(self) -> int | None:
+        with self._lock:
+            if self._direct is None and self._direct_ok:
+                try:
+                    self._direct = os.open(self.path, os.O_WRONLY | _O_DIRECT)
+                except OSError as e:
+                    if e.errno != errno.EINVAL:
+                        raise
+                    self._direct_ok = False
+            return self._direct
+
+    def _trailer(self, k: int) -> tuple[int, int] | None:
+        """(j, length) from slot ``k``'s trailer, if it is one for that slot."""
+        end = self._offset(k + 1)
+        raw = os.pread(self._file.fileno(), _TRAILER.size, end - _TRAILER.size)
+        if len(raw) != _TRAILER.size:
+            return None
+        magic, index, size = _TRAILER.unpack(raw)
+        if magic != _SLOT_MAGIC or index != k * self.every or size > self.slot_bytes - _TRAILER.size:
+            return None
+        return index, size
+
+    def read(self, index: int) -> bytes | None:
+        """The bytes slot ``index`` holds, or None where it holds no whole state of that index."""
+        k = self.slot(index)
+        if k is None:
+            return None
+        found = self._trailer(k)
+        if found is None:
+            return None
+        offset, size = self._offset(k), found[1]
+        out = bytearray(size)
+        view = memoryview(out)
+        done = 0
+        while done < size:
+            n = os.preadv(self._file.fileno(), [view[done:]], offset + done)
+            if n <= 0:
+                return None  # the pack ends inside this slot
+            done += n
+        return bytes(out)
+
+    def present(self) -> list[int]:
+        """The indices of the slots with a trailer naming them (whole slots within the file)."""
+        size = os.fstat(self._file.fileno()).st_size
+        last = min(self.slots, max(0, (size - _ALIGN) // self.slot_bytes))
+        return [found[0] for k in range(last) if (found := self._trailer(k)) is not None]
+
+    def clear(self, index: int) -> None:
+        """Invalidate slot ``index``'s trailer (its state goes to a file of its own instead)."""
+        k = self.slot(index)
+        if k is not None and os.fstat(self._file.fileno()).st_size >= self._offset(k + 1):
+            _pwrite_all(self._file.fileno(), [bytes(_TRAILER.size)], self._offset(k + 1) - _TRAILER.size, _TRAILER.size)
+
+    def truncate_after(self, index: int) -> None:
+        """Cut the pack after the slot of the last checkpoint at or below ``index`` (-1: every
+        slot), and reserve the room of the cut slots again."""
+        keep = min(self.slots, index // self.every + 1) if index >= 0 else 0
+        fd = self._file.fileno()
+        os.ftruncate(fd, self._offset(keep))
+        _preallocate(fd, self._offset(keep), (self.slots - keep) * self.slot_bytes, self.path)
+
 
 class _StateWriter:
-    """Writes checkpoint files, bypassing the page cache where the file system allows.
+    """Writes checkpoints, bypassing the page cache where the file system allows: a file of its
+    own (:meth:`write`) or a slot of the pack (:meth:`write_direct_at`), from one aligned buffer
+    it reuses (one writer per thread).
 
     Measured on the reference host (ext4 in a container): creating a 4 MiB file through the page
     cache costs 7-9 ms of CPU (new page-cache pages), with O_DIRECT 1.5 ms (a copy into an aligned
@@ -407,9 +821,47 @@ class _StateWriter:
             self._buf = mmap.mmap(-1, size)
         return self._buf
 
+    def _fill(self, buf: mmap.mmap, view: memoryview, pieces: Sequence[bytes | memoryview]) -> int:
+        """Copy ``pieces`` to the start of the aligned buffer; a large piece through numpy, which
+        copies without the GIL (a memoryview assignment holds it: 0.5-1 ms for 4 MiB taken from
+        the step's Python)."""
+        pos = 0
+        dst: np.ndarray[Any, Any] | None = None
+        for p in pieces:
+            n = _nbytes(p)
+            if n >= _GIL_FREE_COPY:
+                if dst is None:
+                    dst = np.frombuffer(buf, dtype=np.uint8)
+                np.copyto(dst[pos : pos + n], np.frombuffer(p, dtype=np.uint8))
+            else:
+                view[pos : pos + n] = p if isinstance(p, bytes) else memoryview(p).cast("B")
+            pos += n
+        return pos
+
+    def write_direct_at(self, fd: int, offset: int, pieces: Sequence[bytes | memoryview], size: int,
+                        slot_bytes: int, trailer: bytes) -> None:
+        """One O_DIRECT write of a whole slot at ``offset`` on ``fd``: the state, zeros, the
+        trailer in its last bytes."""
+        buf = self._aligned(slot_bytes)
+        view = memoryview(buf)
+        try:
+            self._fill(buf, view, pieces)
+            end = slot_bytes - len(trailer)
+            gap = end - size
+            view[size:end] = _ZEROS[:gap] if gap <= _MAX_PAD else bytes(gap)
+            view[end:slot_bytes] = trailer
+            done = 0
+            while done < slot_bytes:
+                n = os.pwrite(fd, view[done:slot_bytes], offset + done)
+                if n <= 0 or n % _ALIGN:
+                    raise OSError(errno.EIO, f"an O_DIRECT write of {slot_bytes - done} bytes wrote {n}")
+                done += n
+        finally:
+            view.release()
+
     def write(self, path: Path, pieces: Sequence[bytes | memoryview]) -> None:
         """Write the concatenation of ``pieces`` to ``path`` atomically (temporary file, rename)."""
-        total = sum(p.nbytes if isinstance(p, memoryview) else len(p) for p in pieces)
+        total = sum(_nbytes(p) for p in pieces)
         if self._direct and _ALIGN <= total <= _MAX_DIRECT:
             try:
                 self._write_direct(path, pieces, total)
@@ -426,11 +878,7 @@ class _StateWriter:
         aligned = total // _ALIGN * _ALIGN
         buf = self._aligned(-(-total // _ALIGN) * _ALIGN)
         view = memoryview(buf)
-        pos = 0
-        for p in pieces:
-            n = p.nbytes if isinstance(p, memoryview) else len(p)
-            view[pos : pos + n] = p if isinstance(p, bytes) else p.cast("B")
-            pos += n
+        self._fill(buf, view, pieces)
         tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _O_DIRECT, 0o644)
@@ -491,7 +939,7 @@ def snapshot(state: State, *, copy: bool) -> _Snapshot:
     function does not modify its input (``copy`` false; the built-in kernels return new tensors),
     and cloned otherwise.
     """
-    gpu = [k for k, v in state.items() if isinstance(v, torch.Tensor) and v.device.type == "cuda"]
+    gpu = [k for k, v in state.items() if isinstance(v, torch.Tensor) and v.is_cuda]
     if not gpu:
         if not copy:
             return _Snapshot(state)
@@ -531,6 +979,9 @@ ADAPT_STATES: Final = 4
 #: (the median): handing a state over costs the caller 20-50 us in thread switches, a 64 KiB
 #: state's hash about as much, a training step's 0.3 MB state's 0.3 ms
 BACKGROUND_MIN_COMMIT_S: Final = 150e-6
+#: the committer's thread writes a checkpoint that goes through the page cache itself (a copy by
+#: the kernel, 0.1 ms for 0.3 MB, less than handing it to a writer thread costs in thread switches)
+INLINE_CHEAP_WRITES = True
 
 
 class Committer:
@@ -539,13 +990,15 @@ class Committer:
 
     ``submit(i, state)`` hands over ``s_i`` (frozen by :func:`snapshot`) and returns at once
     unless ``depth`` states are already waiting. One thread (the committer) hashes each state,
-    appends its leaf and, for a checkpoint, flushes the leaves up to it to the OS and hands the
-    write to one of :data:`CHECKPOINT_WRITERS` writer threads (at most
-    :data:`MAX_PENDING_WRITES` states or :data:`MAX_PENDING_WRITE_BYTES` waiting; the committer
-    waits beyond that), so the disk's latency never stalls the hashing. Checkpoints may land out
-    of order, each atomically (temporary file, rename) and only after its leaf: a trace on disk
-    is always a prefix of the job's leaves plus checkpoints that match them, and a resumed run
-    reaches the same root. The committer is the only writer of ``store``'s leaves and of
+    appends its leaf and, for a checkpoint, flushes the leaves up to it to the OS, then writes a
+    checkpoint that goes through the page cache itself (a state under :data:`DIRECT_MIN_BYTES`
+    into its slot of the pack: a copy by the kernel) and hands any other to one of
+    :data:`CHECKPOINT_WRITERS` writer threads (at most :data:`MAX_PENDING_WRITES` states or
+    :data:`MAX_PENDING_WRITE_BYTES` waiting; the committer waits beyond that), so the disk's
+    latency never stalls the hashing. Checkpoints may land out of order, each only after its
+    leaf and each with its slot's trailer last (or atomically, a file of its own): a trace on
+    disk is always a prefix of the job's leaves plus checkpoints that match them, and a resumed
+    run reaches the same root. The committer is the only writer of ``store``'s leaves and of
     ``tree`` until :meth:`close`, which returns once every leaf and checkpoint is written.
 
     An error on any of these threads (a full disk, an unencodable state) stops the committing at
@@ -627,23 +1080,29 @@ class Committer:
         state = snap.wait()
         if index % self.store.checkpoint_every == 0:
             pieces = encoded_pieces(state)
-            digest = digest_pieces(pieces)
+            # the state's own fast path (0.3 ms for a training step's 0.3 MB state of 17 tensors;
+            # digest_pieces, which parses the pieces again, 0.45 ms)
+            digest = state_digest(state)
+            size = sum(map(_nbytes, pieces))
             self.store.append_leaf(digest)
-            if self._pool is None:
-                self.store.write_checkpoint(index, pieces)  # flushes the leaves up to index first
+            if self._pool is None or (INLINE_CHEAP_WRITES and threading.current_thread() is self._thread
+                                      and self.store.writes_through_page_cache(size)):
+                # synchronous, or on the committer's thread a write into the page cache (one copy
+                # by the kernel, cheaper than handing the state to a writer thread; on the
+                # caller's thread the hand-over is cheaper: 35-45 us against 50-55 us for 4 KiB)
+                self.store.write_checkpoint(index, pieces, size=size)  # flushes the leaves up to index first
             else:
                 self.store.flush()  # the leaves up to index reach the OS before the checkpoint can
-                self._write_later(index, pieces)
+                self._write_later(index, pieces, size)
         else:
             digest = state_digest(state)
             self.store.append_leaf(digest)
         self.tree.append(digest)
         self.committed = index
 
-    def _write_later(self, index: int, pieces: list[bytes | memoryview]) -> None:
-        """Hand checkpoint ``index`` to a writer thread (``pieces`` keep the state alive until
-        it is written); wait while too much is waiting already."""
-        size = sum(p.nbytes if isinstance(p, memoryview) else len(p) for p in pieces)
+    def _write_later(self, index: int, pieces: list[bytes | memoryview], size: int) -> None:
+        """Hand checkpoint ``index`` (``size`` bytes) to a writer thread (``pieces`` keep the state
+        alive until it is written); wait while too much is waiting already."""
         with self._pending:
             while self._pending_count and (self._pending_count >= MAX_PENDING_WRITES
                                            or self._pending_bytes + size > MAX_PENDING_WRITE_BYTES):
@@ -661,7 +1120,7 @@ class Committer:
                 writer = getattr(self._local, "writer", None)
                 if writer is None:
                     writer = self._local.writer = _StateWriter()
-                self.store.write_checkpoint(index, pieces, writer=writer, flush=False)
+                self.store.write_checkpoint(index, pieces, writer=writer, flush=False, size=size)
         except BaseException as e:  # surfaced on the caller's thread by submit/close
             if self._error is None:
                 self._error = e

@@ -7,6 +7,8 @@ from __future__ import annotations
 import os
 
 from solders.message import Message
+from solders.pubkey import Pubkey
+from solders.signature import Signature
 from solders.transaction import Transaction
 
 from pocv.market import jobprogram as J
@@ -123,3 +125,56 @@ def test_direct_readers_of_litesvm_see_the_slot_hashes_last_written(fast_world: 
     out = sign_and_send(be, [ix], [w.verifier])
     assert out.ok, out.error
     assert J.job_settlement(out.logs) == "PASSED"
+
+
+def test_a_record_sees_accounts_changed_outside_transactions(fast_world: World) -> None:
+    """The index remembers each account as the last transaction left it (its "before" for the
+    next one); what changes an account past the backend -- set_account, an airdrop, a
+    transaction sent to LiteSVM directly -- must show in the next record's pre balances."""
+    from solders.account import Account  # reason: only this test writes an account directly
+
+    w = fast_world
+    be = w.backend
+    assert isinstance(be, LiteSVMBackend)
+    c_acct = J.token_account(w.consumer.pubkey(), w.mint)
+    payer = w.consumer.pubkey()
+    assert w.escrow.post(w.terms(), w.consumer).ok  # both accounts remembered from here
+
+    def pre(out_sig: Signature, key: Pubkey) -> tuple[int, int | None]:
+        rec = be.get_transaction(out_sig)
+        assert rec is not None
+        i = list(rec.account_keys).index(key)
+        return rec.pre_lamports[i], _amount(rec, key, "pre_token")
+
+    # a token account rewritten directly (its amount set to 123,456,789)
+    acct = be.svm.get_account(c_acct)
+    assert acct is not None
+    data = bytearray(acct.data)
+    data[64:72] = (123_456_789).to_bytes(8, "little")
+    be.svm.set_account(c_acct, Account(acct.lamports, bytes(data), acct.owner, acct.executable, acct.rent_epoch))
+    out = w.escrow.post(w.terms(price=1_000), w.consumer)
+    assert out.ok
+    assert pre(out.signature, c_acct)[1] == 123_456_789
+    assert _amount(be.get_transaction(out.signature), c_acct, "post_token") == 123_456_789 - 1_000  # type: ignore[arg-type]
+
+    # the payer airdropped to, through the backend and through LiteSVM itself
+    for drop in (lambda: be.airdrop(payer, 10**9), lambda: be.svm.airdrop(payer, 10**9)):
+        before = be.balance(payer)
+        drop()
+        assert be.balance(payer) == before + 10**9
+        out = w.escrow.post(w.terms(), w.consumer)
+        assert out.ok
+        assert pre(out.signature, payer)[0] == before + 10**9
+
+    # a transaction sent to LiteSVM past the backend (a plain transfer from the payer)
+    import solders.system_program as sp  # reason: only this test sends a transfer
+
+    before = be.balance(payer)
+    ix = sp.transfer(sp.TransferParams(from_pubkey=payer, to_pubkey=w.worker.pubkey(), lamports=777))
+    msg = Message.new_with_blockhash([ix], payer, be.latest_blockhash())
+    be.svm.send_transaction(Transaction([w.consumer], msg, be.latest_blockhash()))
+    assert be.balance(payer) == before - 777 - 5_000
+    be.advance_slot()
+    out = w.escrow.post(w.terms(), w.consumer)
+    assert out.ok
+    assert pre(out.signature, payer)[0] == before - 777 - 5_000

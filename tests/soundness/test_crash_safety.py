@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 import random
 import signal
 import subprocess
@@ -36,6 +35,7 @@ from pocv.limits import DIGEST_SIZE
 from pocv.merkle import MerkleTree
 from pocv.records import Commitment, Verdict
 from pocv.store import load_response, save_keypair
+from pocv.trace import PACK_NAME, TraceStore
 
 #: the job's steps should take about this long on this machine, so kills land mid-run
 TARGET_RUN_S = 2.5
@@ -84,19 +84,30 @@ def check_trace(trace: Path) -> dict[str, int]:
             json.loads(p.read_text())
         elif p.name == "commitment.json":
             Commitment.from_json(p.read_bytes())
-        elif p.suffix == ".state":
-            counts["checkpoints"] += 1
+        elif p.suffix == ".state" or p.name == PACK_NAME:
+            continue  # the kept states: read below, slot by slot
         elif p.name != "leaves.bin":
             raise AssertionError(f"unexpected file {p}")
     leaves = (trace / "leaves.bin").read_bytes() if (trace / "leaves.bin").exists() else b""
     n = len(leaves) // DIGEST_SIZE
     counts["leaves"] = n
-    for ck in sorted((trace / "checkpoints").glob("*.state")) if (trace / "checkpoints").exists() else []:
-        j = int(ck.stem)
-        data = ck.read_bytes()
-        decode_state(data)  # parses in full: not a prefix
-        if j < n:
-            assert digest_encoded(data) == leaves[j * 32 : (j + 1) * 32], f"checkpoint {j} does not match its leaf"
+    if not (trace / "trace.json").exists():
+        return counts
+    # every checkpoint the trace lists (a slot of the pack with its trailer, or a file) parses in
+    # full and matches its leaf; the store is built directly, as TraceStore.open would remove
+    # the temporaries counted above
+    meta = json.loads((trace / "trace.json").read_text())
+    store = TraceStore(trace, JobSpec.from_dict(meta["spec"]), checkpoint_every=meta["checkpoint_every"],
+                       format=meta["format"])
+    try:
+        for j in store.checkpoints():
+            data = store.read_checkpoint(j)
+            decode_state(data)  # parses in full: not a prefix
+            counts["checkpoints"] += 1
+            if j < n:
+                assert digest_encoded(data) == leaves[j * 32 : (j + 1) * 32], f"checkpoint {j} does not match its leaf"
+    finally:
+        store.close()
     return counts
 
 
@@ -219,9 +230,12 @@ def test_check_trace_catches_a_torn_checkpoint(tmp_path, reference) -> None:
     trace = tmp_path / "t"
     Prover(trace_dir=trace, key=Keypair(), checkpoint_every=EVERY).run(
         resolve_spec(JobSpec(kernel="gemm-int8", steps=16, seed=3, params={"n": 16})))
-    ck = trace / "checkpoints" / f"{8:012d}.state"
-    ck.write_bytes(ck.read_bytes()[:-5])
+    store = TraceStore.open(trace)
+    data = store.read_checkpoint(8)
+    store.write_checkpoint(8, data[:-5])  # its slot's trailer now says 5 bytes fewer: a state cut short
+    store.close()
     with pytest.raises(Exception, match="truncated"):
         check_trace(trace)
-    os.remove(ck)
+    store.write_checkpoint(8, data)
+    store.close()
     check_trace(trace)

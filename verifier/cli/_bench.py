@@ -62,6 +62,8 @@ SUITES: Final[dict[str, tuple[str, tuple[str, ...]]]] = {
     "net": ("test_bench_net.py", ("--benchmark-only",)),
     "llm": ("test_bench_llm.py", ("--benchmark-only",)),  # hf-causal-lm: costs, detection, vs TOPLOC and token-difr
     "worker": ("test_bench_worker.py", ("--benchmark-only",)),  # the worker's whole cost: run, commit, respond
+    "memory": ("test_bench_memory.py", ("--benchmark-only",)),  # peak RSS of answering and checking
+    "bytes": ("test_bench_bytes.py", ("--benchmark-only",)),  # bytes per challenged step, chunk samples
 }
 PYTEST_ARGS: Final = ("-p", "no:cacheprovider", "-q", "-rs")
 #: environment variables passed to the suites (read by bench/conftest.py): results directory, quick mode

@@ -15,11 +15,13 @@ lamport and token balances per transaction, as an RPC node's ``getSignaturesForA
 from __future__ import annotations
 
 import base64
+import functools
 import importlib.metadata
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property, lru_cache
+from types import FunctionType
 from typing import Any, Final, Literal, Protocol, TypeVar
 
 from solders.account import Account
@@ -48,6 +50,7 @@ CLOCK_SYSVAR: Final = Pubkey.from_string("SysvarC1ock111111111111111111111111111
 _SYSVARS_READ: Final = frozenset({SLOT_HASHES_SYSVAR, CLOCK_SYSVAR})
 MAX_SIGNATURES_PER_ADDRESS: Final = 100_000  # the embedded index keeps at most this many per address
 MAX_CACHED_BALANCES: Final = 100_000  # token balance objects the index keeps for reuse (cleared when full)
+MAX_KNOWN_ACCOUNTS: Final = 100_000  # account heads the index remembers between transactions (cleared when full)
 _NO_SLOT_HASHES: Final[list[tuple[int, Hash]]] = []
 _RANDOM_BATCH: Final = 4_096  # bytes of OS randomness drawn at once for slot hashes (128 slots)
 TokenBuild = Literal["p-token", "classic"]
@@ -224,9 +227,10 @@ def token_balances(keys: Sequence[Pubkey], accounts: Sequence[AccountView | None
 
 # A landed transaction as the embedded index keeps it until someone reads it: signature, slot,
 # message, error, fee, units, pre and post (lamports, token account head) per key, logs, looked-up
-# keys (writable, read-only). The TxRecord is built from it on the first read (most are never read).
-_Pending = tuple[Signature, int, "Message | MessageV0", "str | None", int, int, list[tuple[int, "bytes | None"]],
-                 list[tuple[int, "bytes | None"]], tuple[str, ...], tuple[Pubkey, ...], tuple[Pubkey, ...]]
+# keys (writable, read-only), every key. The TxRecord is built from it on the first read.
+_Pending = tuple[Signature, int, "Message | MessageV0", "str | None", int, int, tuple[tuple[int, "bytes | None"], ...],
+                 tuple[tuple[int, "bytes | None"], ...], tuple[str, ...], tuple[Pubkey, ...], tuple[Pubkey, ...],
+                 tuple[Pubkey, ...]]
 _TOKEN_HEAD: Final = 72  # a token account's mint, owner and amount
 
 
@@ -241,11 +245,14 @@ class _Index:
 class _EmbeddedSVM(LiteSVM):
     """solders' LiteSVM as the embedded chain holds it: reading SlotHashes through it (an account
     read, a simulation, a transaction sent past the backend) first puts back the slot hashes the
-    backend parked (see LiteSVMBackend._flush)."""
+    backend parked (see LiteSVMBackend._flush); every call that is not a read (set_account,
+    airdrop, add_program, a transaction sent past the backend, ...) first makes the backend
+    forget the account states it remembers (see LiteSVMBackend.send)."""
 
-    def __init__(self, restore: Callable[[], None]) -> None:
-        super().__init__()
+    def __init__(self, restore: Callable[[], None], forget: Callable[[], None]) -> None:
         self._restore = restore
+        self._forget = forget
+        super().__init__()
 
     def get_account(self, address: Pubkey) -> Account | None:
         if address == SLOT_HASHES_SYSVAR:
@@ -262,7 +269,31 @@ class _EmbeddedSVM(LiteSVM):
 
     def send_transaction(self, tx: Transaction | VersionedTransaction) -> Any:
         self._restore()
+        self._forget()
         return super().send_transaction(tx)
+
+
+# LiteSVM's methods that change nothing; every other public method may change accounts
+_SVM_READERS: Final = frozenset({
+    "epoch_stake", "epoch_total_stake", "get_account", "get_balance", "get_clock", "get_epoch_rewards",
+    "get_epoch_schedule", "get_last_restart_slot", "get_program_accounts", "get_rent", "get_sigverify",
+    "get_slot_hashes", "get_slot_history", "get_stake_history", "get_transaction", "latest_blockhash",
+    "minimum_balance_for_rent_exemption", "simulate_transaction"})
+
+
+def _forgetting(method: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(method)
+    def call(self: _EmbeddedSVM, *args: Any, **kwargs: Any) -> Any:
+        self._forget()
+        return method(self, *args, **kwargs)
+
+    return call
+
+
+for _name, _method in list(vars(LiteSVM).items()):
+    if (isinstance(_method, FunctionType) and not _name.startswith("_") and _name not in _SVM_READERS
+            and _name not in vars(_EmbeddedSVM)):
+        setattr(_EmbeddedSVM, _name, _forgetting(_method))
 
 
 class LiteSVMBackend:
@@ -276,7 +307,12 @@ class LiteSVMBackend:
 
     def __init__(self, *, token_program: TokenBuild = "p-token", index: bool = True,  # noqa: S107
                  start_slot: int = 1_000) -> None:
-        self.svm: LiteSVM = _EmbeddedSVM(self._restore_slot_hashes)
+        # what each account held after the last transaction that wrote it (lamports, token head),
+        # for the index's "before" of the next one: only a transaction's writable accounts change,
+        # and anything else that changes an account goes through self.svm, which clears this
+        self._known: dict[Pubkey, tuple[int, bytes | None]] = {}
+        self._sysvars: set[Pubkey] = set()  # never remembered
+        self.svm: LiteSVM = _EmbeddedSVM(self._restore_slot_hashes, self._known.clear)
         if token_program == "classic":  # noqa: S105
             self.svm.add_program(TOKEN_PROGRAM_ID, classic_token_elf())
         elif token_program != "p-token":  # noqa: S105
@@ -407,6 +443,19 @@ class LiteSVMBackend:
             self._no_data.add(key)
         return a.lamports, None
 
+    def _first_peek(self, key: Pubkey) -> tuple[int, bytes | None]:
+        """``_peek`` of an account the index does not remember; remembered unless a sysvar (the
+        clock and the slot hashes change them between transactions)."""
+        v = self._peek(key)
+        if str(key).startswith("Sysvar"):
+            self._sysvars.add(key)
+        else:
+            known = self._known
+            if len(known) >= MAX_KNOWN_ACCOUNTS:
+                known.clear()
+            known[key] = v
+        return v
+
     def _balance(self, key: Pubkey, head: bytes) -> TokenBalance:
         """The balance a token account's head says (one object per account and head, reused)."""
         hit = self._balances.get(key)
@@ -420,8 +469,7 @@ class LiteSVMBackend:
         return hit[1]
 
     def _record(self, p: _Pending) -> TxRecord:
-        sig, slot, msg, error, fee, cu, pre, post, logs, loaded_w, loaded_r = p
-        keys = tuple(msg.account_keys) + loaded_w + loaded_r
+        sig, slot, msg, error, fee, cu, pre, post, logs, loaded_w, loaded_r, keys = p
         balance = self._balance
         return _record_of(
             TxRecord, signature=sig, slot=slot, message=msg, error=error, fee=fee, compute_units=cu,
@@ -456,7 +504,9 @@ class LiteSVMBackend:
         indexing = self._indexing
         if indexing:
             peek = self._peek
-            pre = [peek(k) for k in keys]
+            known = self._known
+            first_peek = self._first_peek
+            pre = [known.get(k) or first_peek(k) for k in keys]
         else:
             payer_before = inner.get_balance(keys[0]) or 0
         result = inner.send_transaction(tx)
@@ -474,8 +524,12 @@ class LiteSVMBackend:
             # only writable accounts can change: re-read those, keep the read-only ones as they were
             post = pre.copy()
             fee = 0
+            sysvars = self._sysvars
             for i in _writable_indices(msg.header, len(static), len(loaded_w)):
-                after = post[i] = peek(keys[i])
+                k = keys[i]
+                after = post[i] = peek(k)
+                if k not in sysvars:  # (the runtime never lets a transaction write a sysvar)
+                    known[k] = after
                 fee += pre[i][0] - after[0]
         else:
             fee = payer_before - (inner.get_balance(keys[0]) or 0) if error is not None else meta.fee()
@@ -483,7 +537,9 @@ class LiteSVMBackend:
         slot = self._slot
         if landed and indexing:
             checked = msg if isinstance(msg, Message | MessageV0) else _message(tx)
-            index.records[sig] = (sig, slot, checked, error, fee, cu, pre, post, logs, loaded_w, loaded_r)
+            # tuples, not lists: the collector stops tracking tuples of plain values
+            index.records[sig] = (sig, slot, checked, error, fee, cu, tuple(pre), tuple(post), logs, loaded_w,
+                                  loaded_r, tuple(keys))
             index.raw[sig] = (tx, raw_err)
             by_address = index.by_address
             for k in keys:
