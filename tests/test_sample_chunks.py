@@ -228,3 +228,30 @@ def test_a_scaled_tensor_is_a_float_change_not_a_dtype_change() -> None:
     # the liar above keeps dtypes and shapes: its cheat is judged as a MISMATCH, not a bad state
     x = torch.ones(3, dtype=torch.float32)
     assert (x * 1.01).dtype == torch.float32
+
+
+def test_the_cli_writes_a_sampled_job_and_its_verdict_says_what_the_sample_means(tmp_path: Path, capsys) -> None:
+    from pocv.cli import main
+    from pocv.store import save_keypair
+
+    def run(*args: object) -> tuple[int, str, str]:
+        capsys.readouterr()
+        code = main([str(a) for a in args])
+        out = capsys.readouterr()
+        return code, out.out, out.err
+
+    save_keypair(WORKER, tmp_path / "w.json")
+    save_keypair(Keypair.from_seed(bytes([2]) * 32), tmp_path / "v.json")
+    code, _, err = run("job", "gemm-int8", "--steps", "4", "--sample-chunks", "2", "-o", tmp_path / "bad.json")
+    assert code == 2 and "compares whole states" in err and not (tmp_path / "bad.json").exists()
+    code, out, _ = run("job", "mlp-sgd", "--steps", "12", "--param", "width=16", "--param", "depth=1", "--param",
+                       "batch=4", "--sample-chunks", "2", "--output", "text", "-o", tmp_path / "job.json")
+    assert code == 0 and "compared on 2 sampled chunks" in out
+    assert JobSpec.from_json((tmp_path / "job.json").read_bytes()).sample_chunks == 2
+    t, c, ch, r = (tmp_path / n for n in ("t", "c.json", "ch.json", "r.pocv"))
+    assert run("run", tmp_path / "job.json", "--trace", t, "-k", tmp_path / "w.json", "-o", c, "-q")[0] == 0
+    assert run("challenge", c, "--beacon", "11" * 32, "-k", tmp_path / "v.json", "-n", "5", "-o", ch, "-q")[0] == 0
+    assert run("respond", t, ch, "-k", tmp_path / "w.json", "-o", r, "-q")[0] == 0
+    code, out, _ = run("verify", c, ch, r, "-k", tmp_path / "v.json", "-o", "-", "--output", "text", "-q")
+    assert code == 0
+    assert out.startswith("PASS") and "each s_i compared on 2 sampled chunks" in out

@@ -291,7 +291,12 @@ def _cmd_verify(args: argparse.Namespace) -> int:
         except (VerificationFailed, UnsignedResponse) as e:  # a signed FAIL verdict all the same
             verdict, failure = e.verdict, e
     code = EXIT_OK if failure is None else exit_code(failure)  # decided before any output is written
-    _result(args, verdict.to_json(), verdict_text(verdict), target)
+    text = verdict_text(verdict)
+    if commitment.spec.sample_chunks:  # the detection above assumes a faked step is caught when challenged
+        text += (f"\n  each s_i compared on {commitment.spec.sample_chunks} sampled chunks: the detection above holds "
+                 f"for steps faked in every chunk; a step faked in fewer is caught with the probability its "
+                 f"outcome states")
+    _result(args, verdict.to_json(), text, target)
     if failure is not None:  # why, in one line; the verdict itself is on stdout
         note(f"pocv verify: {one_line(str(failure))}")
     if extra:
