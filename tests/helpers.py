@@ -63,3 +63,21 @@ def answer_from_memory(commitment: Commitment, tree: MerkleTree, encoded: Sequen
                        value=tree.leaf_value(m), proof=tuple(tree.inclusion_proof(m)))
     return Response(job_id=c.job_id, root=c.root, tree_size=c.tree_size, indices=(q.step,),
                     states={j: encoded[j] for j in q.leaves}, proof=tuple(tree.multiproof(q.leaves)))
+
+
+class Crash(Exception):
+    """What :class:`CrashingProver` raises at its step ``crash_at`` (a killed run)."""
+
+
+class CrashingProver(Prover):
+    """A prover whose run stops with :class:`Crash` at step ``crash_at``."""
+
+    def __init__(self, *, crash_at: int, **kw: Any) -> None:
+        super().__init__(**kw)
+        self.crash_at = crash_at
+
+    def _step(self, kernel: Any, state: Any, i: int, spec: JobSpec, device: str) -> Any:
+        if i == self.crash_at:
+            raise Crash(i)
+        return super()._step(kernel, state, i, spec, device)
+

@@ -14,24 +14,9 @@ from pocv.kernels import kernel_for, resolve_spec
 from pocv.limits import DIGEST_SIZE
 from pocv.merkle import MerkleTree
 from pocv.trace import TraceStore
-from tests.helpers import SMALL
+from tests.helpers import SMALL, Crash, CrashingProver
 
 KEY = Keypair.from_seed(bytes([8]) * 32)
-
-
-class Crash(Exception):
-    pass
-
-
-class CrashingProver(Prover):
-    def __init__(self, *, crash_at: int, **kw) -> None:
-        super().__init__(**kw)
-        self.crash_at = crash_at
-
-    def _step(self, kernel, state, i, spec, device):
-        if i == self.crash_at:
-            raise Crash(i)
-        return super()._step(kernel, state, i, spec, device)
 
 
 @pytest.fixture(scope="module")

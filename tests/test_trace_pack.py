@@ -24,6 +24,7 @@ from pocv.limits import DIGEST_SIZE
 from pocv.merkle import IncrementalTree
 from pocv.store import save_keypair
 from pocv.trace import PACK_NAME, Committer, TraceStore
+from tests.helpers import Crash, CrashingProver
 
 KEY = Keypair.from_seed(bytes([9]) * 32)
 #: 40 steps of a small state (1 KiB: one 4 KiB slot each), quick on any CPU
@@ -31,21 +32,6 @@ SMALL = resolve_spec(JobSpec(kernel="gemm-int8", steps=40, seed=11, params={"n":
 EVERY = 8
 HEAD = struct.Struct("<8sIQQQ")  # the pack header as protocol.md §14 describes it
 TRAILER = struct.Struct("<8sQQ")
-
-
-class Crash(Exception):
-    pass
-
-
-class CrashingProver(Prover):
-    def __init__(self, *, crash_at: int, **kw) -> None:
-        super().__init__(**kw)
-        self.crash_at = crash_at
-
-    def _step(self, kernel, state, i, spec, device):
-        if i == self.crash_at:
-            raise Crash(i)
-        return super()._step(kernel, state, i, spec, device)
 
 
 @pytest.fixture(scope="module")

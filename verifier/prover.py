@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import collections
 import contextvars
+import io
 import itertools
 import logging
 import os
@@ -249,19 +250,9 @@ class Prover:
 
         The bundle is built in memory (every opened state at once); :meth:`respond_to` writes
         it to a file as the states come, holding a bounded number of them."""
-        commitment, opened, keep, sampled = self._plan(challenge, whole)
-        store, leaf_bytes, tree, full, values, run_device = self._open_plan(opened, keep, device)
-        states: dict[int, bytes] = {}
-        chunks: dict[int, tuple[ChunkOpening, ...]] = {}
-        with deterministic(), use_artifacts(self.artifacts):
-            for j, data in self._iter_states(store, store.spec, sorted({*full, *sampled}), leaf_bytes, run_device):
-                if j in sampled:
-                    chunks[j] = _chunk_openings(data, sampled[j])
-                if j in keep:
-                    states[j] = data
-        return Response(job_id=commitment.job_id, root=commitment.root, tree_size=commitment.tree_size,
-                        indices=challenge.indices, states=states, values=values, proof=tuple(tree.multiproof(opened)),
-                        chunks=chunks).signed(self.key)
+        buf = io.BytesIO()
+        self.respond_to(challenge, buf, device=device, whole=whole)  # one way to build an answer
+        return Response.from_bytes(buf.getvalue())
 
     def respond_to(self, challenge: Challenge, f: Sink, *, device: str | None = None,
                    whole: bool = False) -> BundleSummary:
