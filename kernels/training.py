@@ -44,7 +44,7 @@ import json
 import math
 import os
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar, Final
 
 import numpy as np
@@ -143,6 +143,12 @@ class TorchTraining(ToleranceKernel):
         self._orders: dict[tuple[int, int, int], np.ndarray[Any, Any]] = {}
         self._records: dict[str, dict[str, Any]] = {}
         self._weights: dict[str, dict[str, torch.Tensor]] = {}
+        # per job (its canonical JSON): the schema and the typed parameters, asked for at every
+        # step and every check of a state; and the last spec seen with its key (a JobSpec is
+        # immutable: its params are a read-only copy)
+        self._schemas: dict[bytes, Schema] = {}
+        self._typed: dict[bytes, dict[str, Any]] = {}
+        self._last: tuple[JobSpec, bytes] | None = None
 
     # -- what a user defines ------------------------------------------------------------------
 
@@ -183,8 +189,27 @@ class TorchTraining(ToleranceKernel):
 
     # -- the model, its parameters and the state layout ------------------------------------------
 
-    def _module(self, spec: JobSpec) -> torch.nn.Module:
+    def _key(self, spec: JobSpec) -> bytes:
+        """What the caches are keyed by: the spec's canonical JSON (its parameters if unresolved)."""
+        last = self._last
+        if last is not None and last[0] is spec:
+            return last[1]
         key = spec.canonical_json() if spec.resolved else repr(sorted(spec.params.items())).encode()
+        self._last = (spec, key)
+        return key
+
+    def typed(self, spec: JobSpec) -> dict[str, Any]:
+        key = self._key(spec)
+        out = self._typed.get(key)
+        if out is None:
+            out = super().typed(spec)
+            if len(self._typed) >= _CACHE:
+                self._typed.clear()
+            self._typed[key] = out
+        return dict(out)
+
+    def _module(self, spec: JobSpec) -> torch.nn.Module:
+        key = self._key(spec)
         m = self._models.get(key)
         if m is None:
             with torch.random.fork_rng(devices=[]):
@@ -202,6 +227,16 @@ class TorchTraining(ToleranceKernel):
         return {n: b for n, b in m.named_buffers() if b.dtype.is_floating_point}
 
     def schema(self, spec: JobSpec) -> Schema:
+        key = self._key(spec)
+        cached = self._schemas.get(key)
+        if cached is None:
+            cached = self._schema(spec)
+            if len(self._schemas) >= _CACHE:
+                self._schemas.clear()
+            self._schemas[key] = cached
+        return dict(cached)
+
+    def _schema(self, spec: JobSpec) -> Schema:
         m = self._module(spec)
         out: Schema = {"cursor": ("int64", ())}
         opt = spec.params["optimizer"]
@@ -398,12 +433,17 @@ class TorchTraining(ToleranceKernel):
     # -- tolerance ----------------------------------------------------------------------------
 
     def scales(self, expected: State, spec: JobSpec) -> dict[str, np.ndarray[Any, Any]]:
+        return self.scales_of(expected, list(expected), spec)
+
+    def scales_of(self, expected: State, names: Sequence[str], spec: JobSpec) -> dict[str, np.ndarray[Any, Any]]:
+        """A tensor's scale is its own (|e| + rms(e)): only the ``names`` asked for are computed."""
         out: dict[str, np.ndarray[Any, Any]] = {}
-        for name, t in expected.items():
+        for name in names:
             if name == "cursor":
                 continue
-            a = np.abs(as_numpy(t).astype(np.float64))
-            out[name] = a + (math.sqrt(float(np.mean(a * a))) if a.size else 0.0)
+            a = as_numpy(expected[name]).astype(np.float64)  # a copy: |e| + rms(e) is made in it
+            np.abs(a, out=a)
+            out[name] = np.add(a, math.sqrt(float(np.mean(a * a))) if a.size else 0.0, out=a)
         return out
 
     def record(self, spec: JobSpec) -> dict[str, Any]:

@@ -333,30 +333,56 @@ def test_a_copying_committer_hashes_the_state_as_submitted(tmp_path) -> None:
     assert tree.root() == MerkleTree(want).root
 
 
-@pytest.mark.parametrize("cost_s", [0.0, float("inf")])
-def test_an_adaptive_committer_moves_to_its_thread_by_the_measured_cost(tmp_path, monkeypatch, cost_s: float) -> None:
-    """``background=None``: the first ADAPT_STATES states are hashed inline and timed; the thread
-    takes over when they cost BACKGROUND_MIN_COMMIT_S or more. Either way the leaves, the tree and
-    the checkpoints are those of a synchronous commit, and a copying committer hashes each state as
-    it was submitted even when the switch comes mid-run."""
-    import pocv.trace as trace_module  # the threshold, set to always (0) and never (inf)
+@pytest.mark.parametrize("slow", ["nothing", "inline", "thread"])
+def test_an_adaptive_committer_keeps_the_mode_it_measures_faster(tmp_path, monkeypatch, slow: str) -> None:
+    """``background=None``: the first ADAPT_STATES states are committed inline and timed; commits
+    under BACKGROUND_MIN_COMMIT_S stay there. Dearer ones (the threshold set to 0 here) measure a
+    window on the committer thread, keep the mode whose submits came faster and measure the other
+    again now and then: here one mode is made 4 ms slower per state (a commit in line, or a
+    hand-over to the thread), and the committer spends most states in the other. Whatever the
+    switches, the leaves, the tree and the checkpoints are those of a synchronous commit, each
+    state as it was submitted (an impure step changes its input after the hand-over)."""
+    import time  # the slower mode sleeps
 
-    monkeypatch.setattr(trace_module, "BACKGROUND_MIN_COMMIT_S", cost_s)
-    states = [{"x": torch.full((512,), float(i)), "y": torch.arange(i, i + 64, dtype=torch.int64)} for i in range(11)]
+    import pocv.trace as trace_module  # the threshold, and a slower mode
+
+    n = trace_module.ADAPT_STATES
+    if slow != "nothing":
+        monkeypatch.setattr(trace_module, "BACKGROUND_MIN_COMMIT_S", 0.0)
+    committers: list[Committer] = []
+    real_snapshot = trace_module.snapshot
+
+    def snapshot(state, *, copy):
+        on_thread = committers[0]._thread is not None
+        if (slow == "inline" and not on_thread) or (slow == "thread" and on_thread):
+            time.sleep(0.004)
+        return real_snapshot(state, copy=copy)
+
+    monkeypatch.setattr(trace_module, "snapshot", snapshot)
+    count = n * (2 + 3 * (trace_module.ADAPT_HOLD + 2))
+    states = [{"x": torch.full((512,), float(i)), "y": torch.arange(i, i + 64, dtype=torch.int64)} for i in range(count)]
     want = [state_digest({k: v.clone() for k, v in st.items()}) for st in states]
     store = TraceStore.open(tmp_path / "t", SMALL, checkpoint_every=3)
     tree = IncrementalTree()
     committer = Committer(store, tree, background=None, copy=True)
+    committers.append(committer)
     seen = []
     for i, st in enumerate(states):
         committer.submit(i, st)
         seen.append(committer.background)
-        st["x"].fill_(-1.0)  # an impure step changes its input after the hand-over
+        st["x"].fill_(-1.0)
+        time.sleep(0.001)  # the step
     committer.close()
     store.close()
-    n = trace_module.ADAPT_STATES
-    assert seen[: n - 1] == [False] * (n - 1)
-    assert seen[n - 1:] == [cost_s == 0.0] * (len(states) - n + 1)
+    assert seen[:n] == [False] * n
+    if slow == "nothing":  # cheap commits: in line throughout
+        assert committer.switches == [] and not any(seen)
+    else:
+        assert committer.switches[0] == (n, True)  # the thread measured after the first window
+        fast = slow == "thread"  # the mode that should hold most states: in line when the thread is slow
+        share = sum(1 for b in seen[n:] if b != fast) / len(seen[n:])
+        assert share >= 0.6, (share, committer.switches)
+        assert len(committer.switches) >= 2  # the slower mode was measured again
     assert store.read_leaves() == b"".join(want)
     assert tree.root() == MerkleTree(want).root
     for i in range(0, len(states), 3):
@@ -445,14 +471,19 @@ def test_hashing_inline_with_writes_behind_keeps_what_was_submitted(tmp_path) ->
         assert store.read_checkpoint(j) == want[j]
 
 
-def test_the_prover_hashes_small_states_inline_and_large_ones_behind(tmp_path) -> None:
-    p = Prover(trace_dir=tmp_path / "t", key=KEY)
-    small = p._committer(TraceStore.open(tmp_path / "a", SMALL), IncrementalTree(), kernel_for(SMALL), SMALL)
+def test_the_prover_measures_where_to_hash_small_states_unless_told(tmp_path) -> None:
+    """By default a small state's committer is adaptive (it starts in line, with writer threads
+    for large checkpoints, and measures the thread) and a large state's hashes on its thread
+    from the start; ``background`` fixes the mode for both."""
     big_spec = resolve_spec(JobSpec(kernel="gemm-fp32", steps=2, seed=1, params={"n": 512}))
-    big = p._committer(TraceStore.open(tmp_path / "b", big_spec), IncrementalTree(), kernel_for(big_spec), big_spec)
-    try:
-        assert small._thread is None and small._pool is not None
-        assert big._thread is not None and big._pool is not None
-    finally:
-        small.close()
-        big.close()
+    cases = [(None, (True, False), (False, True)), (True, (False, True), (False, True)),
+             (False, (False, False), (False, False))]
+    for n, (background, small, big) in enumerate(cases):
+        p = Prover(trace_dir=tmp_path / "t", key=KEY, background=background)
+        for m, (spec, (adaptive, thread)) in enumerate(((SMALL, small), (big_spec, big))):
+            c = p._committer(TraceStore.open(tmp_path / f"{n}{m}", spec), IncrementalTree(), kernel_for(spec), spec)
+            try:
+                assert c._adaptive is adaptive and (c._thread is not None) is thread
+                assert (c._pool is not None) is (background is not False)
+            finally:
+                c.close()

@@ -177,7 +177,7 @@ class _Layout:
     data (the first with the magic and count), ``tail`` those after the last data.
     """
 
-    __slots__ = ("digest_items", "header_leaf", "heads", "items", "one", "single", "tail", "total")
+    __slots__ = ("digest_items", "header_leaf", "heads", "items", "one", "single", "spans", "tail", "total")
 
     def __init__(self, state: State) -> None:
         pieces = list(_pieces(state))  # validates names, count, dims (raises as the slow path does)
@@ -217,6 +217,16 @@ class _Layout:
         self.one = digest_items[0] if small and len(digest_items) == 1 and digest_items[0][3] is not None else None
         #: the state's data is one chunk: the subtree is one node over the header and chunk leaves
         self.single = len(heads) == 1 and self.total - len(heads[0]) - len(pending) <= CHUNK_BYTES
+        #: (start, end) of each non-empty tensor's data in the canonical bytes, for a small state
+        #: (see :func:`freeze`); None where digest_items is
+        spans: list[tuple[int, int]] = []
+        pos = 0
+        for piece in pieces:
+            n = len(piece) if isinstance(piece, bytes) else piece.nbytes
+            if not isinstance(piece, bytes):
+                spans.append((pos, pos + n))
+            pos += n
+        self.spans = tuple(spans) if small else None
 
 
 class _Views(dict[int, memoryview]):
@@ -249,8 +259,10 @@ class _Views(dict[int, memoryview]):
 
 #: (name, dtype, shape, views) of one tensor of a cached layout (see _Layout.digest_items)
 _DigestItem = tuple[str, object, tuple[int, ...], "_Views | None"]
-#: data addresses whose views one layout keeps (see _Views)
-_MAX_VIEWS: Final = 16
+#: data addresses whose views one tensor of a layout keeps (see _Views): a committer holding a few
+#: states in flight (its queue, checkpoint writes) cycles the allocator through more than 16 (a
+#: training step's states missed 68% of lookups with 16, 35% with 256; a miss costs ~1 us)
+_MAX_VIEWS: Final = 256
 
 
 #: schema -> layout, keyed by the state's names in iteration order (a few schemas per process)
@@ -598,6 +610,68 @@ def state_digest(state: State) -> bytes:
     header = b"".join(p for p in pieces if isinstance(p, bytes))
     _remember(state)  # a new schema, or tensors not as cached: cache this one if it fits
     return _root(_header_leaf(header), [p for p in pieces if isinstance(p, memoryview)])
+
+
+def _interleave(lay: _Layout, datas: list[Any]) -> list[Any]:
+    """The canonical encoding as pieces: ``lay``'s cached headers around ``datas`` (the views of
+    each non-empty tensor's data, as :func:`_data_views` gives them)."""
+    m = len(datas)
+    parts: list[Any] = [lay.tail] * (2 * m + 1)
+    parts[0 : 2 * m : 2] = lay.heads
+    parts[1 : 2 * m : 2] = datas
+    return parts
+
+
+def digest_and_pieces(state: State) -> tuple[bytes, list[bytes | memoryview], int]:
+    """(``state_digest(state)``, pieces whose concatenation is ``encode_state(state)``, their
+    size) from one look at the tensors, for a state that is hashed and written.
+
+    For a small state of a cached schema the pieces are views of the tensors' memory in place
+    (at their data pointers, not keeping the tensors alive): the caller holds ``state`` until it
+    is done with them, and nothing may change the tensors meanwhile."""
+    lay = _LAYOUTS.get(tuple(state))
+    if lay is not None and lay.spans is not None:
+        datas = _data_views(lay, state)
+        if datas is not None:
+            digest = _one_chunk_root(lay.header_leaf, datas[0]) if lay.single else _root(lay.header_leaf, datas)
+            return digest, _interleave(lay, datas), lay.total
+    digest = state_digest(state)  # first: it caches a new schema's layout
+    pieces = encoded_pieces(state)
+    return digest, pieces, sum(len(p) if isinstance(p, bytes) else p.nbytes for p in pieces)
+
+
+class Frozen:
+    """A state's canonical bytes, copied at once (:func:`freeze`): what a committer hashes and
+    writes while the next step may change the state's tensors. ``digest()`` is
+    ``state_digest`` of the state as it was when frozen."""
+
+    __slots__ = ("_lay", "data")
+
+    def __init__(self, data: bytes, lay: _Layout | None) -> None:
+        self.data = data
+        self._lay = lay
+
+    def digest(self) -> bytes:
+        lay = self._lay
+        if lay is None or lay.spans is None:
+            return digest_encoded(self.data)
+        mv = memoryview(self.data)
+        if lay.single:
+            a, b = lay.spans[0]
+            return _one_chunk_root(lay.header_leaf, mv[a:b])
+        return _root(lay.header_leaf, [mv[a:b] for a, b in lay.spans])
+
+
+def freeze(state: State) -> Frozen:
+    """A copy of ``state`` as its canonical bytes: one join of the cached headers and the tensors'
+    memory for a small state of a cached schema (no tensor made; 20-40 us for a training step's
+    17 tensors and 0.3 MB, against 90 us for cloning them), :func:`encode_state` otherwise."""
+    lay = _LAYOUTS.get(tuple(state))
+    if lay is not None and lay.spans is not None:
+        datas = _data_views(lay, state)
+        if datas is not None:
+            return Frozen(b"".join(_interleave(lay, datas)), lay)
+    return Frozen(encode_state(state), None)
 
 
 class _Stream:

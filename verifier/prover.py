@@ -61,9 +61,9 @@ log = logging.getLogger(__name__)
 PROGRESS_EVERY = 64
 #: threads that read and check kept states at once when answering (no step recomputed)
 MAX_READERS = 8
-#: states from this size are hashed on the committer's thread (hashing 1 MiB takes ~0.3 ms);
-#: smaller ones on the prover's, where handing each over to a thread costs more in GIL
-#: switches than the hash (digits CNN, 0.3 MB states, Python-heavy steps: 1.12 vs 1.07 measured)
+#: states from this size are hashed on the committer's thread from the start (hashing 1 MiB takes
+#: ~0.3 ms, more than a hand-over costs); smaller ones by an adaptive committer, which measures
+#: whether the thread or this one gives the faster steps (trace.Committer, background=None)
 BACKGROUND_MIN_BYTES = 1 << 20
 Progress = Callable[[int, int], None]
 
@@ -93,11 +93,14 @@ class Prover:
         ``"auto"`` by default, ``"all"``, ``"every:C"``, ``"budget:SIZE"``); ``checkpoint_every=C``
         is the same as ``checkpoint="every:C"``. ``background``: hash states on a committer
         thread while the next step computes (True), or on this thread (False; checkpoint writes
-        are then synchronous too); None (the default) chooses by state size: a thread for states
-        of :data:`BACKGROUND_MIN_BYTES` and more; below it, this thread (checkpoint writes on
-        writer threads) until a few states were timed, then the committer's thread if one state
-        took :data:`~pocv.trace.BACKGROUND_MIN_COMMIT_S` or more. The root and the files are the
-        same either way.
+        are then synchronous too); None (the default): a thread for states of
+        :data:`BACKGROUND_MIN_BYTES` and more; below it, this thread (checkpoints through the page
+        cache written here too) when one state's commit takes less than
+        :data:`~pocv.trace.BACKGROUND_MIN_COMMIT_S`, else whichever of the two the committer
+        measures to give the faster steps, measured again now and then
+        (:class:`~pocv.trace.Committer`; on a 2-core VM that other work shares, the thread cost a
+        training step's 0.3 MB states more than it saved, while an idle core makes it the
+        cheaper). The root and the files are the same either way.
         ``respond_workers``: segments recomputed at once when answering (default 1 on a CPU
         whose cores the kernel's own threads already use)."""
         self.artifacts: ArtifactSource = artifacts if artifacts is not None else ArtifactStore.default()
@@ -167,6 +170,9 @@ class Prover:
                     if self.progress is not None and (i % PROGRESS_EVERY == 0 or i == n):
                         self.progress(i, n)
                 committer.close()
+                if committer.skipped:
+                    log.info("run %s: %d of the states due kept were not (the disk was behind); answers "
+                             "recompute them from the nearest earlier one", spec.kernel_ref, len(committer.skipped))
             except BaseException:
                 committer.abort()
                 raise
@@ -186,20 +192,19 @@ class Prover:
 
     def _committer(self, store: TraceStore, tree: IncrementalTree, kernel: Kernel, spec: JobSpec) -> Committer:
         """The committer for this run: hashing on its own thread for states of
-        BACKGROUND_MIN_BYTES and more, adaptive below (unless ``background`` says otherwise);
-        checkpoint writes on writer threads unless ``background`` is False."""
+        BACKGROUND_MIN_BYTES and more, adaptive below (this thread or the committer's, whichever
+        it measures faster) unless ``background`` says otherwise; checkpoint writes on writer
+        threads unless ``background`` is False."""
         copy = not self._pure_steps(kernel)
+        skip = self.checkpoint.best_effort  # auto and budgets: never wait for the disk (trace.Committer)
         if self.background is not None:
-            return Committer(store, tree, background=self.background, copy=copy)
+            return Committer(store, tree, background=self.background, copy=copy, skip_behind=skip)
         try:
             size = encoded_size(kernel.schema(spec))
         except Exception:  # a plugin's schema that cannot be sized: hash in the background
             size = BACKGROUND_MIN_BYTES
-        # a big state is hashed on the committer's thread at once; a smaller one inline until the
-        # committer has timed a few (Committer's adaptive mode: a training step's 0.3 MB state
-        # moves off the step's path, a 4 KiB one stays where a hand-over would cost more)
         return Committer(store, tree, background=True if size >= BACKGROUND_MIN_BYTES else None, async_writes=True,
-                         copy=copy)
+                         copy=copy, skip_behind=skip)
 
     def _pure_steps(self, kernel: Kernel) -> bool:
         """Whether this prover's step is the kernel's own and the kernel declares it pure

@@ -31,8 +31,14 @@ consistent state and reaches the same root, and no slot of an earlier run outliv
 Which states are kept is a :class:`CheckpointPolicy` (``auto`` by default: the fewest checkpoints
 such that answering a default challenge recomputes at most 5% of the job, within an 8 GiB disk
 budget; or ``all``, ``every:C``, ``budget:SIZE``); the resolved interval c is what trace.json
-records. The prover commits through a :class:`Committer`: one background thread hashes s_i,
-appends its leaf and writes its checkpoint while s_(i+1) computes, in order, so every invariant
+records. ``auto`` and budgets are best effort: a state whose write would make the step wait for
+the disk (the writers' queue full) is not kept, so some multiples of c may be missing; an
+answer recomputes from the nearest earlier kept one (:meth:`TraceStore.nearest_checkpoint`).
+``all`` and ``every:C`` keep every one, waiting for the disk if they must.
+
+The prover commits through a :class:`Committer`: one background thread hashes s_i, appends its
+leaf and writes its checkpoint while s_(i+1) computes (or, for small states, the prover's own
+thread, whichever the committer measures faster), in order, so every invariant
 above holds at every instant of a run. A small state goes into its slot through the page cache
 with one ``pwritev`` from the tensors' memory (no copy in Python, the GIL released for all of
 it); a large one (from :data:`DIRECT_MIN_BYTES`) with ``O_DIRECT`` from an aligned buffer, so it
@@ -46,6 +52,7 @@ is fsynced, so a signed root always has its leaves on disk.
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import errno
 import fcntl
@@ -69,7 +76,7 @@ import numpy as np
 import torch
 
 from pocv.challenge import sample_size
-from pocv.encoding import State, Tensor, digest_encoded, encoded_pieces, state_digest
+from pocv.encoding import Frozen, State, Tensor, digest_and_pieces, digest_encoded, freeze, state_digest
 from pocv.errors import EvidenceError, InputError, StorageError
 from pocv.jobs import JobSpec
 from pocv.limits import DEFAULT_CHEAT_FRACTION, DEFAULT_CONFIDENCE, DIGEST_SIZE, MAX_STATE_BYTES
@@ -117,6 +124,7 @@ class TraceStore:
         self._writer = _StateWriter()
         self._pack: _Pack | None = None
         self._pack_lock = threading.Lock()
+        self._kept: list[int] | None = None  # kept checkpoints at multiples of c (nearest_checkpoint)
 
     # -- opening ---------------------------------------------------------------------------
 
@@ -349,8 +357,19 @@ class TraceStore:
         return sorted(set(slots).union(self._checkpoint_files()))
 
     def nearest_checkpoint(self, index: int) -> int:
-        """The checkpoint the prover recomputes ``s_index`` from (at most c-1 steps away)."""
-        return index - index % self.checkpoint_every
+        """The checkpoint the prover recomputes ``s_index`` from: the highest kept state at a
+        multiple of c at or below ``index`` (c-1 steps away at most when every c-th state was
+        kept; further where a best-effort run did not keep some, :class:`Committer`
+        ``skip_behind``). The kept set is read once per store; StorageError if none is at or
+        below ``index``."""
+        base = index - index % self.checkpoint_every
+        if self._kept is None:
+            self._kept = [j for j in self.checkpoints() if j % self.checkpoint_every == 0]
+        kept = self._kept
+        k = bisect.bisect_right(kept, base) - 1
+        if k < 0:
+            raise StorageError(f"trace {str(self.root)!r} keeps no checkpoint at or before state {index}")
+        return kept[k]
 
     def resume_point(self) -> tuple[int, bytes] | None:
         """(j, encoded s_j) of the last consistent checkpoint, after truncating the leaves and
@@ -514,6 +533,14 @@ class CheckpointPolicy:
         while c_respond < top and k * recompute_steps(c_respond + 1) <= RESPOND_SHARE * steps:
             c_respond += 1
         return max(1, min(max(c_respond, c_budget), MAX_CHECKPOINT_EVERY))
+
+    @property
+    def best_effort(self) -> bool:
+        """Whether the interval is a target the prover may thin out (``auto`` and budgets: a
+        state whose write would make the step wait for the disk is not kept) rather than a
+        promise (``all``, ``every:C``: every c-th state kept, the step waiting for the disk
+        if it must)."""
+        return self.every is None
 
     def describe(self) -> str:
         if self.every is not None:
@@ -917,11 +944,11 @@ class _Snapshot:
 
     __slots__ = ("event", "state")
 
-    def __init__(self, state: State, event: Any = None) -> None:
+    def __init__(self, state: State | Frozen, event: Any = None) -> None:
         self.state = state
         self.event = event
 
-    def wait(self) -> State:
+    def wait(self) -> State | Frozen:
         if self.event is not None:
             self.event.synchronize()
         return self.state
@@ -937,13 +964,15 @@ def snapshot(state: State, *, copy: bool) -> _Snapshot:
     step that produced them, so the copy overlaps the next step (the tensor's memory is kept from
     reuse until the copy is done, ``record_stream``). CPU tensors are shared when the step
     function does not modify its input (``copy`` false; the built-in kernels return new tensors),
-    and cloned otherwise.
+    and copied otherwise: a state of CPU tensors into its canonical bytes at once
+    (:func:`~pocv.encoding.freeze`: one join, no tensor made, and what the committer hashes and
+    writes as it is).
     """
     gpu = [k for k, v in state.items() if isinstance(v, torch.Tensor) and v.is_cuda]
     if not gpu:
         if not copy:
             return _Snapshot(state)
-        return _Snapshot({k: v.clone() if isinstance(v, torch.Tensor) else v.copy() for k, v in state.items()})
+        return _Snapshot(freeze(state))
     out: dict[str, Tensor] = {k: (v.clone() if isinstance(v, torch.Tensor) else v.copy()) if copy else v
                               for k, v in state.items() if k not in gpu}
     device = state[gpu[0]].device
@@ -972,15 +1001,26 @@ CHECKPOINT_WRITERS: Final = 2
 MAX_PENDING_WRITE_BYTES: Final = 256 << 20
 #: states waiting for a checkpoint write at most, whatever their size
 MAX_PENDING_WRITES: Final = 8
-#: an adaptive committer (``background=None``) hashes the first states this many on the
-#: caller's thread and times them ...
-ADAPT_STATES: Final = 4
-#: ... then moves the hashing to its own thread when committing one state took this long or more
-#: (the median): handing a state over costs the caller 20-50 us in thread switches, a 64 KiB
-#: state's hash about as much, a training step's 0.3 MB state's 0.3 ms
+#: an adaptive committer (``background=None``) measures its modes in windows of this many states:
+#: the first window hashed on the caller's thread (each commit timed) ...
+ADAPT_STATES: Final = 8
+#: ... and if committing one state there took less than this (the median), it stays there: handing
+#: a state over costs the caller at least 20-50 us in thread switches, a 64 KiB state's hash about
+#: as much. Otherwise the next window runs on the committer's thread, and the mode whose states
+#: followed one another faster (the median time from one ``submit`` to the next: the step and
+#: what the commit took from it, GIL switches and a core shared with other work included) is kept
+#: (measured for a training step's 0.3 MB state on a 2-core VM with other work on it: the thread
+#: took 1.1 ms of the caller's CPU per state, hashing and writing in line 0.7 ms)
 BACKGROUND_MIN_COMMIT_S: Final = 150e-6
-#: the committer's thread writes a checkpoint that goes through the page cache itself (a copy by
-#: the kernel, 0.1 ms for 0.3 MB, less than handing it to a writer thread costs in thread switches)
+#: windows the better mode is kept before the other is measured again (one window); doubled each
+#: time the other loses, up to :data:`ADAPT_MAX_HOLD` (a machine whose load changes is followed)
+ADAPT_HOLD: Final = 4
+ADAPT_MAX_HOLD: Final = 64
+#: the thread that hashes a state (the committer's, or the caller's for an adaptive committer in
+#: line) also writes its checkpoint when it goes through the page cache (a copy by the kernel,
+#: 0.1 ms for 0.3 MB): less than handing it to a writer thread costs in thread switches (and, for
+#: a step that may modify its input, a copy first): a training step's 0.3 MB state, in line, on a
+#: 2-core VM with other work on it: 0.7 ms of the caller's CPU per state against 1.2 ms handed over
 INLINE_CHEAP_WRITES = True
 
 
@@ -1003,18 +1043,30 @@ class Committer:
 
     An error on any of these threads (a full disk, an unencodable state) stops the committing at
     that state and is raised by the next ``submit`` (or the one waiting) and by :meth:`close`.
+    In line, an adaptive committer also writes a checkpoint that goes through the page cache
+    itself (no copy, no hand-over: :data:`INLINE_CHEAP_WRITES`).
     With ``background`` false the hashing happens in ``submit`` on the caller's thread (for small
     states: a thread handing each state over costs the caller more, in GIL switches, than
     hashing it), and checkpoint writes still go to the writer threads when ``async_writes``;
     with both false everything happens in ``submit``. With ``background`` None (adaptive) the
-    first :data:`ADAPT_STATES` states are committed in ``submit`` and timed, and the committer
-    thread takes over from then on if the median took :data:`BACKGROUND_MIN_COMMIT_S` or more
-    (the states before it are committed by then: the order holds). The order and the files are
-    the same in every mode.
+    first :data:`ADAPT_STATES` states are committed in ``submit`` and timed; if the median took
+    :data:`BACKGROUND_MIN_COMMIT_S` or more, the next window goes to the committer thread, and
+    from then on the mode whose states came faster (median time between submits) is kept, the
+    other measured again now and then (:data:`ADAPT_HOLD`). A switch to the thread starts it
+    after the states before are committed; a switch back waits until it has committed every
+    state handed over: the order holds. The order and the files are the same in every mode.
+
+    ``skip_behind`` (best effort, the prover's ``auto`` and budget policies): when the writers
+    are behind (the limits above reached), a checkpoint is not kept instead of waiting, so the
+    step never waits on the disk and the kept states adapt to what it sustains; the leaf is
+    appended all the same (the root does not change) and the indices are listed in ``skipped``.
+    ``s_0`` is always kept, and an answer recomputes a state from the nearest earlier kept one
+    (:meth:`TraceStore.nearest_checkpoint`).
     """
 
     def __init__(self, store: TraceStore, tree: IncrementalTree, *, depth: int = 2, background: bool | None = True,
-                 copy: bool = False, writers: int = CHECKPOINT_WRITERS, async_writes: bool | None = None) -> None:
+                 copy: bool = False, writers: int = CHECKPOINT_WRITERS, async_writes: bool | None = None,
+                 skip_behind: bool = False) -> None:
         if depth < 1:
             raise InputError(f"committer queue depth must be positive, got {depth}")
         if writers < 1:
@@ -1023,6 +1075,10 @@ class Committer:
         self.tree = tree
         self.copy = copy
         self.committed = -1  # index of the last state committed
+        #: best effort: a checkpoint whose write would wait for the disk is not kept (its leaf is)
+        self.skip_behind = skip_behind
+        #: the checkpoints not kept so (skip_behind)
+        self.skipped: list[int] = []
         self._error: BaseException | None = None
         self._stop = False
         self._queue: queue.Queue[tuple[int, _Snapshot] | None] = queue.Queue(maxsize=depth)
@@ -1033,6 +1089,18 @@ class Committer:
         self._pending_bytes = 0
         self._pending_count = 0
         self._timings: list[float] | None = [] if background is None else None  # adaptive: inline commits timed
+        self._adaptive = background is None
+        #: an adaptive committer: in line, page-cache checkpoints are written by the caller too
+        self._adaptive_inline = background is None
+        self._cheap_writes: bool | None = None  # the last checkpoint went through the page cache
+        self._last_submit: float | None = None  # adaptive: when the last submit began
+        self._cycles: list[float] = []  # ... the times between submits in this window
+        self._medians: dict[bool, float] = {}  # ... on the thread? -> its last window's median
+        self._probing = False  # ... this window measures the mode not kept
+        self._hold = 0  # ... windows left before the other mode is measured again
+        self._hold_next = ADAPT_HOLD
+        #: adaptive: (state index, on the thread?) at each switch of mode
+        self.switches: list[tuple[int, bool]] = []
         if (background is not False) if async_writes is None else async_writes:
             self._pool = ThreadPoolExecutor(max_workers=writers, thread_name_prefix="pocv-write")
         if background:
@@ -1054,17 +1122,16 @@ class Committer:
     def submit(self, index: int, state: State) -> None:
         """Commit ``s_index`` (the leaf, and the checkpoint when ``index`` is a multiple of c)."""
         self._raise_if_failed()
+        if self._adaptive:
+            self._adapt(index)
         if self._thread is None:  # hashed here, before the next step runs; a checkpoint written
             # later by a writer thread is copied first if the next step may modify its input
-            later = self._pool is not None and index % self.store.checkpoint_every == 0
+            later = (self._pool is not None and index % self.store.checkpoint_every == 0
+                     and not (self._adaptive_inline and INLINE_CHEAP_WRITES and self._cheap_writes))
             t0 = time.perf_counter()
             self._commit(index, snapshot(state, copy=self.copy and later))
             if self._timings is not None:
                 self._timings.append(time.perf_counter() - t0)
-                if len(self._timings) >= ADAPT_STATES:
-                    if statistics.median(self._timings) >= BACKGROUND_MIN_COMMIT_S:
-                        self._start_thread()
-                    self._timings = None  # decided, once
             return
         snap = snapshot(state, copy=self.copy)
         while True:
@@ -1076,45 +1143,101 @@ class Committer:
                 if not self._thread.is_alive():  # pragma: no cover - the thread records every error
                     raise StorageError("the commit thread stopped") from None
 
+    def _adapt(self, index: int) -> None:
+        """An adaptive committer's bookkeeping at the start of ``submit(index)``: the time since
+        the last submit joins this window; at the end of a window, the mode for the next one."""
+        now = time.perf_counter()
+        if self._last_submit is not None:
+            self._cycles.append(now - self._last_submit)
+        self._last_submit = now
+        if len(self._cycles) < ADAPT_STATES:
+            return
+        on_thread = self._thread is not None
+        self._medians[on_thread] = statistics.median(self._cycles)
+        self._cycles.clear()
+        if len(self._medians) == 1:  # the first window, in line: cheap commits stay there
+            assert self._timings is not None
+            cheap = statistics.median(self._timings) < BACKGROUND_MIN_COMMIT_S
+            self._timings = None
+            if cheap:
+                self._adaptive = False
+                return
+            self._probing = True
+            self._switch(index, not on_thread)
+        elif self._probing:  # the mode not kept was measured: keep the faster
+            self._probing = False
+            best = min(self._medians, key=self._medians.__getitem__)
+            if best == on_thread:  # the mode just measured was faster: kept
+                self._hold = self._hold_next = ADAPT_HOLD
+            else:  # slower: back to the kept one, and measured again after twice as long
+                self._hold_next = min(2 * self._hold_next, ADAPT_MAX_HOLD)
+                self._hold = self._hold_next
+                self._switch(index, best)
+        elif self._hold > 0:
+            self._hold -= 1
+        else:
+            self._probing = True
+            self._switch(index, not on_thread)
+
+    def _switch(self, index: int, to_thread: bool) -> None:
+        """Commit ``s_index`` onwards on the committer thread, or on the caller's once the thread
+        has committed every state handed to it (the order holds)."""
+        if to_thread:
+            self._start_thread()
+        else:
+            assert self._thread is not None
+            self._put_sentinel()
+            self._thread.join()
+            self._thread = None
+            self._raise_if_failed()
+        self.switches.append((index, to_thread))
+        self._last_submit = None  # the switch itself is not a state's time
+
     def _commit(self, index: int, snap: _Snapshot) -> None:
         state = snap.wait()
         if index % self.store.checkpoint_every == 0:
-            pieces = encoded_pieces(state)
-            # the state's own fast path (0.3 ms for a training step's 0.3 MB state of 17 tensors;
-            # digest_pieces, which parses the pieces again, 0.45 ms)
-            digest = state_digest(state)
-            size = sum(map(_nbytes, pieces))
+            pieces: list[bytes | memoryview]
+            if isinstance(state, Frozen):  # copied into its canonical bytes: hashed and written as they are
+                digest, pieces, size = state.digest(), [state.data], len(state.data)
+            else:  # the digest and the pieces from one look at the tensors (views of their memory:
+                # ``state`` is held until they are written)
+                digest, pieces, size = digest_and_pieces(state)
             self.store.append_leaf(digest)
-            if self._pool is None or (INLINE_CHEAP_WRITES and threading.current_thread() is self._thread
-                                      and self.store.writes_through_page_cache(size)):
-                # synchronous, or on the committer's thread a write into the page cache (one copy
-                # by the kernel, cheaper than handing the state to a writer thread; on the
-                # caller's thread the hand-over is cheaper: 35-45 us against 50-55 us for 4 KiB)
+            cheap = self.store.writes_through_page_cache(size)
+            self._cheap_writes = cheap
+            if self._pool is None or (INLINE_CHEAP_WRITES and cheap and (threading.current_thread() is self._thread
+                                                                         or self._adaptive_inline)):
+                # synchronous, or a write into the page cache on the thread that hashed the state
+                # (one copy by the kernel, cheaper than handing the state to a writer thread)
                 self.store.write_checkpoint(index, pieces, size=size)  # flushes the leaves up to index first
             else:
                 self.store.flush()  # the leaves up to index reach the OS before the checkpoint can
-                self._write_later(index, pieces, size)
+                self._write_later(index, pieces, size, state)
         else:
-            digest = state_digest(state)
+            digest = state.digest() if isinstance(state, Frozen) else state_digest(state)
             self.store.append_leaf(digest)
         self.tree.append(digest)
         self.committed = index
 
-    def _write_later(self, index: int, pieces: list[bytes | memoryview], size: int) -> None:
-        """Hand checkpoint ``index`` (``size`` bytes) to a writer thread (``pieces`` keep the state
-        alive until it is written); wait while too much is waiting already."""
+    def _write_later(self, index: int, pieces: list[bytes | memoryview], size: int, keep: object) -> None:
+        """Hand checkpoint ``index`` (``size`` bytes) to a writer thread (``keep``, the state the
+        pieces view, is held until it is written); wait while too much is waiting already."""
         with self._pending:
             while self._pending_count and (self._pending_count >= MAX_PENDING_WRITES
                                            or self._pending_bytes + size > MAX_PENDING_WRITE_BYTES):
                 if self._error is not None:
                     raise self._error
+                if self.skip_behind and index:  # the disk is behind: keep the leaf only (s_0 always kept)
+                    self.skipped.append(index)
+                    return
                 self._pending.wait(0.05)
             self._pending_count += 1
             self._pending_bytes += size
         assert self._pool is not None
-        self._pool.submit(self._write, index, pieces, size)
+        self._pool.submit(self._write, index, pieces, size, keep)
 
-    def _write(self, index: int, pieces: list[bytes | memoryview], size: int) -> None:
+    def _write(self, index: int, pieces: list[bytes | memoryview], size: int, keep: object) -> None:
+        # ``keep``: the state ``pieces`` may view, alive until this returns
         try:
             if self._error is None and not self._stop:
                 writer = getattr(self._local, "writer", None)
