@@ -136,6 +136,9 @@ class TorchTraining(ToleranceKernel):
     defaults: ClassVar[Mapping[str, Any]] = {}
     #: calibrate() asks the record's kernels to derive tau per group instead of using ``tau``
     calibrated_by_record: ClassVar[bool] = True
+    # not ``pure_step``: the step hands the state's buffers to functional_call as they are, so a
+    # model with BatchNorm in training mode updates running_mean/running_var in the INPUT state;
+    # the committer's copy (pocv.encoding.freeze) is what keeps each leaf the state as submitted
 
     def __init__(self) -> None:
         self._models: dict[bytes, torch.nn.Module] = {}
