@@ -1,6 +1,7 @@
 """Market and escrow figures on the pocv job program: fees, compute units and sizes per
 transaction (naming the Token program build that ran), rent per job, lifecycles per second in
-LiteSVM and over loopback JSON-RPC. Writes bench/results/market.json.
+LiteSVM (the median of 5 batches of 1,000, with the slowest and fastest batch) and over loopback
+JSON-RPC. Writes bench/results/market.json.
 
     pytest bench/test_bench_market.py -m bench      (not --benchmark-only: the cost tests time nothing)
 
@@ -13,6 +14,7 @@ Token) are compared by tests/programs: 50-54 units more per SPL Token CPI, nothi
 from __future__ import annotations
 
 import os
+import statistics
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -34,7 +36,11 @@ from pocv.testing.rpc import LoopbackServer
 
 pytestmark = pytest.mark.bench
 
-BATCH = quick(200, 1_000)  # lifecycles per throughput measurement in process
+BATCH = quick(200, 1_000)  # lifecycles per throughput batch in process
+#: batches per throughput figure: this VM's speed drifts by up to +-20% from one second to the next
+#: (CPU time tracks wall time, so it is the host, not waiting), so one batch is one draw; the figure
+#: is the median batch, and the slowest and fastest batches are reported beside it
+BATCHES = quick(1, 5)
 RPC_BATCH = quick(10, 20)  # and over loopback HTTP
 THROUGHPUT_TARGET = 500  # lifecycles per second in LiteSVM, every check and the index included
 PASS_CU_TARGET = 40_000  # compute units of a PASS lifecycle with the real SPL Token program
@@ -187,10 +193,14 @@ def test_lifecycles_per_second_litesvm(benchmark: Any, build: str) -> None:
     p = Parties(LiteSVMBackend(token_program=build))  # type: ignore[arg-type]
     p.lifecycle()  # warm up: the pair record exists from here on
     benchmark.pedantic(p.lifecycle, rounds=200, iterations=1, warmup_rounds=5)
-    wall, cpu = _throughput(p, BATCH)
+    runs = [_throughput(p, BATCH) for _ in range(BATCHES)]
+    walls = sorted(w for w, _ in runs)
     stats = benchmark.stats.stats
     RESULTS.setdefault("lifecycles_per_second", {})[f"litesvm/{build}"] = {
-        "wall_clock": round(wall, 1), "cpu_time": round(cpu, 1), "batch": BATCH,
+        "wall_clock": round(statistics.median(walls), 1), "statistic": f"median of {BATCHES} batches",
+        "slowest_batch": round(walls[0], 1), "fastest_batch": round(walls[-1], 1),
+        "batches_wall_clock": [round(w, 1) for w, _ in runs],
+        "cpu_time": round(statistics.median(c for _, c in runs), 1), "batch": BATCH, "batches": BATCHES,
         "mix": "PASSED/FAILED/REFUNDED/EXPIRED",
         "pass_lifecycle_median_ms": round(stats.median * 1e3, 3), "pass_lifecycle_mean_ms": round(stats.mean * 1e3, 3),
         "per_second_from_median": round(1 / stats.median, 1), "target": THROUGHPUT_TARGET, **_load(),
@@ -198,7 +208,7 @@ def test_lifecycles_per_second_litesvm(benchmark: Any, build: str) -> None:
                     "verdict made, signature and detection checked, VERDICT; CLAIMs after warped deadlines; the "
                     "address index with pre/post lamports and token balances, each of the job's transactions read "
                     "back from it; LiteSVM's signature verification"}
-    assert wall > 0  # the 500/s target is marked met/missed in the report (with the load), not asserted
+    assert walls[0] > 0  # the 500/s target is marked met/missed in the report (with the load), not asserted
 
 
 def test_lifecycles_per_second_loopback_rpc(benchmark: Any) -> None:

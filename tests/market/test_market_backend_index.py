@@ -1,9 +1,11 @@
 """The embedded chain's address index: what ``getTransaction`` returns for a transaction is what
 happened in that transaction, however much later it is read (the record is built on the first
-read from what was captured when it landed), and the decoded accounts follow the bytes."""
+read, on every read, from what was captured when it landed), the index holds nothing Python's
+cycle collector has to walk, and the decoded accounts follow the bytes."""
 
 from __future__ import annotations
 
+import gc
 import os
 
 from solders.message import Message
@@ -17,6 +19,32 @@ from pocv.market.escrow import sign_and_send
 from pocv.market.programs import SLOT_HASHES_SYSVAR, decode_slot_hashes
 
 from .conftest import World
+
+
+def test_the_index_holds_nothing_the_cycle_collector_walks(fast_world: World) -> None:
+    """A long-running chain indexes every transaction: what it keeps per transaction and per
+    address must not be objects every full collection walks (a kept record, a list per address
+    made the collector 12% of a lifecycle's time in bench/test_bench_market.py)."""
+    w = fast_world
+    for _ in range(3):
+        t = w.terms(price=1_000, bond=500)
+        root = os.urandom(32)
+        assert w.escrow.post(t, w.consumer).ok and w.escrow.commit(t, root, w.worker).ok
+        assert w.escrow.verdict(t, w.verdict(t, root), w.verifier).ok
+    index = w.backend._index
+    sigs = list(index.records)
+    assert len(sigs) >= 9
+    for sig in sigs:  # reading every record back keeps none of them
+        assert w.backend.get_transaction(sig) is not None
+    for _ in range(3):  # a tuple leaves tracking when a collection finds all it holds untracked:
+        gc.collect()  # the (lamports, head) pairs, the tuples of them, the record: one level a pass
+    tracked = [what for what, values in (("records", index.records.values()), ("raw", index.raw.values()),
+                                         ("by_address", index.by_address.values()))
+               for v in values if gc.is_tracked(v)]
+    assert tracked == []
+    # and the per-address index still answers, oldest first
+    consumer_sigs = w.backend.signatures_for_address(w.consumer.pubkey())
+    assert [s for s in sigs if s in set(consumer_sigs)] == consumer_sigs and len(consumer_sigs) >= 3
 
 
 def _amount(rec: TxRecord, account: object, which: str) -> int | None:
@@ -59,7 +87,8 @@ def test_a_record_read_late_still_shows_its_own_balances(fast_world: World) -> N
     assert rec is not None and J.job_settlement(rec.logs) == "PASSED"
     assert (_amount(rec, w_acct, "pre_token"), _amount(rec, w_acct, "post_token")) == (w0 - 500, w0 + 1_000)
     assert (_amount(rec, vault, "pre_token"), _amount(rec, vault, "post_token")) == (1_500, None)  # closed
-    assert w.backend.get_transaction(verdict.signature) is rec  # built once
+    again = w.backend.get_transaction(verdict.signature)  # built anew on each read (none is kept) ...
+    assert again == rec and again is not rec  # ... and the same record each time
 
 
 def test_records_and_snapshot_agree_with_single_reads(fast_world: World) -> None:

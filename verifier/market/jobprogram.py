@@ -230,7 +230,12 @@ class JobAccount:
                    vault=vault, commit_slot=commit_slot, root=data[272:304])
 
 
-@lru_cache(maxsize=1_024)
+#: entries of the caches that hold one job's records (a job is read a few times between POST and
+#: settlement; every entry is objects Python's cycle collector walks, so the caches stay small)
+_JOB_CACHE: Final = 256
+
+
+@lru_cache(maxsize=_JOB_CACHE)
 def _decode_terms(raw: bytes) -> tuple[JobTerms, Pubkey]:
     """A job account's terms and vault from its bytes 8..40 and 48..272 (they stay the same from
     POST to settlement: decoded once per job, the record is immutable)."""
@@ -426,13 +431,13 @@ class JobProgram:
         return _decode_worker(address, acct.data)
 
 
-@lru_cache(maxsize=1_024)
+@lru_cache(maxsize=_JOB_CACHE)
 def _decode_job(address: Pubkey, data: bytes) -> JobAccount:
     """The account read fresh each time, its bytes decoded once (records are immutable)."""
     return JobAccount.decode(address, data)
 
 
-@lru_cache(maxsize=1_024)
+@lru_cache(maxsize=_JOB_CACHE)  # a worker account's bytes change at every settlement
 def _decode_worker(address: Pubkey, data: bytes) -> WorkerAccount:
     return WorkerAccount.decode(address, data)
 
@@ -447,11 +452,11 @@ def _worker_address(program_id: Pubkey, worker: Pubkey) -> tuple[Pubkey, int]:
     return Pubkey.find_program_address([b"worker", bytes(worker)], program_id)
 
 
-_MAX_ADDRESSES_BY_ID: Final = 4_096
+_MAX_ADDRESSES_BY_ID: Final = _JOB_CACHE
 _ADDRESSES_BY_ID: dict[int, tuple[JobTerms, JobProgram, JobAddresses]] = {}
 
 
-@lru_cache(maxsize=4_096)
+@lru_cache(maxsize=_JOB_CACHE)
 def _addresses(program: JobProgram, terms: JobTerms) -> JobAddresses:
     job, job_bump = program.job_address(terms.consumer, terms.job_id)
     vault, vault_bump = program.vault_address(job)
