@@ -81,3 +81,19 @@ class CrashingProver(Prover):
             raise Crash(i)
         return super()._step(kernel, state, i, spec, device)
 
+
+
+def remember_committers(monkeypatch: Any) -> list[Any]:
+    """Every :class:`pocv.trace.Committer` made from now on (until ``monkeypatch`` undoes it), in
+    the order made: tests that slow a disk down watch the committer the prover made."""
+    from pocv.trace import Committer  # reason: only the tests that watch a committer load it here
+
+    made: list[Any] = []
+    real_init = Committer.__init__
+
+    def remember(self: Committer, *a: Any, **kw: Any) -> None:
+        real_init(self, *a, **kw)
+        made.append(self)
+
+    monkeypatch.setattr(Committer, "__init__", remember)
+    return made

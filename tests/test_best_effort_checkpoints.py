@@ -20,7 +20,7 @@ from pocv.encoding import digest_encoded, encode_state, state_digest
 from pocv.errors import StorageError
 from pocv.merkle import IncrementalTree
 from pocv.trace import MAX_PENDING_WRITES, CheckpointPolicy, Committer, TraceStore
-from tests.helpers import SMALL, Crash, CrashingProver
+from tests.helpers import SMALL, Crash, CrashingProver, remember_committers
 
 KEY = Keypair.from_seed(bytes([17]) * 32)
 _real_write_checkpoint = TraceStore.write_checkpoint
@@ -29,12 +29,7 @@ _real_write_checkpoint = TraceStore.write_checkpoint
 def _slow_disk(monkeypatch) -> list[Committer]:
     """Checkpoint writes on writer threads that do not finish until the committer has skipped
     one (a disk slower than the steps); every checkpoint goes to a writer thread."""
-    committers: list[Committer] = []
-    real_init = Committer.__init__
-
-    def remember(self, *a, **kw) -> None:
-        real_init(self, *a, **kw)
-        committers.append(self)
+    committers: list[Committer] = remember_committers(monkeypatch)
 
     def stalled(self, index, encoded_state, **kw) -> None:
         if "writer" in kw:  # a writer thread: the disk moves once the committer skipped a state
@@ -46,7 +41,6 @@ def _slow_disk(monkeypatch) -> list[Committer]:
 
     monkeypatch.setattr(trace_module, "INLINE_CHEAP_WRITES", False)
     monkeypatch.setattr(TraceStore, "write_checkpoint", stalled)
-    monkeypatch.setattr(Committer, "__init__", remember)
     return committers
 
 

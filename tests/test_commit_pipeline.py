@@ -30,7 +30,7 @@ from pocv.trace import (
     parse_size,
     recompute_steps,
 )
-from tests.helpers import SMALL
+from tests.helpers import SMALL, remember_committers
 
 KEY = Keypair.from_seed(bytes([16]) * 32)
 TINY = {"gemm-fp32": {"n": 16}, "gemm-fp32-exact": {"n": 16}, "gemm-int8": {"n": 16, "layers": 1},
@@ -213,13 +213,8 @@ def test_a_stalled_disk_holds_the_pipeline_within_its_bounds(tmp_path, monkeypat
 
     reference = _trace_files_after(tmp_path / "fast", True)
     gate = threading.Event()
-    committers: list[Committer] = []
+    committers: list[Committer] = remember_committers(monkeypatch)
     seen: list[int] = []
-    real_init = Committer.__init__
-
-    def remember(self, *a, **kw) -> None:
-        real_init(self, *a, **kw)
-        committers.append(self)
 
     def stalled(self, index, encoded_state, **kw) -> None:
         if "writer" in kw:  # a writer thread: wait for the disk
@@ -237,7 +232,6 @@ def test_a_stalled_disk_holds_the_pipeline_within_its_bounds(tmp_path, monkeypat
 
     monkeypatch.setattr(trace_module, "INLINE_CHEAP_WRITES", False)
     monkeypatch.setattr(TraceStore, "write_checkpoint", stalled)
-    monkeypatch.setattr(Committer, "__init__", remember)
     watcher = threading.Thread(target=watch, daemon=True)
     watcher.start()
     assert _trace_files_after(tmp_path / "slow", True) == reference
