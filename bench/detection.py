@@ -15,7 +15,9 @@ probability is hypergeometric::
 
 Both are reported, with the measured rate's Wilson 95% interval; a row is "inside" when the
 hypergeometric value lies in that interval (expect about 1 row in 20 outside by chance alone).
-Each trial also checks that the verdict failed *exactly* the challenged faked steps.
+Each trial also checks that the verdict failed *exactly* the steps the protocol says
+(:func:`pocv.testing.expected_failures`: the challenged faked steps, and for an exact kernel the
+steps after the first faked one in a run of consecutive challenged steps, which go unjudged).
 
 The grinding section shows why a beacon is required: against challenges derived from the root
 alone, a cheater re-rolls its commitment (new garbage at its faked steps) until the challenges
@@ -39,7 +41,7 @@ from blake3 import blake3
 from solders.keypair import Keypair
 
 from bench.conftest import OUT
-from pocv.kernels import resolve_spec
+from pocv.kernels import kernel_for, resolve_spec
 
 #: (strategy, kernel) pairs of the experiment; n steps of a tiny job keep 1,000 trials cheap
 SPECS: dict[str, dict[str, Any]] = {
@@ -97,7 +99,10 @@ class Row:
     binomial: float
     hypergeometric: float
     inside: bool
-    exact_failures: int  # trials whose FAIL set was exactly (challenged & faked)
+    #: trials whose FAIL set was exactly the one the protocol gives (pocv.testing.expected_failures:
+    #: the faked steps challenged, and for an exact kernel the rest of each run of consecutive
+    #: challenged steps after its first faked one, unjudged)
+    exact_failures: int
     seconds: float
 
 
@@ -106,13 +111,14 @@ def run_configs(strategy: str, f: float, ks: Sequence[int], trials: int, *, work
     """Commit ONCE with a fixed faked set, then for each k, ``trials`` fresh beacons ->
     challenge -> respond -> check (one row per k)."""
     from pocv import JobSpec, Verifier
-    from pocv.testing import SAMPLED, make_liar
+    from pocv.testing import SAMPLED, expected_failures, make_liar
 
     spec = resolve_spec(JobSpec(**SPECS[STRATEGIES[strategy]]))
     liar = make_liar(SAMPLED[strategy](f).with_seed(seed), trace_dir=workdir / f"{strategy}-{f}-{seed}",
                      key=Keypair.from_seed(bytes([11]) * 32))
     commitment = liar.run(spec)
     faked = set(liar.faked)
+    mode = kernel_for(spec).mode
     verifier = Verifier(key=Keypair.from_seed(bytes([12]) * 32))
     rows = []
     for k in ks:
@@ -124,7 +130,7 @@ def run_configs(strategy: str, f: float, ks: Sequence[int], trials: int, *, work
             verdict = verifier.check(commitment, ch, liar.respond(ch))
             failed = {o.index for o in verdict.failures}
             detected += not verdict.passed
-            exact += failed == faked.intersection(ch.indices)
+            exact += failed == expected_failures(ch.indices, faked, exact=mode == "exact")
         seconds = time.perf_counter() - t0
         lo, hi = wilson(detected, trials, z)
         hg = hypergeometric(spec.steps, len(faked), k)

@@ -1,8 +1,9 @@
 """Exact kernels open s_i by its leaf value (bundle format 3, docs/protocol.md §8, issue 11 point 5).
 
 The worker sends s_(i-1) whole and only the committed leaf value of s_i; the verifier recomputes
-s_i and compares the digest of its own s_i with that value, which the multiproof proves. Bytes
-per challenged step are about one state. A tolerance kernel still opens s_i whole.
+s_i and compares the digest of its own s_i with that value, which the multiproof proves. A run of
+consecutive challenged steps sends only the state before the run (tests/test_exact_chain.py). Bytes
+per challenged step are one state or less. A tolerance kernel still opens s_i whole.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import pytest
 from solders.keypair import Keypair
 
 from pocv import JobSpec, Prover, Verifier
-from pocv.bundle import Response, whole_leaves
+from pocv.bundle import Response, answer_size, whole_leaves
 from pocv.check import _judge_by_leaf
 from pocv.encoding import decode_state, encoded_size
 from pocv.errors import MalformedError
@@ -34,7 +35,9 @@ def test_an_exact_kernel_sends_one_state_per_challenged_step(exact) -> None:
     p, c = exact
     ch = V.challenge(c, beacon=bytes([3]) * 32, k=10)
     r = p.respond(ch)
-    assert set(r.states) == whole_leaves(ch.indices, exact=True) == {i - 1 for i in ch.indices} - {0}
+    chained = whole_leaves(ch.indices, exact=True, chain=True)
+    assert set(r.states) == chained == {i - 1 for i in ch.indices} - {0} - set(ch.indices)
+    assert chained < whole_leaves(ch.indices, exact=True)  # this challenge has a run: 20, 21, 22
     assert set(r.values) == set(Response.opened_leaves(ch.indices)) - set(r.states)
     assert 0 in r.values  # s_0 by value: the verifier derives it
     verdict = V.check(c, ch, r.to_bytes())
@@ -45,6 +48,7 @@ def test_an_exact_kernel_sends_one_state_per_challenged_step(exact) -> None:
     fixed = 8 + 4 + 64 + 8 + 4 + 8 * ch.k + 4 + 4 + 4 + 4 + 96  # the counts: states, proof, values, chunks
     assert len(data) == (fixed + len(r.states) * (16 + state) + 40 * len(r.values)
                          + 32 * multiproof_size(r.opened(), c.tree_size))
+    assert len(data) == answer_size(ch.indices, c.tree_size, state, r.states)
     assert len(data) / ch.k < 1.05 * state  # a 4 KiB state: 1.0x plus ~4% of proof and values
     whole = p.respond(ch, whole=True)
     assert len(whole.to_bytes()) > 1.9 * len(data)  # format 2 sent both states of every step
@@ -53,10 +57,10 @@ def test_an_exact_kernel_sends_one_state_per_challenged_step(exact) -> None:
 
 def test_consecutive_challenged_steps_share_states(exact) -> None:
     p, c = exact
-    ch = V.challenge(c, beacon=bytes([4]) * 32, k=c.steps)  # every step: s_1..s_59 whole, s_60 by value
+    ch = V.challenge(c, beacon=bytes([4]) * 32, k=c.steps)  # every step: one run from s_0, nothing whole
     r = p.respond(ch)
-    assert sorted(r.states) == list(range(1, c.steps))
-    assert sorted(r.values) == [0, c.steps]
+    assert sorted(r.states) == []
+    assert sorted(r.values) == list(range(c.steps + 1))
     assert V.check(c, ch, r).passed
 
 
@@ -73,7 +77,13 @@ def test_a_wrong_step_opened_by_value_is_a_mismatch(tmp_path) -> None:
     c = p.run(EXACT)
     ch = V.challenge(c, beacon=bytes([5]) * 32, k=c.steps)
     verdict = V.check(c, ch, p.respond(ch))
-    assert [(o.index, o.reason) for o in verdict.failures] == [(30, "MISMATCH")]  # s_30 whole as s_31's input
+    # step 30 recomputes to another digest; step 31 has no proven s_30 to start from (not opened
+    # whole, and the verifier's own s_30 is not the committed one): it is not judged on it, nor is
+    # the rest of the run (each step's start is unproven); the first failure is the faked step
+    assert [(o.index, o.reason) for o in verdict.failures] == [(30, "MISMATCH")] + [
+        (j, "MISSING") for j in range(31, c.steps + 1)]
+    assert "step 30 did not pass" in verdict.failures[1].detail
+    assert [o.index for o in V.check(c, ch, p.respond(ch, whole=True)).failures] == [30]  # s_30 whole: 31 on it
     # a challenge of step 30 alone opens s_30 by value: the verifier's own s_30 has another digest
     tree = MerkleTree(TraceStore.open(tmp_path / "t").read_leaves())
     values = {0: tree.leaf_value(0), 30: tree.leaf_value(30)}

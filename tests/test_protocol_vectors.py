@@ -18,7 +18,7 @@ from blake3 import blake3
 from solders.pubkey import Pubkey
 from solders.signature import Signature
 
-from pocv.bundle import Expected, Response
+from pocv.bundle import Expected, Response, whole_leaves
 from pocv.challenge import challenge_seed, derive_indices, sample_size
 from pocv.check import Verifier
 from pocv.dispute import DisputeOutcome
@@ -180,6 +180,9 @@ def test_bundle_bytes(bundle_run: dict[str, Any]) -> None:
     assert blake3(data).hexdigest() == BUNDLE["bundle_blake3"], _drift("bundle", "response", "BLAKE3 of the bundle")
     assert response.opened() == BUNDLE["opened_leaves"], _drift("bundle", "response", "opened leaves")
     assert sorted(response.states) == BUNDLE["whole_leaves"], _drift("bundle", "response", "leaves opened whole")
+    # the challenge (2, 6, 7) has a run: s_6 is the verifier's own from step 6, so only s_1 and s_5
+    # are whole (docs/protocol.md §8); the leaves opened, root and digests are unchanged by this rule
+    assert BUNDLE["whole_leaves"] == sorted(whole_leaves(response.indices, exact=True, chain=True)) == [1, 5]
 
 
 def test_stored_bundle_parses_and_reserialises_identically(bundle_run: dict[str, Any]) -> None:

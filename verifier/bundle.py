@@ -45,7 +45,9 @@ bytes) or by its leaf value (docs/protocol.md §8): ``s_0`` is always opened so 
 check it against the one it derives from the spec (its value suffices: the verifier has
 ``s_0`` itself); an honest worker opens ``s_{i-1}`` whole and, for an exact kernel, ``s_i`` by
 value (the verifier recomputes ``s_i`` and compares its digest), for a tolerance kernel whole
-(:func:`whole_leaves`). Every count and length is
+(:func:`whole_leaves`). For an exact kernel a run of consecutive challenged steps opens only the
+state before the run: each later ``s_{i-1}`` is the verifier's own, recomputed and matched bit
+for bit against its committed leaf at step ``i - 1``. Every count and length is
 checked against a named limit and against the bytes actually left in the file before anything
 is allocated, so a bundle claiming 2^40 bytes is refused at once.
 
@@ -148,15 +150,52 @@ def _values_bytes(opened: int) -> int:
     return 4 + opened * (8 + DIGEST_SIZE)
 
 
-def whole_leaves(indices: tuple[int, ...] | list[int], exact: bool) -> set[int]:
+def whole_leaves(indices: tuple[int, ...] | list[int], exact: bool, *, chain: bool = False) -> set[int]:
     """The leaves an honest worker opens whole in a response to ``indices`` (the rest of
     :meth:`Response.opened_leaves` by value): ``s_{i-1}`` for each challenged ``i``, and ``s_i``
-    too unless the kernel is exact; never ``s_0``, which the verifier derives itself."""
+    too unless ``exact`` (s_i by value: an exact kernel, or a tolerance kernel's s_i compared by
+    a sample of its chunks); never ``s_0``, which the verifier derives itself.
+
+    ``chain`` (exact kernels only, docs/protocol.md §8): a run of consecutive challenged steps
+    opens only the state before the run, so ``s_{i-1}`` is left out where ``i - 1`` is itself
+    challenged (the verifier recomputed it from ``s_{i-2}`` and matched the committed leaf bit
+    for bit). Sound only where that match is bit-exact: never for a tolerance kernel, whether it
+    compares whole states or a sample of chunks."""
+    if chain and not exact:
+        raise InputError("chained openings are only for states compared bit for bit (exact kernels)")
     out = {i - 1 for i in indices}
     if not exact:
         out |= set(indices)
+    elif chain:
+        out -= set(indices)
     out.discard(0)
     return out
+
+
+def challenge_runs(indices: Iterable[int]) -> list[tuple[int, ...]]:
+    """The runs of consecutive steps in ascending ``indices``: (1, 2, 3, 7, 9, 10) gives
+    [(1, 2, 3), (7,), (9, 10)]. An exact kernel's answer opens the state before each run whole
+    (none before a run from step 1), and a step that fails leaves the rest of its run unjudged
+    (docs/protocol.md §8, §9 (8))."""
+    out: list[list[int]] = []
+    for i in indices:
+        if out and out[-1][-1] == i - 1:
+            out[-1].append(i)
+        else:
+            out.append([i])
+    return [tuple(r) for r in out]
+
+
+def answer_size(indices: Sequence[int], tree_size: int, state_bytes: int, whole: Iterable[int]) -> int:
+    """The exact size in bytes of a response to ``indices`` that opens ``whole`` whole (each
+    ``state_bytes`` long) and the rest of :meth:`Response.opened_leaves` by value, with no
+    chunk openings, trailer included: a function of the indices, the state size and the
+    multiproof alone (bench/test_bench_bytes.py checks it against real bundles)."""
+    leaves = Response.opened_leaves(list(indices))
+    m = len(set(whole))
+    header = len(MAGIC) + 4 + 32 + DIGEST_SIZE + 8 + 4 + 8 * len(indices) + 4
+    return (header + m * (16 + state_bytes) + 4 + DIGEST_SIZE * multiproof_size(leaves, tree_size)
+            + _values_bytes(len(leaves) - m) + 4 + TRAILER_BYTES)
 
 
 @dataclass(frozen=True, kw_only=True)

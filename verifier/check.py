@@ -13,10 +13,13 @@ docs/protocol.md §9:
 (3) the response bundle parses within the bounds this challenge sets (pocv.bundle.Expected);
 (4) the response is for this job id, root, tree size and challenge;
 (5) it opens exactly leaf 0 and i-1, i for each challenged i (fewer: those steps are MISSING);
+    s_(i-1) whole, except s_0 and, for an exact kernel, where i-1 is challenged too;
 (6) the multiproof over the opened states' digests leads to the committed root;
 (7) the opened s_0 is the one the spec derives;
 (8) each challenged step is judged by the kernel's one rule, ``Kernel.judge`` (schema of both
-    states, then recompute and compare, or a cheaper sound check) on this verifier's device;
+    states, then recompute and compare, or a cheaper sound check) on this verifier's device, in
+    ascending order; an exact kernel's step whose s_(i-1) was not opened whole starts from the
+    verifier's own s_(i-1), kept from step i-1 only if that step matched its committed leaf;
 (9) the verdict is signed.
 
 A response that fails (3)-(7) is the worker's fault and gives a FAIL verdict; inputs that fail
@@ -38,7 +41,16 @@ from blake3 import blake3
 from pocv.bundle import MAX_BUNDLE_BYTES, Expected, Response, answer_bytes_bound, probe_signature, signature_ok
 from pocv.challenge import chunk_detection, derive_chunks, derive_indices, detection_probability, sample_size
 from pocv.device import resolve_device
-from pocv.encoding import ChunkLayout, State, decode_state, encoded_size, state_digest, verify_chunk
+from pocv.encoding import (
+    ChunkLayout,
+    State,
+    decode_state,
+    digest_encoded,
+    encode_state,
+    encoded_size,
+    state_digest,
+    verify_chunk,
+)
 from pocv.errors import (
     EvidenceError,
     InputError,
@@ -112,24 +124,43 @@ def _judge_by_leaf(kernel: Kernel, prev: State, leaf: bytes, i: int, spec: JobSp
     committed digest ``leaf`` (docs/protocol.md §9 (8)). With judge's guarantees: ``prev`` is
     checked against the schema first, and whatever the kernel raises on a hostile ``prev`` is a
     bad state, never an exception (the verifier's own MemoryError and SetupError pass)."""
+    return _recompute_by_leaf(kernel, prev, leaf, i, spec, device, keep=False)[0]
+
+
+def _recompute_by_leaf(kernel: Kernel, prev: State, leaf: bytes, i: int, spec: JobSpec, device: str, *,
+                       keep: bool) -> tuple[Comparison, bytes | None]:
+    """:func:`_judge_by_leaf`, and with ``keep`` the canonical bytes of the verifier's own
+    ``s_i`` when their digest is the committed ``leaf`` (None otherwise): the bytes the worker
+    committed to, which the next challenged step ``i + 1`` of a chain starts from (§8)."""
     why = kernel.check_schema(prev, spec)
     if why is not None:
-        return Comparison(False, f"state {i - 1}: {why}", bad_state=True)
+        return Comparison(False, f"state {i - 1}: {why}", bad_state=True), None
+    mine: bytes | None = None
     try:
         expected = kernel.step(prev, i, spec, device)
-        got = state_digest(expected)
+        if keep:  # the canonical bytes, hashed: the next step decodes exactly what a worker would send
+            mine = encode_state(expected)
+            got = digest_encoded(mine)
+        else:
+            got = state_digest(expected)
     except EvidenceError as e:
-        return Comparison(False, str(e), bad_state=True)
+        return Comparison(False, str(e), bad_state=True), None
     except (MemoryError, SetupError):
         raise
     except Exception as e:  # the engine's guarantee: a state that breaks the kernel is a FAIL
         log.error("kernel %s@%s raised %s while recomputing step %d; judged as a bad state",
                   kernel.name, kernel.version, type(e).__name__, i, exc_info=True)
-        return Comparison(False, f"the kernel cannot step from state {i - 1}: {type(e).__name__}", bad_state=True)
+        return Comparison(False, f"the kernel cannot step from state {i - 1}: {type(e).__name__}",
+                          bad_state=True), None
     if got == leaf:
-        return Comparison(True)
+        return Comparison(True), mine
     return Comparison(False, f"the recomputed state {i} has digest {got.hex()[:16]}..., the committed leaf is "
-                             f"{bytes(leaf).hex()[:16]}...")
+                             f"{bytes(leaf).hex()[:16]}..."), None
+
+
+#: how the detail of a step left unjudged begins: an exact kernel's step whose s_(i-1) is not opened
+#: whole and whose step i-1 did not pass (its outcome is MISSING; docs/protocol.md §9 (8))
+NOT_JUDGED = "not judged: "
 
 
 #: a kernel that judges steps together (its own verify_steps) gets them in batches holding at
@@ -355,20 +386,31 @@ class Verifier:
         if state_digest(s0) != digests[0]:
             return all_fail(Reason.BAD_INIT, "opened s_0 is not the state the spec derives")
         exact = kernel.mode == "exact"
-        # (8) recompute the challenged steps: one step at a time (progress per step), or, for a
-        # kernel whose check amortizes over steps (its own verify_steps), all of them at once.
-        # s_(i-1) must be opened whole (s_0: the verifier's own); s_i whole, or by its leaf value
+        # (8) recompute the challenged steps in ascending order: one step at a time (progress per
+        # step), or, for a kernel whose check amortizes over steps (its own verify_steps), all of
+        # them at once. s_(i-1) must be opened whole (s_0: the verifier's own; for an exact kernel
+        # where i-1 is challenged too, also the verifier's own s_(i-1), recomputed at step i-1
+        # and matched bit for bit against the committed leaf i-1); s_i whole, or by its leaf value
         # for an exact kernel: then the verifier's s_i must have the committed digest
         outcomes: dict[int, Outcome] = {}
         batched = type(kernel).verify_steps is not Kernel.verify_steps
         groups = _batches(list(indices), encoded_size(kernel.schema(spec))) if batched else [[i] for i in indices]
+        challenged = set(indices)
+        # (j, canonical bytes of s_j): the verifier's own s_j from a step j that passed by its leaf
+        # value, kept only for the next step j + 1 and only while it is challenged: one state held
+        carried: tuple[int, bytes] | None = None
         done = 0
         for group in groups:
             items: list[tuple[State, State, int]] = []
             for i in group:
-                if (i - 1 not in response.states and i - 1 != 0) or i not in have:
-                    outcomes[i] = Outcome(i, Reason.MISSING, f"state {i - 1} must be opened whole and state {i} "
-                                                             "opened")
+                own = carried[1] if carried is not None and carried[0] == i - 1 else None
+                carried = None  # used by step i alone: never held past it
+                if (i - 1 not in response.states and i - 1 != 0 and own is None) or i not in have:
+                    chained = exact and i - 1 in challenged and i in have
+                    outcomes[i] = Outcome(i, Reason.MISSING, (
+                        f"{NOT_JUDGED}state {i - 1} is not opened whole and step {i - 1} did not pass, so the "
+                        f"verifier's own s_{i - 1} is not known to be the committed one" if chained else
+                        f"state {i - 1} must be opened whole and state {i} opened"))
                     continue
                 if i in response.chunks and i not in response.states:
                     outcomes[i] = self._judge_sample(kernel, spec, response, challenge, digests, s0, i)
@@ -378,13 +420,20 @@ class Verifier:
                                           + (" or by a sample of its chunks" if sampling else ""))
                     continue
                 try:
-                    prev = decode_state(response.states[i - 1]) if i - 1 in response.states else s0
+                    # a state opened whole is judged from its opened bytes (proven by the multiproof),
+                    # never replaced by the verifier's own; i - 1 = 0: the verifier's s_0
+                    prev = (decode_state(response.states[i - 1]) if i - 1 in response.states else
+                            decode_state(own) if own is not None else s0)
+                    own = None
                     if i not in response.states:
+                        keep = i + 1 in challenged  # step i + 1 starts from this s_i (not opened whole)
                         with warnings.catch_warnings(), np.errstate(all="ignore"):
                             warnings.simplefilter("ignore", RuntimeWarning)
-                            r = _judge_by_leaf(kernel, prev, digests[i], i, spec, self.device)
+                            r, mine = _recompute_by_leaf(kernel, prev, digests[i], i, spec, self.device, keep=keep)
                         outcomes[i] = Outcome(i, Reason.OK, r.detail) if r.ok else Outcome(
                             i, Reason.BAD_STATE if r.bad_state else Reason.MISMATCH, r.detail)
+                        if r.ok and mine is not None:
+                            carried = (i, mine)
                         continue
                     items.append((prev, decode_state(response.states[i]), i))
                 except EvidenceError as e:

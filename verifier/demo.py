@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Final, TextIO, cast
 
 import torch
 
-from pocv.check import Verifier
+from pocv.check import NOT_JUDGED, Verifier
 from pocv.jobs import JobSpec
 from pocv.kernels import resolve_spec
 from pocv.keys import Keypair
@@ -188,8 +188,11 @@ def _text(spec: JobSpec, honest: dict[str, Any], cheat: dict[str, Any], keep: st
                      f"(p = {r['challenge'].confidence}, f = {r['challenge'].cheat_fraction})")
         lines.append(f"  respond        {r['respond_s']:.3f} s   {r['states']} states, "
                      f"{r['proof_hashes']} proof hashes, {r['bundle_bytes'] / 1e6:.1f} MB")
-        bad = ", ".join(f"{o.index}" for o in v.failures[:8]) + (" …" if len(v.failures) > 8 else "")
-        result = "PASS" if v.passed else f"FAIL — {len(v.failures)} steps rejected ({v.failures[0].reason}: {bad})"
+        judged = [o for o in v.failures if not o.detail.startswith(NOT_JUDGED)]  # the rest: after one, in its run
+        bad = ", ".join(f"{o.index}" for o in judged[:8]) + (" …" if len(judged) > 8 else "")
+        unjudged = len(v.failures) - len(judged)
+        result = "PASS" if v.passed else (f"FAIL — {len(judged)} steps rejected ({judged[0].reason}: {bad})"
+                                          + (f", {unjudged} after them not judged" if unjudged else ""))
         lines.append(f"  verify         {r['verify_s']:.3f} s   {result}")
         lines.append("")
     ok = honest["verdict"].passed and not cheat["verdict"].passed

@@ -250,8 +250,11 @@ class Prover:
     def respond(self, challenge: Challenge, *, device: str | None = None, whole: bool = False) -> Response:
         """Open the challenged states with one multiproof (docs/protocol.md §8): ``s_(i-1)`` whole
         and, for an exact kernel, ``s_i`` by its leaf value alone (the verifier recomputes it),
-        for a tolerance kernel whole; ``s_0`` by value (the verifier derives it). ``whole=True``
-        opens every leaf whole (a larger answer that verifies the same).
+        for a tolerance kernel whole; ``s_0`` by value (the verifier derives it). For an exact
+        kernel a run of consecutive challenged steps opens only the state before the run whole
+        (the verifier carries its own recomputed, leaf-checked state along the run), so a step
+        costs one state or less. ``whole=True`` opens every leaf whole (a larger answer that
+        verifies the same).
 
         The bundle is built in memory (every opened state at once); :meth:`respond_to` writes
         it to a file as the states come, holding a bounded number of them."""
@@ -305,7 +308,8 @@ class Prover:
         spec = TraceStore.open(self.trace_dir).spec
         kernel = kernel_for(spec)
         by_sample = spec.sample_chunks > 0 and kernel.samples_chunks()
-        keep = whole_leaves(challenge.indices, kernel.mode == "exact" or by_sample)
+        exact = kernel.mode == "exact"  # a sampled s_i is by value too, but its s_(i-1) is always whole
+        keep = whole_leaves(challenge.indices, exact or by_sample, chain=exact and not by_sample)
         if by_sample:  # s_i by value and a beacon-drawn sample of its chunks (§8.1)
             count = len(ChunkLayout.from_schema(kernel.schema(spec)).chunks)
             for i in challenge.indices:

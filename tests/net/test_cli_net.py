@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 
+from pocv.check import NOT_JUDGED
 from pocv.records import Verdict
 from pocv.serve import ServerLimits, WorkerService
 from pocv.store import save_keypair
@@ -113,7 +114,10 @@ def test_lying_worker_fails_and_serve_exits_130_on_sigint(tmp_path: Path, keys: 
         assert r.returncode == 1, r.stderr
         verdict = Verdict.from_json(r.stdout)
         assert not verdict.passed and verdict.job_id == commitment.job_id and verdict.is_evidence
-        assert {o.reason.name for o in verdict.failures} == {"MISMATCH"}
+        # every step challenged: one run from step 1, judged up to the first skipped step (a
+        # MISMATCH); the rest of the run is not judged (MISSING, docs/protocol.md §9 (8))
+        assert verdict.failures[0].reason.name == "MISMATCH"
+        assert all(o.reason.name == "MISSING" and o.detail.startswith(NOT_JUDGED) for o in verdict.failures[1:])
         assert r.stderr.startswith("pocv verify: FAIL: ") and len(r.stderr.strip().splitlines()) == 2  # and --job
     finally:
         code, err = s.stop(signal.SIGINT)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import itertools
 import time
 import tracemalloc
 from pathlib import Path
@@ -13,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from pocv.challenge import derive_indices
 from pocv.check import Verifier
 from pocv.client import RemoteWorker, averify_remote
 from pocv.jobs import JobSpec
@@ -24,7 +26,19 @@ from tests.net.conftest import VERIFIER, WORKER
 from tests.net.test_fault import _free_port, _start
 
 BIG = resolve_spec(JobSpec(kernel="heat2d", steps=12, seed=5, params={"n": 1024, "substeps": 1}))  # 4 MiB states
-K = 4  # heat2d is exact: s_(i-1) whole, s_i by its leaf value (bundle format 3): 3-4 states, 12-17 MB
+K = 4  # heat2d is exact: the state before each run of challenged steps whole, every s_i by its leaf value
+
+
+def _spread_beacon(job: Path) -> bytes:
+    """A beacon whose K indices hold no adjacent pair and not step 1: K runs, so K states opened
+    whole (about 16 MB; docs/protocol.md §8)."""
+    c = Prover(trace_dir=job, key=WORKER).commitment()
+    for b in range(10_000):
+        beacon = b.to_bytes(32, "little")
+        idx = derive_indices(c.job_id, c.root, beacon, c.steps, K)
+        if idx[0] > 1 and all(y - x > 1 for x, y in itertools.pairwise(idx)):
+            return beacon
+    raise AssertionError("no beacon spreads the indices")
 
 
 @pytest.fixture(scope="module")
@@ -51,13 +65,15 @@ def test_remote_streams_a_large_bundle(big: Path, tmp_path: Path, capsys: pytest
     try:
         url = f"http://127.0.0.1:{port}"
         seen: dict[str, Any] = {}
+        beacon = _spread_beacon(big / "job")
 
         def hook(c: Commitment, ch: Challenge) -> None:
             seen["c"], seen["ch"] = c, ch
 
         async def remote() -> Any:
             async with RemoteWorker(url, key=VERIFIER) as w:
-                return await averify_remote(Verifier(key=VERIFIER), w, BIG.job_id, k=K, challenge_hook=hook)
+                return await averify_remote(Verifier(key=VERIFIER), w, BIG.job_id, k=K, beacon=beacon,
+                                            challenge_hook=hook)
 
         asyncio.run(remote())  # warm: kernels, connections
         r, remote_peak, remote_s = _peak(lambda: asyncio.run(remote()))

@@ -16,7 +16,9 @@ from blake3 import blake3
 from solders.keypair import Keypair
 
 from pocv import JobSpec, Prover, Verifier
+from pocv.bundle import challenge_runs
 from pocv.challenge import derive_indices
+from pocv.check import NOT_JUDGED
 from pocv.dispute import detect_equivocation
 from pocv.kernels import resolve_spec
 from pocv.merkle import MerkleTree
@@ -37,6 +39,21 @@ def run_liar(strategy: sim.Strategy, spec: JobSpec, tmp: Path, *, every: int = 1
     return liar, liar.run(spec)
 
 
+def assert_chain_verdict(verdict: object, indices: tuple[int, ...], faked: set[int], exact: bool) -> None:
+    """Failures as :func:`pocv.testing.expected_failures` says (per run of consecutive challenged
+    steps, for an exact kernel): each faked step that is judged a MISMATCH, each
+    step not judged MISSING and saying so."""
+    failures = {o.index: o for o in verdict.failures}  # type: ignore[attr-defined]
+    assert set(failures) == sim.expected_failures(indices, faked, exact)
+    for run in challenge_runs(indices):
+        bad = [i for i in run if i in faked]
+        for i in run:
+            if i in faked and (not exact or i == bad[0]):
+                assert failures[i].reason == "MISMATCH", failures[i]
+            elif exact and bad and i > bad[0]:
+                assert failures[i].reason == "MISSING" and failures[i].detail.startswith(NOT_JUDGED), failures[i]
+
+
 SAMPLED_CASES = [(name, kernel) for name, make in sim.SAMPLED.items() for kernel in make(0.1).kernels]
 
 
@@ -47,9 +64,15 @@ def test_sampled_strategy_fails_exactly_its_faked_steps(tmp_path, name: str, ker
     liar, c = run_liar(sim.SAMPLED[name](0.2), SPECS[kernel], tmp_path, every=4)
     assert len(liar.faked) == 6
     ch = VERIFIER.challenge(c, beacon=beacon(name), k=SPECS[kernel].steps)
-    verdict = VERIFIER.check(c, ch, liar.respond(ch))
+    # every state opened whole: each step is judged on its own
+    verdict = VERIFIER.check(c, ch, liar.respond(ch, whole=True))
     assert {o.index for o in verdict.failures} == set(liar.faked)
     assert {o.reason for o in verdict.failures} == {"MISMATCH"}
+    # the answer an honest worker gives: an exact kernel's one run (every step challenged) is
+    # judged up to its first faked step, the rest is not judged
+    verdict = VERIFIER.check(c, ch, liar.respond(ch))
+    assert not verdict.passed
+    assert_chain_verdict(verdict, ch.indices, liar.faked, exact=kernel == "gemm-int8")
 
 
 @pytest.mark.parametrize(("name", "kernel"), SAMPLED_CASES)
@@ -60,7 +83,7 @@ def test_sampled_strategy_is_caught_iff_a_faked_step_is_challenged(tmp_path, nam
         ch = VERIFIER.challenge(c, beacon=beacon(name, t), k=5, cheat_fraction=0.1)
         verdict = VERIFIER.check(c, ch, liar.respond(ch))
         hit = liar.faked.intersection(ch.indices)
-        assert {o.index for o in verdict.failures} == hit
+        assert_chain_verdict(verdict, ch.indices, liar.faked, exact=kernel == "gemm-int8")
         assert verdict.passed == (not hit)
         hits += bool(hit)
     # 3 faked of 30, k = 5: a hit has probability 0.43, so 16 beacons see both outcomes but with
@@ -107,6 +130,9 @@ CERTAIN_REASONS = {
 }
 
 
+RUN_TIME_LIES = ("replay-s0", "wrong-version")  # every state computed wrong
+
+
 @pytest.mark.parametrize("name", sorted(sim.CERTAIN))
 def test_certain_strategy_is_caught_every_time(tmp_path, name: str) -> None:
     """10 beacons, k = 5 of 30 steps: FAIL every time, with the strategy's reason."""
@@ -115,7 +141,11 @@ def test_certain_strategy_is_caught_every_time(tmp_path, name: str) -> None:
         ch = VERIFIER.challenge(c, beacon=beacon(name, t), k=5)
         verdict = VERIFIER.check(c, ch, liar.respond(ch))
         assert not verdict.passed, (name, t)
-        assert {o.reason for o in verdict.failures} == CERTAIN_REASONS[name], (name, t, verdict.failures)
+        reasons = {o.reason for o in verdict.failures}
+        if name in RUN_TIME_LIES:  # every step faked: a run's first step MISMATCH, the rest not judged
+            assert_chain_verdict(verdict, ch.indices, set(range(1, GEMM.steps + 1)), exact=True)
+        assert reasons == CERTAIN_REASONS[name] or (name in RUN_TIME_LIES and reasons == {"MISMATCH", "MISSING"}), (
+            name, t, verdict.failures)
 
 
 @pytest.mark.parametrize("name", ["replay-s0", "wrong-version"])

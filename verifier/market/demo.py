@@ -37,6 +37,7 @@ from blake3 import blake3
 from solders.keypair import Keypair
 from solders.pubkey import Pubkey
 
+from pocv.check import NOT_JUDGED
 from pocv.errors import ChainError, InputError, MismatchError
 from pocv.jobs import JobSpec
 from pocv.kernels import resolve_spec
@@ -230,7 +231,9 @@ def run_market_demo(*, spec: JobSpec | None = None, commit: CommitFn | None = No
             return row
         verdict = verify_fn(commitment, beacon.value, beacon.source, verifier.key)
         result = "PASS" if verdict.passed else "FAIL"
-        say(f"  verdict: {result} ({len(verdict.outcomes)} steps checked, {len(verdict.failures)} failed)")
+        unjudged = sum(o.detail.startswith(NOT_JUDGED) for o in verdict.failures)  # after a failure, in its run
+        say(f"  verdict: {result} ({len(verdict.outcomes)} steps checked, {len(verdict.failures) - unjudged} failed"
+            + (f", {unjudged} after them not judged)" if unjudged else ")"))
         o = record(f"VERDICT {result} (verifier alone)", escrow.verdict(terms, verdict, verifier.key))
         row["result"] = result
         row["settled"] = J.job_settlement(o.logs)

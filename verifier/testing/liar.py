@@ -55,7 +55,7 @@ import numpy as np
 import torch
 from blake3 import blake3
 
-from pocv.bundle import Response
+from pocv.bundle import Response, challenge_runs
 from pocv.challenge import derive_indices
 from pocv.encoding import State, Tensor, decode_state, state_digest
 from pocv.jobs import JobSpec
@@ -405,6 +405,25 @@ def forge(kind: str) -> Strategy:
                         proof=tuple(proof))
 
     return Strategy(f"forge-{kind}", True, answer=answer, params={"kind": kind})
+
+
+def expected_failures(indices: Iterable[int], faked: Iterable[int], exact: bool) -> set[int]:
+    """The steps a verdict fails when a liar whose ``faked`` steps were computed wrong answers
+    ``indices`` the way an honest worker would (docs/protocol.md §8, §9): a tolerance kernel's
+    are exactly the faked steps challenged; an exact kernel's answer opens only the state before
+    each run of consecutive challenged steps, so in each run the first faked step fails (a
+    MISMATCH) and every later step of the run fails unjudged (MISSING, ``pocv.check.NOT_JUDGED``:
+    the committed state it starts from was not sent, and the verifier's own is not that one).
+    Either way the verdict passes exactly when no faked step is challenged."""
+    bad_steps = set(faked)
+    if not exact:
+        return bad_steps.intersection(indices)
+    out: set[int] = set()
+    for run in challenge_runs(sorted(set(indices))):
+        bad = [i for i in run if i in bad_steps]
+        if bad:
+            out.update(i for i in run if i >= bad[0])
+    return out
 
 
 # -- the lying prover ------------------------------------------------------------------------------
