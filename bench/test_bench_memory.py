@@ -3,9 +3,9 @@
 
 One job per comparison mode with 16 MiB states, challenged at the default k = 66 (p = 0.999,
 f = 0.1): the exact kernel's answer opens every state whole (``whole=True``, a valid answer the
-verifier judges the same, ~2.2 GB: its default answer opens one state per run of consecutive
+verifier judges the same, 1.56 GB: its default answer opens one state per run of consecutive
 challenged steps, ~0.4 GB at 100 steps, under the budget), the tolerance kernel's s_(i-1) and
-s_i (~2.1 GB); both exceed MEMORY_BUDGET (1 GiB), set here as the memory a worker or verifier may
+s_i (1.53 GB); both exceed MEMORY_BUDGET (1 GiB), set here as the memory a worker or verifier may
 spend on one answer. ``pocv``'s worker writes the bundle as its states
 come (``Prover.respond_to``) and the verifier reads it in place (a bundle file's states are read
 when checked), each in its own child process, whose peak RSS (VmHWM: ``ru_maxrss`` would keep the
