@@ -13,6 +13,7 @@ import torch
 
 from pocv.bundle import Response
 from pocv.dispute import Opening, Query
+from pocv.encoding import digest_encoded
 from pocv.jobs import JobSpec
 from pocv.kernels import resolve_spec
 from pocv.merkle import MerkleTree
@@ -97,3 +98,12 @@ def remember_committers(monkeypatch: Any) -> list[Any]:
 
     monkeypatch.setattr(Committer, "__init__", remember)
     return made
+
+
+def assert_trace_holds(store: Any, want: Sequence[bytes], kept: list[int]) -> None:
+    """``store`` (a closed :class:`pocv.trace.TraceStore`) holds the leaves of the canonical states
+    ``want``, in order, and exactly the checkpoints ``kept``, each the state it is for."""
+    assert store.read_leaves() == b"".join(digest_encoded(w) for w in want)
+    assert store.checkpoints() == kept
+    for j in kept:
+        assert store.read_checkpoint(j) == want[j]

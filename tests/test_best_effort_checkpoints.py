@@ -20,7 +20,7 @@ from pocv.encoding import digest_encoded, encode_state, state_digest
 from pocv.errors import StorageError
 from pocv.merkle import IncrementalTree
 from pocv.trace import MAX_PENDING_WRITES, CheckpointPolicy, Committer, TraceStore
-from tests.helpers import SMALL, Crash, CrashingProver, remember_committers
+from tests.helpers import SMALL, Crash, CrashingProver, assert_trace_holds, remember_committers
 
 KEY = Keypair.from_seed(bytes([17]) * 32)
 _real_write_checkpoint = TraceStore.write_checkpoint
@@ -181,10 +181,7 @@ def test_a_copying_committer_writes_the_frozen_bytes(tmp_path) -> None:
             s["b"].zero_()
         committer.close()
         store.close()
-        assert store.read_leaves() == b"".join(digest_encoded(w) for w in want)
-        assert store.checkpoints() == [0, 2, 4, 6, 8]
-        for j in store.checkpoints():
-            assert store.read_checkpoint(j) == want[j]
+        assert_trace_holds(store, want, [0, 2, 4, 6, 8])
 
 
 def test_an_adaptive_committer_in_line_writes_page_cache_checkpoints_itself(tmp_path, monkeypatch) -> None:

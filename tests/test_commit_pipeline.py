@@ -30,7 +30,7 @@ from pocv.trace import (
     parse_size,
     recompute_steps,
 )
-from tests.helpers import SMALL, remember_committers
+from tests.helpers import SMALL, assert_trace_holds, remember_committers
 
 KEY = Keypair.from_seed(bytes([16]) * 32)
 TINY = {"gemm-fp32": {"n": 16}, "gemm-fp32-exact": {"n": 16}, "gemm-int8": {"n": 16, "layers": 1},
@@ -459,10 +459,7 @@ def test_hashing_inline_with_writes_behind_keeps_what_was_submitted(tmp_path) ->
         s["x"].fill_(-1.0)  # what the next step of an impure kernel might do to its input
     committer.close()
     store.close()
-    assert store.read_leaves() == b"".join(digest_encoded(w) for w in want)
-    assert store.checkpoints() == [0, 2, 4, 6, 8]
-    for j in store.checkpoints():
-        assert store.read_checkpoint(j) == want[j]
+    assert_trace_holds(store, want, [0, 2, 4, 6, 8])
 
 
 def test_the_prover_measures_where_to_hash_small_states_unless_told(tmp_path) -> None:

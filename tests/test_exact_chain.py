@@ -24,7 +24,7 @@ import pytest
 from solders.keypair import Keypair
 
 from pocv import JobSpec, Prover, Verifier
-from pocv.bundle import Response, answer_size, whole_leaves
+from pocv.bundle import Response, answer_size, challenge_runs, whole_leaves
 from pocv.challenge import derive_indices
 from pocv.encoding import encoded_size
 from pocv.errors import InputError
@@ -37,20 +37,9 @@ EXACT = resolve_spec(JobSpec(kernel="gemm-int8", steps=24, seed=6, params={"n": 
 TOLERANT = resolve_spec(JobSpec(kernel="mlp-sgd", steps=12, seed=4, params={"width": 16, "depth": 1, "batch": 4}))
 
 
-def runs(indices: tuple[int, ...]) -> list[list[int]]:
-    """The runs of consecutive steps in ascending ``indices``."""
-    out: list[list[int]] = []
-    for i in indices:
-        if out and out[-1][-1] == i - 1:
-            out[-1].append(i)
-        else:
-            out.append([i])
-    return out
-
-
 def shaped(indices: tuple[int, ...]) -> bool:
     """A run from step 1 of length 3, another of length 3, one of length 2 and a single step."""
-    lengths = [len(r) for r in runs(indices)]
+    lengths = [len(r) for r in challenge_runs(indices)]
     return indices[:3] == (1, 2, 3) and 4 not in indices and lengths.count(3) >= 2 and 2 in lengths and 1 in lengths
 
 
@@ -86,6 +75,7 @@ def honest(tmp_path_factory: pytest.TempPathFactory) -> tuple[Prover, Commitment
 
 def test_the_rule() -> None:
     idx = (1, 2, 3, 7, 9, 10, 14, 15, 16)
+    assert challenge_runs(idx) == [(1, 2, 3), (7,), (9, 10), (14, 15, 16)]
     assert whole_leaves(idx, exact=True, chain=True) == {6, 8, 13}  # the state before each run; s_0 never
     assert whole_leaves(idx, exact=True) == {1, 2, 6, 8, 9, 13, 14, 15}  # chain=False: as before
     assert whole_leaves(idx, exact=False) == {1, 2, 3, 6, 7, 8, 9, 10, 13, 14, 15, 16}
@@ -95,7 +85,7 @@ def test_the_rule() -> None:
 
 def test_an_honest_answer_opens_the_state_before_each_run_and_passes(honest, tmp_path: Path) -> None:
     p, c, ch, r = honest
-    heads = [run[0] for run in runs(ch.indices)]
+    heads = [run[0] for run in challenge_runs(ch.indices)]
     assert set(r.states) == whole_leaves(ch.indices, exact=True, chain=True) == {h - 1 for h in heads} - {0}
     assert set(r.values) == set(Response.opened_leaves(ch.indices)) - set(r.states)
     state = encoded_size(kernel_for(EXACT).schema(EXACT))
@@ -124,7 +114,7 @@ def test_every_step_challenged_is_one_run_from_s0(honest) -> None:
 @pytest.mark.parametrize("length", [2, 3])
 def test_omitting_a_state_the_rule_requires_is_missing_and_stops_the_run(honest, length: int) -> None:
     p, c, ch, r = honest
-    run = next(run for run in runs(ch.indices) if len(run) == length and run[0] > 1)
+    run = next(run for run in challenge_runs(ch.indices) if len(run) == length and run[0] > 1)
     head = run[0] - 1
     states = {j: s for j, s in r.states.items() if j != head}
     tree_values = r.leaf_values()
@@ -143,7 +133,7 @@ def test_omitting_a_state_the_rule_requires_is_missing_and_stops_the_run(honest,
 
 def test_a_state_sent_that_the_rule_does_not_need_is_harmless(honest) -> None:
     p, c, ch, r = honest
-    inner = [j for run in runs(ch.indices) for j in run[:-1]]  # s_j of each run but its last step
+    inner = [j for run in challenge_runs(ch.indices) for j in run[:-1]]  # s_j of each run but its last step
     extra, _ = p.open(inner)
     values = {j: v for j, v in r.values.items() if j not in extra}
     more = rebuilt(r, states={**r.states, **extra}, values=values)  # as the answers before this rule
@@ -180,7 +170,7 @@ class Mender(Prover):
 @pytest.mark.parametrize("where", ["start", "middle"])
 def test_a_wrong_state_inside_a_run_is_caught_and_never_stepped_from(honest, tmp_path: Path, where: str) -> None:
     ch0 = honest[2]
-    run = next(r for r in runs(ch0.indices) if len(r) == 3 and (r[0] == 1) == (where == "start"))
+    run = next(r for r in challenge_runs(ch0.indices) if len(r) == 3 and (r[0] == 1) == (where == "start"))
     bad = run[1] - 1 if where == "start" else run[1]  # start: s_1 (the run 1, 2, 3); middle: the run's 2nd
     p = Mender(bad=bad, trace_dir=tmp_path / "t", key=WORKER, checkpoint="all")
     c = p.run(EXACT)
@@ -189,7 +179,7 @@ def test_a_wrong_state_inside_a_run_is_caught_and_never_stepped_from(honest, tmp
     assert bad not in r.states  # by value: the run goes on from the verifier's own s_bad
     verdict = check(c, ch, r)
     fails = [(o.index, o.reason) for o in verdict.failures]
-    tail = [j for j in next(run for run in runs(ch.indices) if bad in run) if j > bad]
+    tail = [j for j in next(run for run in challenge_runs(ch.indices) if bad in run) if j > bad]
     assert fails == [(bad, Reason.MISMATCH)] + [(j, Reason.MISSING) for j in tail]
     # the committed s_(bad+1) IS step(honest s_bad): judged from the verifier's own s_bad it would
     # have passed; judged from the committed s_bad sent whole it is a MISMATCH
@@ -213,13 +203,13 @@ def test_tolerance_kernels_keep_every_previous_state_whole(tmp_path: Path, sampl
     spec = resolve_spec(dataclasses.replace(TOLERANT, sample_chunks=sample))
     p = Prover(trace_dir=tmp_path / "t", key=WORKER)
     c = p.run(spec)
-    ch = challenge_where(c, 5, lambda idx: any(len(run) >= 2 for run in runs(idx)))
+    ch = challenge_where(c, 5, lambda idx: any(len(run) >= 2 for run in challenge_runs(idx)))
     r = p.respond(ch)
     prev = {i - 1 for i in ch.indices} - {0}
     assert set(r.states) == (prev if sample else prev | set(ch.indices))  # sampled: byte for byte as before
     assert check(c, ch, r).passed
     # leaving out an s_(i-1) whose step i-1 is challenged is MISSING for a tolerance kernel
-    i = next(run[1] for run in runs(ch.indices) if len(run) >= 2)
+    i = next(run[1] for run in challenge_runs(ch.indices) if len(run) >= 2)
     leaf = r.leaf_values()[i - 1]
     states = {j: s for j, s in r.states.items() if j != i - 1}
     if sample:

@@ -23,8 +23,8 @@ from .conftest import World
 
 def test_the_index_holds_nothing_the_cycle_collector_walks(fast_world: World) -> None:
     """A long-running chain indexes every transaction: what it keeps per transaction and per
-    address must not be objects every full collection walks (a kept record, a list per address
-    made the collector 12% of a lifecycle's time in bench/test_bench_market.py)."""
+    address must not be objects every full collection walks (a kept record and a list per
+    address grew them by about 25 a lifecycle in bench/test_bench_market.py)."""
     w = fast_world
     for _ in range(3):
         t = w.terms(price=1_000, bond=500)
