@@ -5,10 +5,12 @@ JSON-RPC. Writes bench/results/market.json.
 
     pytest bench/test_bench_market.py -m bench      (not --benchmark-only: the cost tests time nothing)
 
-Compute units come from LiteSVM (Agave 4): with ``p-token`` (LiteSVM's default Token program, a
-lighter rewrite) they are not mainnet figures; ``classic`` loads the SPL Token build deployed on
-mainnet (solders ships it). The same transactions in solana-bankrun (Agave 1.18, the real SPL
-Token) are compared by tests/programs: 50-54 units more per SPL Token CPI, nothing else differs.
+Compute units come from LiteSVM (Agave 4): ``p-token`` is LiteSVM's default Token program, a
+build of the rewrite (SIMD-0266) that replaced the classic build at ``Tokenkeg...`` on mainnet at
+epoch 971 (13 May 2026; the version deployed there may differ from solders'); ``classic`` loads
+the SPL Token build mainnet ran until then (solders ships it). The same transactions in
+solana-bankrun (Agave 1.18, classic SPL Token) are compared by tests/programs: 50-54 units more
+per SPL Token CPI, nothing else differs.
 """
 
 from __future__ import annotations
@@ -149,8 +151,9 @@ def test_costs_per_transaction(build: str) -> None:
         assert r["transactions"] <= 3
         assert r["fees"] <= 15_000
     RESULTS.setdefault("costs", {})[build] = {
-        "token_program": f"{build} at {P.TOKEN_PROGRAM_ID}" + (" (LiteSVM default; not mainnet CU)"
-                                                                if build == "p-token" else " (mainnet build)"),
+        "token_program": f"{build} at {P.TOKEN_PROGRAM_ID}" + (
+            " (LiteSVM default; the program mainnet runs since epoch 971, May 2026: solders 0.29's build)"
+            if build == "p-token" else " (the build mainnet ran until epoch 971; solana-bankrun 0.4 runs it)"),
         "memo_program": "none (the pocv job program holds the history)",
         "per_transaction": rows, "per_job": per_result,
     }

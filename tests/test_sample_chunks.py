@@ -107,6 +107,7 @@ def test_an_honest_sampled_answer_passes_with_fewer_bytes_and_states_its_detecti
     out = io.BytesIO()
     p.respond_to(ch, out)  # the streamed answer is the same bundle
     assert out.getvalue() == r.to_bytes()
+    assert Response.from_bytes(out.getvalue()) == r  # and the in-memory record is what it parses to
 
 
 def test_a_cheat_is_caught_exactly_when_the_sample_reaches_its_chunks(liar) -> None:

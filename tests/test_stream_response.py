@@ -46,8 +46,12 @@ def test_a_streamed_bundle_is_the_in_memory_one_byte_for_byte(job, workers: int)
     out = io.BytesIO()
     summary = p.respond_to(ch, out)
     p.progress = None
-    reference = p.respond(ch).to_bytes()
+    in_memory = p.respond(ch)
+    reference = in_memory.to_bytes()
     assert out.getvalue() == reference
+    # respond builds its Response from the writer's parts, not by parsing the bundle back: the same
+    # record, field for field, as the parser makes of the streamed bytes
+    assert in_memory == Response.from_bytes(out.getvalue())
     assert summary.size == len(reference) and summary.indices == ch.indices
     assert summary.digest == Response.from_bytes(reference).digest()
     assert seen and seen[-1][0] == seen[-1][1] == summary.states  # progress per opened state, in order

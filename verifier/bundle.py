@@ -269,7 +269,7 @@ class Response:
         known = self.__dict__.get("_digest")
         if known is not None:
             return bytes(known)
-        return self._writer(_NullSink()).end_body(self.proof, self.values, self.chunks)
+        return self._writer(NullSink()).end_body(self.proof, self.values, self.chunks)
 
     def signed(self, key: Signer) -> Response:
         """This bundle signed by ``key`` (the committing worker)."""
@@ -327,8 +327,8 @@ class Sink(Protocol):
     def write(self, data: bytes | memoryview, /) -> int: ...
 
 
-class _NullSink:
-    """A write-only sink that drops what is written (a :class:`BundleWriter` hashes it)."""
+class NullSink:
+    """A write-only sink that drops what is written (a :class:`BundleWriter` still hashes it)."""
 
     def write(self, data: bytes | memoryview) -> int:
         return len(data)
@@ -346,6 +346,9 @@ class BundleSummary:
     proof_hashes: int
     size: int  # bytes written, trailer included
     digest: bytes  # BLAKE3 of the body: what the worker signed and a verdict names
+    tree_size: int  # leaves of the committed tree
+    worker: bytes  # the signer's public key (the trailer's first part)
+    signature: bytes  # its signature of the body's digest (the trailer's second part)
 
 
 class BundleWriter:
@@ -363,7 +366,7 @@ class BundleWriter:
         self._f = f
         self._hash = blake3()
         self.size = 0
-        self._job_id, self._root = job_id, root
+        self._job_id, self._root, self._tree_size = job_id, root, tree_size
         self._indices = tuple(indices)
         self._whole = sorted(whole)
         self._next = 0
@@ -421,9 +424,11 @@ class BundleWriter:
         """Sign the body with ``key`` (the committing worker), write the trailer, summarise."""
         if self._digest is None:
             raise InputError("bundle writer: the body is not complete")
-        self.trailer(bytes(key.pubkey()), sign(key, BUNDLE_DOMAIN + self._digest))
+        worker, signature = bytes(key.pubkey()), sign(key, BUNDLE_DOMAIN + self._digest)
+        self.trailer(worker, signature)
         return BundleSummary(job_id=self._job_id, root=self._root, indices=self._indices, states=len(self._whole),
-                             values=self._values, proof_hashes=self._proof, size=self.size, digest=self._digest)
+                             values=self._values, proof_hashes=self._proof, size=self.size, digest=self._digest,
+                             tree_size=self._tree_size, worker=worker, signature=signature)
 
 
 class FileStates(Mapping[int, bytes]):

@@ -795,11 +795,16 @@ class _Pack:
         if found is None:
             return None
         offset, size = self._offset(k), found[1]
-        out = bytearray(size)
+        fd = self._file.fileno()
+        data = os.pread(fd, size, offset)  # one call reads it whole (a regular file), into bytes: no copy
+        if len(data) == size:
+            return data
+        out = bytearray(size)  # a short read: the rest, piece by piece
         view = memoryview(out)
-        done = 0
+        view[: len(data)] = data
+        done = len(data)
         while done < size:
-            n = os.preadv(self._file.fileno(), [view[done:]], offset + done)
+            n = os.preadv(fd, [view[done:]], offset + done)
             if n <= 0:
                 return None  # the pack ends inside this slot
             done += n

@@ -319,10 +319,10 @@ for _name, _method in list(vars(LiteSVM).items()):
 class LiteSVMBackend:
     """The embedded chain: LiteSVM in process. No validator, no network.
 
-    ``token_program``: ``"p-token"`` (LiteSVM's default, a lighter rewrite) or ``"classic"``
-    (the SPL Token build deployed on mainnet; compute-unit figures are only comparable to
-    mainnet with this one). ``index=False`` turns off the address index (benchmarks of raw
-    throughput); the escrow works either way, the indexer needs it.
+    ``token_program``: ``"p-token"`` (LiteSVM's default: a build of the rewrite that mainnet runs
+    at ``Tokenkeg...`` since epoch 971, May 2026, SIMD-0266) or ``"classic"`` (the SPL Token build
+    mainnet ran until then, and solana-bankrun 0.4 still runs). ``index=False`` turns off the
+    address index (benchmarks of raw throughput); the escrow works either way, the indexer needs it.
     """
 
     def __init__(self, *, token_program: TokenBuild = "p-token", index: bool = True,  # noqa: S107

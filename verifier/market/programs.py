@@ -240,9 +240,10 @@ _PTOKEN_MARK: Final = b"pinocchio"
 
 @cache
 def classic_token_elf() -> bytes:
-    """The classic SPL Token program (the one deployed at ``Tokenkeg...`` on mainnet).
+    """The classic SPL Token program (the build at ``Tokenkeg...`` on mainnet until p-token,
+    SIMD-0266, replaced it at epoch 971, May 2026; solana-bankrun 0.4 still runs it).
 
-    LiteSVM (solders 0.29) loads p-token, a lighter rewrite, at the Token program id by default;
+    LiteSVM (solders 0.29) loads p-token, the rewrite, at the Token program id by default;
     the classic build ships inside solders' native library too (LiteSVM's ``with_spl_programs``
     set) but is not exposed to Python. This finds it: the one embedded SBF ELF whose strings
     name ``token/program/src/processor.rs`` and not pinocchio.

@@ -75,7 +75,7 @@ def _is_fatal(e: BaseException) -> bool:
 
 class RpcBackend:
     """A Solana cluster over JSON-RPC. ``token_build`` is whatever the cluster runs at Tokenkeg...
-    (mainnet: the classic SPL Token program)."""
+    (mainnet: p-token since epoch 971, May 2026; the classic SPL Token build before)."""
 
     def __init__(self, url: str, *, confirm_timeout_s: float = CONFIRM_TIMEOUT_S,
                  poll_s: float = CONFIRM_POLL_S, http_timeout_s: float = HTTP_TIMEOUT_S) -> None:
