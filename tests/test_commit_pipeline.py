@@ -327,6 +327,17 @@ def test_a_copying_committer_hashes_the_state_as_submitted(tmp_path) -> None:
     assert tree.root() == MerkleTree(want).root
 
 
+def test_the_thread_is_kept_only_when_it_wins_by_the_margin() -> None:
+    """Ties and wins inside the drift of two windows go to the caller's thread (ADAPT_MARGIN)."""
+    from pocv.trace import ADAPT_MARGIN, thread_wins
+
+    inline = 0.010
+    assert thread_wins({False: inline, True: inline * (1 - ADAPT_MARGIN) * 0.99})
+    assert not thread_wins({False: inline, True: inline * (1 - ADAPT_MARGIN) * 1.01})
+    assert not thread_wins({False: inline, True: inline})  # a tie: in line
+    assert not thread_wins({False: inline, True: inline * 1.2})
+
+
 @pytest.mark.parametrize("slow", ["nothing", "inline", "thread"])
 def test_an_adaptive_committer_keeps_the_mode_it_measures_faster(tmp_path, monkeypatch, slow: str) -> None:
     """``background=None``: the first ADAPT_STATES states are committed inline and timed; commits

@@ -1021,6 +1021,18 @@ BACKGROUND_MIN_COMMIT_S: Final = 150e-6
 #: time the other loses, up to :data:`ADAPT_MAX_HOLD` (a machine whose load changes is followed)
 ADAPT_HOLD: Final = 4
 ADAPT_MAX_HOLD: Final = 64
+#: the committer's thread is kept only when its window's median beats the caller's by this share;
+#: ties go to the caller's thread (no hand-over, no GIL traffic). Two windows of 8 states in the
+#: same mode differ by several percent on a VM whose speed drifts within seconds: without a
+#: margin a digits training run (0.3 MB states, 8 ms steps, 2 cores) spent 30% of its states on the
+#: thread after drift-made wins, 20% slower a step there
+ADAPT_MARGIN: Final = 0.05
+
+
+def thread_wins(medians: dict[bool, float]) -> bool:
+    """Whether an adaptive committer keeps its thread, given the median time between submits in
+    each mode (True: on the thread): only when the thread is faster by :data:`ADAPT_MARGIN`."""
+    return medians[True] < (1.0 - ADAPT_MARGIN) * medians[False]
 #: the thread that hashes a state (the committer's, or the caller's for an adaptive committer in
 #: line) also writes its checkpoint when it goes through the page cache (a copy by the kernel,
 #: 0.1 ms for 0.3 MB): less than handing it to a writer thread costs in thread switches (and, for
@@ -1171,7 +1183,7 @@ class Committer:
             self._switch(index, not on_thread)
         elif self._probing:  # the mode not kept was measured: keep the faster
             self._probing = False
-            best = min(self._medians, key=self._medians.__getitem__)
+            best = thread_wins(self._medians)
             if best == on_thread:  # the mode just measured was faster: kept
                 self._hold = self._hold_next = ADAPT_HOLD
             else:  # slower: back to the kept one, and measured again after twice as long
