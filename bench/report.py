@@ -568,8 +568,9 @@ def render_market(sec: Section, data: dict[str, Any], plot: Plotter) -> None:
                                    "settlement).")
     if lfigs:
         best = max(lfigs, key=lambda f: _num(f.value) or 0)
-        sec.reading.append(f"Settlement throughput is bounded by our own Python (building and checking transactions), "
-                           f"not by the VM: {fmt(best.value, 3)} lifecycles/s at best ({best.name}); over HTTP each "
+        sec.reading.append(f"Settlement runs on one core: LiteSVM's send_transaction holds the GIL (about 40% of a "
+                           f"lifecycle in a profile), the parties' signing and checking and the index take the rest: "
+                           f"{fmt(best.value, 3)} lifecycles/s in the best median ({best.name}); over HTTP each "
                            "lifecycle makes tens of round trips, which is what a real RPC node would cost.")
     with plot.figure(sec, "costs", ncols=2, figsize=(13, 4)) as fa:
         if fa:
