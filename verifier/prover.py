@@ -21,7 +21,7 @@ import os
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -260,12 +260,9 @@ class Prover:
         writer (:meth:`_answer`): this response's ``to_bytes()`` is the bundle ``respond_to``
         writes, byte for byte, without serializing it and parsing it back (which copied and
         hashed every state twice more: 80% of an answer of 100 states of 4 MiB)."""
-        parts: dict[str, Any] = {}
-        summary = self._answer(challenge, NullSink(), device=device, whole=whole, into=parts)
-        return Response(job_id=summary.job_id, root=summary.root, tree_size=summary.tree_size,
-                        indices=summary.indices, states=parts["states"], proof=parts["proof"],
-                        values=parts["values"], chunks=parts["chunks"], worker=summary.worker,
-                        signature=summary.signature)
+        response = self._answer(challenge, NullSink(), device=device, whole=whole, keep=True)[1]
+        assert response is not None  # keep=True
+        return response
 
     def respond_to(self, challenge: Challenge, f: Sink, *, device: str | None = None,
                    whole: bool = False) -> BundleSummary:
@@ -274,31 +271,34 @@ class Prover:
         worker holds at most a few segments' states at once (:meth:`workers` of them in flight),
         however large the answer. On an error part of a bundle may have been written: write to
         a temporary file and rename it (pocv.store.atomic_writer) where that matters."""
-        return self._answer(challenge, f, device=device, whole=whole, into=None)
+        return self._answer(challenge, f, device=device, whole=whole, keep=False)[0]
 
     def _answer(self, challenge: Challenge, f: Sink, *, device: str | None, whole: bool,
-                into: dict[str, Any] | None) -> BundleSummary:
-        """Write the signed bundle answering ``challenge`` to ``f``; with ``into``, also keep its
-        parts there (states, proof, values, chunks: what :meth:`respond` makes a Response of)."""
-        commitment, opened, keep, sampled = self._plan(challenge, whole)
-        store, leaf_bytes, tree, full, values, run_device = self._open_plan(opened, keep, device)
+                keep: bool) -> tuple[BundleSummary, Response | None]:
+        """Write the signed bundle answering ``challenge`` to ``f``; with ``keep``, also return it
+        as a :class:`Response` made of what was written (the whole states held: :meth:`respond`)."""
+        commitment, opened, whole_set, sampled = self._plan(challenge, whole)
+        store, leaf_bytes, tree, full, values, run_device = self._open_plan(opened, whole_set, device)
         w = BundleWriter(f, job_id=commitment.job_id, root=commitment.root, tree_size=commitment.tree_size,
                          indices=challenge.indices, whole=full)
         chunks: dict[int, tuple[ChunkOpening, ...]] = {}  # sampled chunks: at most sample_chunks per step
-        states: dict[int, bytes] = {}  # the whole states, kept only for ``into``
+        states: dict[int, bytes] = {}  # the whole states, held only with ``keep``
         with deterministic(), use_artifacts(self.artifacts):
             for j, data in self._iter_states(store, store.spec, sorted({*full, *sampled}), leaf_bytes, run_device):
                 if j in sampled:
                     chunks[j] = _chunk_openings(data, sampled[j])
-                if j in keep:
+                if j in whole_set:
                     w.state(j, data)
-                    if into is not None:
+                    if keep:
                         states[j] = data
-        proof = tree.multiproof(opened)
+        proof = tuple(tree.multiproof(opened))
         w.end_body(proof, values, chunks)
-        if into is not None:
-            into.update(states=states, proof=tuple(proof), values=values, chunks=chunks)
-        return w.sign(self.key)
+        summary = w.sign(self.key)
+        if not keep:
+            return summary, None
+        return summary, Response(job_id=summary.job_id, root=summary.root, tree_size=summary.tree_size,
+                                 indices=summary.indices, states=states, proof=proof, values=values,
+                                 chunks=chunks, worker=summary.worker, signature=summary.signature)
 
     def _plan(self, challenge: Challenge,
               whole: bool) -> tuple[Commitment, list[int], set[int], dict[int, tuple[int, ...]]]:

@@ -1033,6 +1033,8 @@ def thread_wins(medians: dict[bool, float]) -> bool:
     """Whether an adaptive committer keeps its thread, given the median time between submits in
     each mode (True: on the thread): only when the thread is faster by :data:`ADAPT_MARGIN`."""
     return medians[True] < (1.0 - ADAPT_MARGIN) * medians[False]
+
+
 #: the thread that hashes a state (the committer's, or the caller's for an adaptive committer in
 #: line) also writes its checkpoint when it goes through the page cache (a copy by the kernel,
 #: 0.1 ms for 0.3 MB): less than handing it to a writer thread costs in thread switches (and, for
