@@ -352,6 +352,8 @@ def test_an_adaptive_committer_keeps_the_mode_it_measures_faster(tmp_path, monke
     import pocv.trace as trace_module  # the threshold, and a slower mode
 
     n = trace_module.ADAPT_STATES
+    # the thread's adaptation, where the platform has no commit process (tests/test_commit_process.py)
+    monkeypatch.setattr(trace_module, "USE_COMMIT_PROCESS", False)
     # the threshold decides, not the machine's speed: every commit counts as cheap (inf) or dear (0)
     monkeypatch.setattr(trace_module, "BACKGROUND_MIN_COMMIT_S", float("inf") if slow == "nothing" else 0.0)
     committers: list[Committer] = []

@@ -640,6 +640,37 @@ def digest_and_pieces(state: State) -> tuple[bytes, list[bytes | memoryview], in
     return digest, pieces, sum(len(p) if isinstance(p, bytes) else p.nbytes for p in pieces)
 
 
+def cached_size(state: State) -> int | None:
+    """The size of ``encode_state(state)`` for a small state of a cached schema (what
+    :func:`fill_encoding` writes); None for any other."""
+    lay = _LAYOUTS.get(tuple(state))
+    return None if lay is None or lay.spans is None else lay.total
+
+
+def fill_encoding(state: State, buf: memoryview, filled: object = None) -> tuple[object, int] | None:
+    """Write ``encode_state(state)`` at the start of ``buf`` for a small state of a cached schema
+    (the tensors' data read in place); return (a token of its layout, its size), or None for any
+    other state or one larger than ``buf`` (nothing written: the caller encodes or hashes it the
+    general way). ``filled``: the token this returned for the bytes ``buf`` holds already; when
+    it is this state's, their headers are this state's too and only the tensors' data is copied."""
+    lay = _LAYOUTS.get(tuple(state))
+    if lay is None or lay.spans is None or lay.total > buf.nbytes:
+        return None
+    datas = _data_views(lay, state)
+    if datas is None:
+        return None
+    if filled is lay:
+        for (a, b), d in zip(lay.spans, datas, strict=True):
+            buf[a:b] = d
+    else:
+        pos = 0
+        for p in _interleave(lay, datas):
+            n = len(p) if isinstance(p, bytes) else p.nbytes
+            buf[pos : pos + n] = p
+            pos += n
+    return lay, lay.total
+
+
 class Frozen:
     """A state's canonical bytes, copied at once (:func:`freeze`): what a committer hashes and
     writes while the next step may change the state's tensors. ``digest()`` is

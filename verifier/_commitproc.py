@@ -1,0 +1,274 @@
+"""A commit process: small states hashed and written on another core, outside this process's GIL.
+
+The adaptive :class:`~pocv.trace.Committer` (states under ``BACKGROUND_MIN_BYTES``) hands each
+state it does not commit in line to a child forked from the prover. ``submit`` copies the
+state's canonical bytes into a slot of a shared-memory ring (its tensors' data only, once the
+slot holds a state of the same schema: 0.3 MB in 40-90 us) and sends the slot's number down a
+pipe; the child hashes the bytes, writes the checkpoint into its slot of the pack, and sends
+back the digest, which the parent appends to the leaves and the tree in order. The parent
+reads the digests only when it needs a slot (once every :data:`RING_SLOTS` states or so: a
+system call right after a step costs 30-40 us here), and at the end. The parent keeps the
+leaves file and the tree; the child writes only checkpoint slots (a checkpoint may land before
+its leaf: resume ignores a checkpoint past the leaves and checks each against its leaf,
+:meth:`~pocv.trace.TraceStore.resume_point`).
+
+Why a process: a thread hashing and writing a training step's 0.3 MB state takes the GIL from
+the step for its Python glue and the hand-over (the caller measured 1.1 ms of CPU a state on the
+thread against 0.7 ms in line, :data:`~pocv.trace.BACKGROUND_MIN_COMMIT_S`), and a child
+started by ``spawn`` imports torch again (4 s and 250 MB here). A forked child shares the
+prover's memory copy-on-write and starts in milliseconds.
+
+Fork safety: the child runs only this module's loop: pipe reads and writes, BLAKE3 over the ring
+(one thread: states this small never reach the chunk pool), ``pwritev`` into the pack, whose
+locks it replaces with its own at once. It takes no lock another thread of the parent may have
+held at the fork, imports nothing, never touches torch, and leaves with ``os._exit`` (no atexit
+handler, no finalizer of the parent's objects runs in it). It ignores SIGINT (the parent decides
+when to stop it) and exits when the parent's end of the pipe closes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import mmap
+import os
+import select
+import signal
+import struct
+import sys
+import termios
+import threading
+import warnings
+from collections.abc import Callable
+from typing import Any, Final
+
+from pocv.encoding import State, digest_encoded, fill_encoding
+from pocv.errors import StorageError
+
+#: slots of the ring: states copied whose digests the parent has not read back at most (then
+#: ``send`` reads them, waiting if the child is behind)
+RING_SLOTS: Final = 8
+#: parent -> child: state index (-1: stop), slot, bytes, flags
+_MSG: Final = struct.Struct("<qIIB")
+#: flag: a best-effort run (the prover's auto and budget policies): the child does not write a
+#: checkpoint while :data:`BEHIND` states or more wait for it (the disk is behind), so the
+#: parent's steps do not wait for the disk
+SKIP: Final = 1
+BEHIND: Final = RING_SLOTS // 2
+#: child -> parent: state index (-1: an error, its message of the given length follows), the
+#: state's digest, whether its checkpoint was skipped
+_ACK: Final = struct.Struct("<q32s?")
+#: the most bytes of an error message the child sends
+_MAX_ERROR: Final = 4096
+
+#: (state index, digest, checkpoint skipped) of each state the child committed
+Ack = tuple[int, bytes, bool]
+
+
+def available() -> bool:
+    """Whether this platform can fork a commit process (Linux: fork after threads is sound for
+    the child's loop; macOS's system libraries are not fork-safe once threads ran)."""
+    return sys.platform.startswith("linux") and hasattr(os, "fork")
+
+
+class CommitProcess:
+    """The parent's handle of a forked commit child (module docstring).
+
+    ``write(index, view, size)`` runs in the child to keep checkpoint ``index`` (its canonical
+    bytes, ``view`` into the ring); ``every``: the store's checkpoint interval; ``prepare``
+    runs in the child before its loop (fresh locks for the objects it will use)."""
+
+    def __init__(self, slot_bytes: int, every: int, write: Callable[[int, memoryview, int], None],
+                 prepare: Callable[[], None]) -> None:
+        self.slot_bytes = -(-slot_bytes // mmap.PAGESIZE) * mmap.PAGESIZE
+        self._ring = mmap.mmap(-1, self.slot_bytes * RING_SLOTS)  # MAP_SHARED | MAP_ANONYMOUS: the child sees it
+        self._view = memoryview(self._ring)
+        self._free = list(range(RING_SLOTS - 1, -1, -1))
+        self._filled: list[object] = [None] * RING_SLOTS  # the layout token of the bytes in each slot
+        self._slots: dict[int, int] = {}  # state index -> its slot, while in flight
+        self._buf = b""
+        down_r, down_w = os.pipe()
+        up_r, up_w = os.pipe()
+        with warnings.catch_warnings():
+            # Python 3.12+ warns of fork() in a process with threads: the child runs only the
+            # loop below (module docstring), which needs no lock another thread may hold
+            warnings.simplefilter("ignore", DeprecationWarning)
+            pid = os.fork()
+        if pid == 0:  # the child
+            code = 1
+            try:
+                signal.signal(signal.SIGINT, signal.SIG_IGN)
+                os.close(down_w)
+                os.close(up_r)
+                prepare()
+                _serve(down_r, up_w, self._view, self.slot_bytes, every, write)
+                code = 0
+            finally:
+                os._exit(code)
+        os.close(down_r)
+        os.close(up_w)
+        self.pid = pid
+        self._down = down_w
+        self._up = up_r
+        os.set_blocking(up_r, False)
+        self._exit: int | None = None
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._slots)
+
+    def send(self, index: int, state: State, *, skip_behind: bool) -> tuple[bool, list[Ack]]:
+        """Copy ``s_index``'s canonical encoding into a free slot and hand it to the child:
+        (whether it went, the states the child committed that were read back to free a slot,
+        in order). It does not go where it is not a small state of a cached schema, or larger
+        than a slot: nothing is sent then."""
+        acks: list[Ack] = []
+        while not self._free:
+            acks += self.acks(block=True)
+        slot = self._free[-1]
+        off = slot * self.slot_bytes
+        filled = fill_encoding(state, self._view[off : off + self.slot_bytes], self._filled[slot])
+        if filled is None:
+            return False, acks
+        self._filled[slot], size = filled
+        self._free.pop()
+        self._write(_MSG.pack(index, slot, size, SKIP if skip_behind else 0))
+        self._slots[index] = slot
+        return True, acks
+
+    def acks(self, *, block: bool) -> list[Ack]:
+        """The states the child committed since the last call, in order; with ``block``, at
+        least one (none while none is in flight). StorageError if the child failed or died."""
+        out: list[Ack] = []
+        while True:
+            if block and not out and self._slots:
+                select.select([self._up], [], [])
+            try:
+                data = os.read(self._up, 64 * _ACK.size)
+            except BlockingIOError:
+                data = None
+            if data == b"":
+                raise StorageError(f"the commit process stopped ({self._reap()}) with {len(self._slots)} states "
+                                   "not committed")
+            if data:
+                self._buf += data
+            while len(self._buf) >= _ACK.size:
+                index, digest, skipped = _ACK.unpack_from(self._buf)
+                if index < 0:
+                    raise StorageError(self._error_message())
+                self._buf = self._buf[_ACK.size :]
+                self._free.append(self._slots.pop(index))
+                out.append((index, digest, skipped))
+            if data is None and (out or not block or not self._slots):
+                return out
+
+    def drain(self) -> list[Ack]:
+        """Every state in flight, committed (in order)."""
+        out: list[Ack] = []
+        while self._slots:
+            out += self.acks(block=True)
+        return out
+
+    def close(self) -> list[Ack]:
+        """The states in flight committed, then the child stopped and reaped."""
+        try:
+            out = self.drain()
+            self._write(_MSG.pack(-1, 0, 0, 0))
+        finally:
+            self._shut()
+        return out
+
+    def kill(self) -> None:
+        """Stop the child at once (the run failed); never raises."""
+        with contextlib.suppress(OSError):
+            os.kill(self.pid, signal.SIGKILL)
+        self._shut()
+
+    # -- internals -------------------------------------------------------------------------
+
+    def _write(self, data: bytes) -> None:
+        try:
+            os.write(self._down, data)  # a few bytes: atomic on a pipe
+        except BrokenPipeError:
+            raise StorageError(f"the commit process stopped ({self._reap()})") from None
+
+    def _error_message(self) -> str:
+        """The child's error after the record at the head of the buffer (read to its end)."""
+        os.set_blocking(self._up, True)
+        rest = bytearray(self._buf[_ACK.size :])
+        while True:
+            chunk = os.read(self._up, _MAX_ERROR)
+            if not chunk:
+                break
+            rest += chunk
+        self._reap()
+        return bytes(rest[:_MAX_ERROR]).decode("utf-8", "replace") or "the commit process failed"
+
+    def _reap(self) -> str:
+        if self._exit is None:
+            _, status = os.waitpid(self.pid, 0)
+            self._exit = status
+        code = os.waitstatus_to_exitcode(self._exit)
+        return f"killed by signal {-code}" if code < 0 else f"exit status {code}"
+
+    def _shut(self) -> None:
+        for fd in (self._down, self._up):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self._down = self._up = -1
+        with contextlib.suppress(ChildProcessError):
+            self._reap()
+        self._slots.clear()
+
+
+def _read_exact(fd: int, n: int) -> bytes | None:
+    buf = b""
+    while len(buf) < n:
+        chunk = os.read(fd, n - len(buf))
+        if not chunk:
+            return None
+        buf += chunk
+    return buf
+
+
+def _waiting(fd: int) -> int:
+    """States waiting in the pipe ``fd`` (its unread bytes, FIONREAD)."""
+    buf = bytearray(4)
+    fcntl.ioctl(fd, termios.FIONREAD, buf)
+    return int.from_bytes(buf, sys.byteorder) // _MSG.size
+
+
+def _serve(down: int, up: int, ring: memoryview, slot_bytes: int, every: int,
+           write: Callable[[int, memoryview, int], None]) -> None:
+    """The child's loop: hash each state handed over, keep its checkpoint, send its digest."""
+    try:
+        while True:
+            msg = _read_exact(down, _MSG.size)
+            if msg is None:  # the parent is gone
+                return
+            index, slot, size, flags = _MSG.unpack(msg)
+            if index < 0:
+                return
+            view = ring[slot * slot_bytes : slot * slot_bytes + size]
+            digest = digest_encoded(view)
+            skipped = False
+            if index % every == 0:
+                if flags & SKIP and index and _waiting(down) >= BEHIND:  # s_0 is always kept
+                    skipped = True
+                else:
+                    write(index, view, size)
+            os.write(up, _ACK.pack(index, digest, skipped))
+    except BaseException as e:  # the parent raises it as a StorageError
+        text = (str(e) if isinstance(e, StorageError) else f"the commit process failed: {type(e).__name__}: {e}")
+        with contextlib.suppress(OSError):
+            os.write(up, _ACK.pack(-1, bytes(32), False) + text.encode()[:_MAX_ERROR])
+        raise
+
+
+def fresh_locks(*objects: Any) -> None:
+    """Give each object's ``_lock`` / ``_pack_lock`` a new lock (in the child: one held by a
+    parent's thread at the fork would never be released)."""
+    for obj in objects:
+        for name in ("_lock", "_pack_lock"):
+            if obj is not None and hasattr(obj, name):
+                setattr(obj, name, threading.Lock())
