@@ -23,12 +23,15 @@ Fork safety: the child runs only this module's loop: pipe reads and writes, BLAK
 locks it replaces with its own at once. It takes no lock another thread of the parent may have
 held at the fork, imports nothing, never touches torch, and leaves with ``os._exit`` (no atexit
 handler, no finalizer of the parent's objects runs in it). It ignores SIGINT (the parent decides
-when to stop it) and exits when the parent's end of the pipe closes.
+when to stop it), exits when the parent's end of the pipe closes, and is killed by the kernel
+when the parent's forking thread ends (PR_SET_PDEATHSIG: a prover killed mid-run leaves nothing
+writing into its trace).
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import fcntl
 import mmap
 import os
@@ -86,9 +89,12 @@ class CommitProcess:
         self._free = list(range(RING_SLOTS - 1, -1, -1))
         self._filled: list[object] = [None] * RING_SLOTS  # the layout token of the bytes in each slot
         self._slots: dict[int, int] = {}  # state index -> its slot, while in flight
+        #: states handed to the child so far
+        self.sent = 0
         self._buf = b""
         down_r, down_w = os.pipe()
         up_r, up_w = os.pipe()
+        parent = os.getpid()
         with warnings.catch_warnings():
             # Python 3.12+ warns of fork() in a process with threads: the child runs only the
             # loop below (module docstring), which needs no lock another thread may hold
@@ -98,6 +104,7 @@ class CommitProcess:
             code = 1
             try:
                 signal.signal(signal.SIGINT, signal.SIG_IGN)
+                _die_with(parent)
                 os.close(down_w)
                 os.close(up_r)
                 prepare()
@@ -134,6 +141,7 @@ class CommitProcess:
         self._free.pop()
         self._write(_MSG.pack(index, slot, size, SKIP if skip_behind else 0))
         self._slots[index] = slot
+        self.sent += 1
         return True, acks
 
     def acks(self, *, block: bool) -> list[Ack]:
@@ -229,6 +237,17 @@ def _read_exact(fd: int, n: int) -> bytes | None:
             return None
         buf += chunk
     return buf
+
+
+def _die_with(parent: int) -> None:
+    """Have the kernel kill this child when the thread that forked it ends (PR_SET_PDEATHSIG): a
+    prover killed mid-run leaves no child writing into its trace while a resumed run reads it."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0 or os.getppid() != parent:
+        os._exit(1)  # no guard, or the parent is gone already
+
+
+_PR_SET_PDEATHSIG: Final = 1
 
 
 def _waiting(fd: int) -> int:

@@ -1,0 +1,218 @@
+"""The commit process (pocv._commitproc): an adaptive committer whose states are dear to commit in
+line hands them to a forked child over a shared-memory ring. Whatever it does, the leaves, the
+tree and the checkpoints are those of a synchronous commit; its failures reach the caller as
+StorageError, never as a hang; it never outlives the run."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import pytest
+import torch
+from solders.keypair import Keypair
+
+import pocv.trace as trace_module
+from pocv import Prover, Verifier, _commitproc
+from pocv.encoding import digest_encoded, encode_state, state_digest
+from pocv.errors import StorageError
+from pocv.merkle import IncrementalTree, MerkleTree
+from pocv.trace import ADAPT_STATES, Committer, TraceStore
+from tests.helpers import SMALL, Crash, CrashingProver, remember_committers
+
+pytestmark = pytest.mark.skipif(not _commitproc.available(), reason="no commit process on this platform (no fork)")
+
+KEY = Keypair.from_seed(bytes([24]) * 32)
+
+
+@pytest.fixture
+def dear(monkeypatch):
+    """Every commit counts as dear: the adaptive committer goes to the process after its first
+    window, whatever this machine's speed."""
+    monkeypatch.setattr(trace_module, "BACKGROUND_MIN_COMMIT_S", 0.0)
+
+
+def _state(i: int, kind: str = "a") -> dict[str, torch.Tensor]:
+    if kind == "a":
+        return {"x": torch.full((512,), float(i)), "y": torch.arange(i, i + 64, dtype=torch.int64)}
+    if kind == "small":  # another schema, smaller than the first: fits its slots
+        return {"x": torch.full((256,), float(-i))}
+    return {"x": torch.full((512,), float(i)), "y": torch.arange(64, dtype=torch.int64),  # larger: does not
+            "z": torch.randn(4096, generator=torch.Generator().manual_seed(i))}
+
+
+def _reaped(pid: int) -> bool:
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        return True
+    return False
+
+
+def _commit_all(tmp_path, states, *, every: int = 3, name: str = "t") -> tuple[Committer, TraceStore, list[bool], int]:
+    """Submit ``states`` to an adaptive committer, changing each state's tensors right after its
+    submit (an impure step): (the committer, its closed store, whether each went to the process,
+    the child's pid)."""
+    store = TraceStore.open(tmp_path / name, SMALL, checkpoint_every=every)
+    committer = Committer(store, IncrementalTree(), background=None, copy=True)
+    went, pid = [], 0
+    for i, st in enumerate(states):
+        sent = committer._proc.sent if committer._proc else 0
+        committer.submit(i, st)
+        went.append(committer._proc is not None and committer._proc.sent > sent)
+        if committer.process:
+            pid = committer._proc.pid  # type: ignore[union-attr]
+        for t in st.values():
+            t.fill_(-7)  # the next step overwrites its input: the ring holds the copy
+    committer.close()
+    store.close()
+    return committer, store, went, pid
+
+
+def _assert_synchronous(store: TraceStore, tree_root: bytes, want: list[bytes], encodings: list[bytes], every: int) -> None:
+    assert store.read_leaves() == b"".join(want)
+    assert tree_root == MerkleTree(want).root
+    assert store.checkpoints() == list(range(0, len(want), every))
+    for j in range(0, len(want), every):
+        assert store.read_checkpoint(j) == encodings[j]
+
+
+def test_the_process_commits_what_a_synchronous_commit_would(tmp_path, dear) -> None:
+    states = [_state(i) for i in range(5 * ADAPT_STATES)]
+    want = [state_digest(s) for s in states]
+    encodings = [encode_state(s) for s in states]
+    committer, store, went, pid = _commit_all(tmp_path, states)
+    assert committer.process_from == ADAPT_STATES  # after the first window, timed in line
+    assert went == [False] * ADAPT_STATES + [True] * (len(states) - ADAPT_STATES)
+    assert pid and _reaped(pid) and not committer.process
+    assert committer.committed == len(states) - 1 and committer.skipped == []
+    _assert_synchronous(store, committer.tree.root(), want, encodings, 3)
+
+
+def test_a_state_the_ring_cannot_take_is_committed_in_line_in_order(tmp_path, dear) -> None:
+    """Another schema that fits a slot goes to the process (its headers written into the slot
+    first); a state larger than a slot is committed in line after every state handed over before
+    it, and the process takes the next."""
+    kinds = ["a"] * (ADAPT_STATES + 3) + ["small", "a", "small", "small", "a", "big", "a", "a", "big", "small", "a"]
+    states = [_state(i, k) for i, k in enumerate(kinds)]
+    want = [state_digest(s) for s in states]
+    encodings = [encode_state(s) for s in states]
+    committer, store, went, pid = _commit_all(tmp_path, states, every=1)
+    n = ADAPT_STATES + 3
+    assert went[n:] == [True, True, True, True, True, False, True, True, False, True, True]
+    assert _reaped(pid)
+    _assert_synchronous(store, committer.tree.root(), want, encodings, 1)
+
+
+def test_the_childs_error_reaches_the_caller(tmp_path, dear, monkeypatch) -> None:
+    """A checkpoint write that fails in the child (a full disk) is raised by a later submit or by
+    close, with the child's message; nothing hangs and the child is gone."""
+    real = TraceStore.write_checkpoint
+
+    def full_disk(self, index, encoded_state, **kw):
+        if index >= ADAPT_STATES + 4:
+            raise StorageError(f"cannot write checkpoint {index}: No space left on device")
+        return real(self, index, encoded_state, **kw)
+
+    monkeypatch.setattr(TraceStore, "write_checkpoint", full_disk)  # before the fork: the child's too
+    store = TraceStore.open(tmp_path / "t", SMALL, checkpoint_every=1)
+    committer = Committer(store, IncrementalTree(), background=None)
+    with pytest.raises(StorageError, match="No space left on device"):
+        for i in range(ADAPT_STATES * 6):
+            committer.submit(i, _state(i))
+            pid = committer._proc.pid if committer._proc else 0
+        committer.close()
+    committer.abort()
+    assert pid and _reaped(pid)
+    # the leaves the parent appended are a prefix of the job's, each checkpoint on disk matches its leaf
+    leaves = store.read_leaves()
+    assert leaves == b"".join(state_digest(_state(i)) for i in range(len(leaves) // 32))
+    for j in store.checkpoints():
+        assert j < ADAPT_STATES + 4
+
+
+def test_a_killed_child_is_reported_not_waited_for(tmp_path, dear) -> None:
+    store = TraceStore.open(tmp_path / "t", SMALL, checkpoint_every=1)
+    committer = Committer(store, IncrementalTree(), background=None)
+    for i in range(ADAPT_STATES + 2):
+        committer.submit(i, _state(i))
+    assert committer.process
+    pid = committer._proc.pid  # type: ignore[union-attr]
+    os.kill(pid, signal.SIGKILL)
+    with pytest.raises(StorageError, match="commit process stopped .*killed by signal 9"):
+        for i in range(ADAPT_STATES + 2, 10 * ADAPT_STATES):
+            committer.submit(i, _state(i))
+        committer.close()
+    committer.abort()
+    assert _reaped(pid)
+
+
+def test_abort_stops_the_child_at_once(tmp_path, dear) -> None:
+    store = TraceStore.open(tmp_path / "t", SMALL, checkpoint_every=1)
+    committer = Committer(store, IncrementalTree(), background=None)
+    for i in range(ADAPT_STATES + 5):
+        committer.submit(i, _state(i))
+    pid = committer._proc.pid  # type: ignore[union-attr]
+    committer.abort()
+    assert _reaped(pid) and not committer.process
+
+
+def test_a_best_effort_run_skips_writes_while_the_child_is_behind(tmp_path, dear, monkeypatch) -> None:
+    """With a disk slower than the steps, a best-effort committer's child keeps the leaf of every
+    state and skips the checkpoints while half the ring waits for it; s_0 and every kept one
+    match their leaves. An explicit interval (no skip_behind) keeps them all, waiting."""
+    real = TraceStore.write_checkpoint
+
+    def slow(self, index, encoded_state, **kw):
+        if index >= ADAPT_STATES:
+            time.sleep(0.02)
+        return real(self, index, encoded_state, **kw)
+
+    monkeypatch.setattr(TraceStore, "write_checkpoint", slow)
+    states = [_state(i) for i in range(6 * ADAPT_STATES)]
+    want = [state_digest(s) for s in states]
+    for skip in (True, False):
+        store = TraceStore.open(tmp_path / f"t{skip}", SMALL, checkpoint_every=1)
+        committer = Committer(store, IncrementalTree(), background=None, skip_behind=skip)
+        for i, st in enumerate(states):
+            committer.submit(i, st)
+        committer.close()
+        store.close()
+        assert store.read_leaves() == b"".join(want)
+        kept = store.checkpoints()
+        if skip:
+            assert committer.skipped and 0 in kept and not set(committer.skipped) & set(kept)
+            assert sorted(kept + committer.skipped) == list(range(len(states)))
+        else:
+            assert committer.skipped == [] and kept == list(range(len(states)))
+        for j in kept:
+            assert digest_encoded(store.read_checkpoint(j)) == want[j]
+
+
+def test_a_prover_run_through_the_process_verifies_and_resumes(tmp_path, dear, monkeypatch) -> None:
+    """End to end: a run whose states go to the commit process has the synchronous run's root, its
+    answers verify; one killed mid-run resumes (from a trace where checkpoints may lie past the
+    leaves) to the same root."""
+    reference = Prover(trace_dir=tmp_path / "ref", key=KEY, background=False).run(SMALL)
+    committers = remember_committers(monkeypatch)
+    c = Prover(trace_dir=tmp_path / "t", key=KEY).run(SMALL)
+    assert committers[-1].process_from == ADAPT_STATES and c.root == reference.root
+    verifier = Verifier(key=Keypair())
+    challenge = verifier.challenge(c, beacon=bytes(range(32)))
+    assert verifier.check(c, challenge, Prover(trace_dir=tmp_path / "t", key=KEY).respond(challenge).to_bytes()).passed
+    with pytest.raises(Crash):
+        CrashingProver(trace_dir=tmp_path / "r", key=KEY, crash_at=ADAPT_STATES + 9).run(SMALL)
+    assert committers[-1].process_from == ADAPT_STATES and not committers[-1].process
+    assert Prover(trace_dir=tmp_path / "r", key=KEY).run(SMALL).root == reference.root
+
+
+def test_without_fork_the_committer_adapts_on_its_thread(tmp_path, dear, monkeypatch) -> None:
+    monkeypatch.setattr(_commitproc, "available", lambda: False)
+    store = TraceStore.open(tmp_path / "t", SMALL, checkpoint_every=1)
+    committer = Committer(store, IncrementalTree(), background=None)
+    for i in range(3 * ADAPT_STATES):
+        committer.submit(i, _state(i))
+    committer.close()
+    assert committer.process_from is None and committer.switches[0] == (ADAPT_STATES, True)
+    assert store.read_leaves() == b"".join(state_digest(_state(i)) for i in range(3 * ADAPT_STATES))
