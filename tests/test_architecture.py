@@ -26,7 +26,7 @@ LAYERS: list[tuple[str, set[str]]] = [
     ("core", {"pocv.encoding", "pocv.merkle", "pocv.challenge", "pocv.jobs", "pocv.records", "pocv.bundle"}),
     ("kernels", {"pocv.device", "pocv.kernels"}),
     ("verification", {"pocv.check", "pocv.dispute"}),
-    ("io", {"pocv.store", "pocv.trace", "pocv.prover", "pocv.artifacts", "pocv._http", "pocv.serve", "pocv.client", "pocv.batch",
+    ("io", {"pocv.store", "pocv._commitproc", "pocv.trace", "pocv.prover", "pocv.artifacts", "pocv._http", "pocv.serve", "pocv.client", "pocv.batch",
             "pocv.ray_backend"}),
     ("market", {"pocv.market"}),
     ("apps", {"pocv.demo", "pocv.testing", "pocv.cli", "pocv.__main__", "pocv.market.demo"}),

@@ -70,6 +70,15 @@ def _commit_all(tmp_path, states, *, every: int = 3, name: str = "t") -> tuple[C
     return committer, store, went, pid
 
 
+def _submit_and_close(committer: Committer, indices: range, pids: list[int]) -> None:
+    """Submit ``_state(i)`` for each index (the child's pid, once there is one, into ``pids``), then close."""
+    for i in indices:
+        committer.submit(i, _state(i))
+        if committer._proc is not None:
+            pids.append(committer._proc.pid)
+    committer.close()
+
+
 def _assert_synchronous(store: TraceStore, tree_root: bytes, want: list[bytes], encodings: list[bytes], every: int) -> None:
     assert store.read_leaves() == b"".join(want)
     assert tree_root == MerkleTree(want).root
@@ -118,13 +127,11 @@ def test_the_childs_error_reaches_the_caller(tmp_path, dear, monkeypatch) -> Non
     monkeypatch.setattr(TraceStore, "write_checkpoint", full_disk)  # before the fork: the child's too
     store = TraceStore.open(tmp_path / "t", SMALL, checkpoint_every=1)
     committer = Committer(store, IncrementalTree(), background=None)
+    pids: list[int] = []
     with pytest.raises(StorageError, match="No space left on device"):
-        for i in range(ADAPT_STATES * 6):
-            committer.submit(i, _state(i))
-            pid = committer._proc.pid if committer._proc else 0
-        committer.close()
+        _submit_and_close(committer, range(ADAPT_STATES * 6), pids)
     committer.abort()
-    assert pid and _reaped(pid)
+    assert pids and _reaped(pids[-1])
     # the leaves the parent appended are a prefix of the job's, each checkpoint on disk matches its leaf
     leaves = store.read_leaves()
     assert leaves == b"".join(state_digest(_state(i)) for i in range(len(leaves) // 32))
@@ -141,9 +148,7 @@ def test_a_killed_child_is_reported_not_waited_for(tmp_path, dear) -> None:
     pid = committer._proc.pid  # type: ignore[union-attr]
     os.kill(pid, signal.SIGKILL)
     with pytest.raises(StorageError, match="commit process stopped .*killed by signal 9"):
-        for i in range(ADAPT_STATES + 2, 10 * ADAPT_STATES):
-            committer.submit(i, _state(i))
-        committer.close()
+        _submit_and_close(committer, range(ADAPT_STATES + 2, 10 * ADAPT_STATES), [])
     committer.abort()
     assert _reaped(pid)
 

@@ -61,8 +61,9 @@ PROGRESS_EVERY = 64
 #: threads that read and check kept states at once when answering (no step recomputed)
 MAX_READERS = 8
 #: states from this size are hashed on the committer's thread from the start (hashing 1 MiB takes
-#: ~0.3 ms, more than a hand-over costs); smaller ones by an adaptive committer, which measures
-#: whether the thread or this one gives the faster steps (trace.Committer, background=None)
+#: ~0.3 ms, more than a hand-over costs); smaller ones by an adaptive committer: on this thread
+#: when that is cheap, else by a forked commit process (pocv._commitproc; where fork is missing,
+#: whichever of the thread and this one gives the faster steps: trace.Committer, background=None)
 BACKGROUND_MIN_BYTES = 1 << 20
 Progress = Callable[[int, int], None]
 
@@ -95,11 +96,11 @@ class Prover:
         are then synchronous too); None (the default): a thread for states of
         :data:`BACKGROUND_MIN_BYTES` and more; below it, this thread (checkpoints through the page
         cache written here too) when one state's commit takes less than
-        :data:`~pocv.trace.BACKGROUND_MIN_COMMIT_S`, else whichever of the two the committer
-        measures to give the faster steps, measured again now and then
-        (:class:`~pocv.trace.Committer`; on a 2-core VM that other work shares, the thread cost a
-        training step's 0.3 MB states more than it saved, while an idle core makes it the
-        cheaper). The root and the files are the same either way.
+        :data:`~pocv.trace.BACKGROUND_MIN_COMMIT_S`, else a commit process forked from this one
+        (Linux: the state copied into a shared ring, hashed and written outside this process's
+        GIL; :mod:`pocv._commitproc`), or where fork is missing whichever of the thread and this
+        one the committer measures to give the faster steps, measured again now and then
+        (:class:`~pocv.trace.Committer`). The root and the files are the same either way.
         ``respond_workers``: segments recomputed at once when answering (default 1 on a CPU
         whose cores the kernel's own threads already use)."""
         self.artifacts: ArtifactSource = artifacts if artifacts is not None else ArtifactStore.default()
@@ -191,8 +192,8 @@ class Prover:
 
     def _committer(self, store: TraceStore, tree: IncrementalTree, kernel: Kernel, spec: JobSpec) -> Committer:
         """The committer for this run: hashing on its own thread for states of
-        BACKGROUND_MIN_BYTES and more, adaptive below (this thread or the committer's, whichever
-        it measures faster) unless ``background`` says otherwise; checkpoint writes on writer
+        BACKGROUND_MIN_BYTES and more, adaptive below (this thread, else a commit process or the
+        committer's thread) unless ``background`` says otherwise; checkpoint writes on writer
         threads unless ``background`` is False."""
         copy = not self._pure_steps(kernel)
         skip = self.checkpoint.best_effort  # auto and budgets: never wait for the disk (trace.Committer)

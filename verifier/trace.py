@@ -1081,7 +1081,11 @@ class Committer:
     hashing it), and checkpoint writes still go to the writer threads when ``async_writes``;
     with both false everything happens in ``submit``. With ``background`` None (adaptive) the
     first :data:`ADAPT_STATES` states are committed in ``submit`` and timed; if the median took
-    :data:`BACKGROUND_MIN_COMMIT_S` or more, the next window goes to the committer thread, and
+    :data:`BACKGROUND_MIN_COMMIT_S` or more, every later state goes to a commit process where
+    the platform can fork (:data:`USE_COMMIT_PROCESS`, :mod:`pocv._commitproc`: the caller copies
+    the state into a shared ring; the child hashes it and writes its checkpoint; the caller
+    appends the digests it sends back, in order; a state the ring cannot take is committed in
+    line after those before it). Elsewhere the next window goes to the committer thread, and
     from then on the mode whose states came faster (median time between submits) is kept, the
     other measured again now and then (:data:`ADAPT_HOLD`). A switch to the thread starts it
     after the states before are committed; a switch back waits until it has committed every
