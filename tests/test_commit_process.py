@@ -221,3 +221,25 @@ def test_without_fork_the_committer_adapts_on_its_thread(tmp_path, dear, monkeyp
     committer.close()
     assert committer.process_from is None and committer.switches[0] == (ADAPT_STATES, True)
     assert store.read_leaves() == b"".join(state_digest(_state(i)) for i in range(3 * ADAPT_STATES))
+
+
+@pytest.mark.parametrize("why", ["fork refused", "no ring for the state"])
+def test_where_no_process_can_be_had_the_committer_adapts_on_its_thread(tmp_path, dear, monkeypatch, why) -> None:
+    """A fork that fails (EAGAIN: a process limit) or a first state the ring cannot take (GPU
+    tensors, views) leaves the committer adapting between its thread and the caller's, as where
+    fork is missing; the leaves are the synchronous ones."""
+    if why == "fork refused":
+        def refuse():
+            raise BlockingIOError(11, "Resource temporarily unavailable")
+
+        monkeypatch.setattr(_commitproc.os, "fork", refuse)
+    else:
+        monkeypatch.setattr(trace_module, "cached_size", lambda state: None)
+    store = TraceStore.open(tmp_path / "t", SMALL, checkpoint_every=1)
+    committer = Committer(store, IncrementalTree(), background=None)
+    for i in range(3 * ADAPT_STATES):
+        committer.submit(i, _state(i))
+    committer.close()
+    assert committer.process_from is None and not committer.process
+    assert committer.switches[0] == (ADAPT_STATES, True)
+    assert store.read_leaves() == b"".join(state_digest(_state(i)) for i in range(3 * ADAPT_STATES))

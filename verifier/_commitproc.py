@@ -95,11 +95,18 @@ class CommitProcess:
         down_r, down_w = os.pipe()
         up_r, up_w = os.pipe()
         parent = os.getpid()
-        with warnings.catch_warnings():
-            # Python 3.12+ warns of fork() in a process with threads: the child runs only the
-            # loop below (module docstring), which needs no lock another thread may hold
-            warnings.simplefilter("ignore", DeprecationWarning)
-            pid = os.fork()
+        try:
+            with warnings.catch_warnings():
+                # Python 3.12+ warns of fork() in a process with threads: the child runs only the
+                # loop below (module docstring), which needs no lock another thread may hold
+                warnings.simplefilter("ignore", DeprecationWarning)
+                pid = os.fork()
+        except OSError:  # no process to be had (a process limit, memory): nothing left open
+            for fd in (down_r, down_w, up_r, up_w):
+                os.close(fd)
+            self._view.release()
+            self._ring.close()
+            raise
         if pid == 0:  # the child
             code = 1
             try:

@@ -641,10 +641,12 @@ def digest_and_pieces(state: State) -> tuple[bytes, list[bytes | memoryview], in
 
 
 def cached_size(state: State) -> int | None:
-    """The size of ``encode_state(state)`` for a small state of a cached schema (what
-    :func:`fill_encoding` writes); None for any other."""
+    """The size of ``encode_state(state)`` for a small state of a cached schema whose tensors
+    are read in place (what :func:`fill_encoding` writes); None for any other."""
     lay = _LAYOUTS.get(tuple(state))
-    return None if lay is None or lay.spans is None else lay.total
+    if lay is None or lay.spans is None or _data_views(lay, state) is None:
+        return None
+    return lay.total
 
 
 def fill_encoding(state: State, buf: memoryview, filled: object = None) -> tuple[object, int] | None:

@@ -1251,10 +1251,18 @@ class Committer:
         proc = self._proc
         if proc is None:
             size = cached_size(state)
-            if size is None:
+            try:
+                if size is None:  # GPU tensors, a view: no ring for them
+                    raise OSError("not a state the ring takes")
+                self.store.flush()
+                proc = self._proc = CommitProcess(size, self.store.checkpoint_every, self._child_write,
+                                                  self._child_prepare)
+            except OSError:  # that, or no process to be had (fork or the shared ring refused):
+                # the thread, measured against this one as where there is no fork
+                self.process_from = None
+                self._adaptive = self._probing = True
+                self._switch(index, True)
                 return False
-            self.store.flush()
-            proc = self._proc = CommitProcess(size, self.store.checkpoint_every, self._child_write, self._child_prepare)
         sent, acks = self._guard(lambda: proc.send(index, state, skip_behind=self.skip_behind))
         self._take(acks)
         if not sent:
