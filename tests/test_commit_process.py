@@ -243,3 +243,46 @@ def test_where_no_process_can_be_had_the_committer_adapts_on_its_thread(tmp_path
     assert committer.process_from is None and not committer.process
     assert committer.switches[0] == (ADAPT_STATES, True)
     assert store.read_leaves() == b"".join(state_digest(_state(i)) for i in range(3 * ADAPT_STATES))
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_fill_encoding_writes_the_canonical_bytes_by_view_and_by_pointer(seed: int) -> None:
+    """Into a ring slot: the first fill writes headers and data through views, a later fill of a
+    state of the same schema only the data (``memmove`` from each tensor's pointer); both are
+    ``encode_state`` byte for byte, numpy arrays and empty tensors among the tensors. A state
+    of another layout, larger than the slot, or not in place is refused with nothing written."""
+    import ctypes
+    import mmap
+
+    import numpy as np
+
+    from pocv.encoding import fill_encoding
+
+    g = torch.Generator().manual_seed(seed)
+
+    def make(k: int) -> dict:
+        return {"w": torch.randn(37 + seed, 5, generator=g), "b": torch.arange(k, k + 9, dtype=torch.int16),
+                "empty": torch.zeros(0, 3), "n": np.full((4, 2), float(k + seed)), "flag": torch.tensor(k % 2 == 0)}
+
+    first = make(0)
+    state_digest(first)  # the schema's layout cached, as the committer's first window does
+    ring = mmap.mmap(-1, 1 << 16)
+    view = memoryview(ring)
+    cell = ctypes.c_char.from_buffer(ring)
+    address = ctypes.addressof(cell) + 4096
+    slot = view[4096 : 4096 + 8192]
+    token, size = fill_encoding(first, slot)
+    assert bytes(slot[:size]) == encode_state(first)
+    for k in range(1, 4):
+        st = make(k)
+        assert fill_encoding(st, slot, token, address=address) == (token, size)
+        assert bytes(slot[:size]) == encode_state(st)
+    before = bytes(slot)
+    assert fill_encoding({**make(5), "w": torch.randn(5, 37 + seed, generator=g)}, slot, token, address=address) is None
+    assert fill_encoding({**make(5), "w": torch.randn(10, 37 + seed, generator=g).t()[:, :5].t()}, slot, token,
+                         address=address) is None  # not contiguous
+    assert fill_encoding(make(5), view[4096 : 4096 + size - 1], token, address=address) is None  # too small
+    assert bytes(slot) == before
+    del cell, slot
+    view.release()
+    ring.close()

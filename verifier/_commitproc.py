@@ -86,6 +86,8 @@ class CommitProcess:
         self.slot_bytes = -(-slot_bytes // mmap.PAGESIZE) * mmap.PAGESIZE
         self._ring = mmap.mmap(-1, self.slot_bytes * RING_SLOTS)  # MAP_SHARED | MAP_ANONYMOUS: the child sees it
         self._view = memoryview(self._ring)
+        self._cell = ctypes.c_char.from_buffer(self._ring)  # the ring's address, for memmove into it
+        self._base = ctypes.addressof(self._cell)
         self._free = list(range(RING_SLOTS - 1, -1, -1))
         self._filled: list[object] = [None] * RING_SLOTS  # the layout token of the bytes in each slot
         self._slots: dict[int, int] = {}  # state index -> its slot, while in flight
@@ -104,6 +106,7 @@ class CommitProcess:
         except OSError:  # no process to be had (a process limit, memory): nothing left open
             for fd in (down_r, down_w, up_r, up_w):
                 os.close(fd)
+            del self._cell
             self._view.release()
             self._ring.close()
             raise
@@ -141,7 +144,8 @@ class CommitProcess:
             acks += self.acks(block=True)
         slot = self._free[-1]
         off = slot * self.slot_bytes
-        filled = fill_encoding(state, self._view[off : off + self.slot_bytes], self._filled[slot])
+        filled = fill_encoding(state, self._view[off : off + self.slot_bytes], self._filled[slot],
+                               address=self._base + off)
         if filled is None:
             return False, acks
         self._filled[slot], size = filled

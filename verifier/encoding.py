@@ -649,15 +649,27 @@ def cached_size(state: State) -> int | None:
     return lay.total
 
 
-def fill_encoding(state: State, buf: memoryview, filled: object = None) -> tuple[object, int] | None:
+def fill_encoding(state: State, buf: memoryview, filled: object = None, *,
+                  address: int = 0) -> tuple[object, int] | None:
     """Write ``encode_state(state)`` at the start of ``buf`` for a small state of a cached schema
     (the tensors' data read in place); return (a token of its layout, its size), or None for any
     other state or one larger than ``buf`` (nothing written: the caller encodes or hashes it the
     general way). ``filled``: the token this returned for the bytes ``buf`` holds already; when
-    it is this state's, their headers are this state's too and only the tensors' data is copied."""
+    it is this state's, their headers are this state's too and only the tensors' data is copied,
+    with one ``memmove`` a tensor from its data pointer when ``address`` (where ``buf`` starts in
+    memory) is given (no view made: the digits job's 17 tensors, 0.3 MB, right after a step:
+    159-177 us against 187-207 us through views)."""
     lay = _LAYOUTS.get(tuple(state))
     if lay is None or lay.spans is None or lay.total > buf.nbytes:
         return None
+    if filled is lay and address:
+        ptrs = _data_ptrs(lay, state)
+        if ptrs is None:
+            return None
+        move = ctypes.memmove
+        for (a, b), ptr in zip(lay.spans, ptrs, strict=True):
+            move(address + a, ptr, b - a)
+        return lay, lay.total
     datas = _data_views(lay, state)
     if datas is None:
         return None
@@ -671,6 +683,31 @@ def fill_encoding(state: State, buf: memoryview, filled: object = None) -> tuple
             buf[pos : pos + n] = p
             pos += n
     return lay, lay.total
+
+
+def _data_ptrs(lay: _Layout, state: State) -> list[int] | None:
+    """The data pointers of ``state``'s non-empty tensors, in canonical order, under exactly the
+    checks of :func:`_data_views` (the same tensors qualify): each reads ``nbytes`` of its
+    layout's span while ``state`` holds the tensor."""
+    out: list[int] = []
+    for name, dt, shape, views in lay.digest_items or ():
+        t = state[name]
+        if type(t) is torch.Tensor:
+            if t.dtype is not dt or t.shape != shape or not t.is_cpu or not t.is_contiguous() or t.is_neg():
+                return None
+            if views is not None:
+                ptr = t.data_ptr()
+                if not ptr:
+                    return None
+                out.append(ptr)
+        elif type(t) is np.ndarray:
+            if t.dtype != dt or t.shape != shape or not t.flags.c_contiguous:
+                return None
+            if views is not None:
+                out.append(int(t.ctypes.data))
+        else:
+            return None
+    return out
 
 
 class Frozen:
