@@ -177,7 +177,8 @@ class _Layout:
     data (the first with the magic and count), ``tail`` those after the last data.
     """
 
-    __slots__ = ("digest_items", "header_leaf", "heads", "items", "one", "single", "spans", "tail", "total")
+    __slots__ = ("digest_items", "header_leaf", "heads", "items", "one", "single", "spans", "tail", "total",
+                 "view_caches")
 
     def __init__(self, state: State) -> None:
         pieces = list(_pieces(state))  # validates names, count, dims (raises as the slow path does)
@@ -213,6 +214,8 @@ class _Layout:
         #: state_digest (views None for an empty tensor); None for a state hashed on several
         #: threads (those read numpy views, which keep the tensors' memory alive)
         self.digest_items = tuple(digest_items) if small else None
+        #: the views of each non-empty tensor's memory, in canonical order (see _data_views)
+        self.view_caches = tuple(v for *_, v in digest_items if v is not None)
         #: the digest item of a small state of one non-empty tensor (state_digest's tightest path)
         self.one = digest_items[0] if small and len(digest_items) == 1 and digest_items[0][3] is not None else None
         #: the state's data is one chunk: the subtree is one node over the header and chunk leaves
@@ -537,28 +540,11 @@ def _one_chunk_root(header_leaf: bytes, data: Any) -> bytes:
 
 def _data_views(lay: _Layout, state: State) -> list[Any] | None:
     """Each non-empty tensor's data of ``state`` as a flat byte buffer, in place, in canonical
-    order: None unless every tensor is a contiguous CPU torch tensor (not a lazily negated view)
-    or C-contiguous numpy array of the dtype and shape ``lay`` was made for."""
-    out: list[Any] = []
-    for name, dt, shape, views in lay.digest_items or ():
-        t = state[name]
-        if type(t) is torch.Tensor:
-            if t.dtype is not dt or t.shape != shape or not t.is_cpu or not t.is_contiguous() or t.is_neg():
-                return None
-            if views is not None:
-                ptr = t.data_ptr()
-                view = views.get(ptr) or views.at(ptr)
-                if view is None:
-                    return None
-                out.append(view)
-        elif type(t) is np.ndarray:
-            if t.dtype != dt or t.shape != shape or not t.flags.c_contiguous:
-                return None
-            if views is not None:
-                out.append(memoryview(t if t.shape else t.reshape(1)).cast("B"))  # type: ignore[arg-type]
-        else:
-            return None
-    return out
+    order (the view at its :func:`_data_ptrs` pointer): None where those refuse the state."""
+    ptrs = _data_ptrs(lay, state)
+    if ptrs is None:
+        return None
+    return [views.get(ptr) or views.at(ptr) for views, ptr in zip(lay.view_caches, ptrs, strict=True)]
 
 
 def state_digest(state: State) -> bytes:
@@ -640,11 +626,37 @@ def digest_and_pieces(state: State) -> tuple[bytes, list[bytes | memoryview], in
     return digest, pieces, sum(len(p) if isinstance(p, bytes) else p.nbytes for p in pieces)
 
 
+def _data_ptrs(lay: _Layout, state: State) -> list[int] | None:
+    """The data pointers of ``state``'s non-empty tensors, in canonical order: None unless every
+    tensor is a contiguous CPU torch tensor (not a lazily negated view) with memory of its own,
+    or a C-contiguous numpy array, of the dtype and shape ``lay`` was made for. Each pointer is
+    read for its tensor's bytes of the layout while ``state`` holds the tensor."""
+    out: list[int] = []
+    for name, dt, shape, views in lay.digest_items or ():
+        t = state[name]
+        if type(t) is torch.Tensor:
+            if t.dtype is not dt or t.shape != shape or not t.is_cpu or not t.is_contiguous() or t.is_neg():
+                return None
+            if views is not None:
+                ptr = t.data_ptr()
+                if not ptr:  # a tensor without memory of its own (torch's zero tensors)
+                    return None
+                out.append(ptr)
+        elif type(t) is np.ndarray:
+            if t.dtype != dt or t.shape != shape or not t.flags.c_contiguous:
+                return None
+            if views is not None:
+                out.append(int(t.ctypes.data))
+        else:
+            return None
+    return out
+
+
 def cached_size(state: State) -> int | None:
     """The size of ``encode_state(state)`` for a small state of a cached schema whose tensors
     are read in place (what :func:`fill_encoding` writes); None for any other."""
     lay = _LAYOUTS.get(tuple(state))
-    if lay is None or lay.spans is None or _data_views(lay, state) is None:
+    if lay is None or lay.spans is None or _data_ptrs(lay, state) is None:
         return None
     return lay.total
 
@@ -683,31 +695,6 @@ def fill_encoding(state: State, buf: memoryview, filled: object = None, *,
             buf[pos : pos + n] = p
             pos += n
     return lay, lay.total
-
-
-def _data_ptrs(lay: _Layout, state: State) -> list[int] | None:
-    """The data pointers of ``state``'s non-empty tensors, in canonical order, under exactly the
-    checks of :func:`_data_views` (the same tensors qualify): each reads ``nbytes`` of its
-    layout's span while ``state`` holds the tensor."""
-    out: list[int] = []
-    for name, dt, shape, views in lay.digest_items or ():
-        t = state[name]
-        if type(t) is torch.Tensor:
-            if t.dtype is not dt or t.shape != shape or not t.is_cpu or not t.is_contiguous() or t.is_neg():
-                return None
-            if views is not None:
-                ptr = t.data_ptr()
-                if not ptr:
-                    return None
-                out.append(ptr)
-        elif type(t) is np.ndarray:
-            if t.dtype != dt or t.shape != shape or not t.flags.c_contiguous:
-                return None
-            if views is not None:
-                out.append(int(t.ctypes.data))
-        else:
-            return None
-    return out
 
 
 class Frozen:

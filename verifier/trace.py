@@ -1250,15 +1250,13 @@ class Committer:
         once every state handed over before it is committed, so the caller commits it here."""
         proc = self._proc
         if proc is None:
-            size = cached_size(state)
-            try:
-                if size is None:  # GPU tensors, a view: no ring for them
-                    raise OSError("not a state the ring takes")
+            size = cached_size(state)  # None: GPU tensors, a view: no ring for them
+            if size is not None:
                 self.store.flush()
-                proc = self._proc = CommitProcess(size, self.store.checkpoint_every, self._child_write,
-                                                  self._child_prepare)
-            except OSError:  # that, or no process to be had (fork or the shared ring refused):
-                # the thread, measured against this one as where there is no fork
+                with contextlib.suppress(OSError):  # no process to be had: fork or the shared ring refused
+                    proc = self._proc = CommitProcess(size, self.store.checkpoint_every, self._child_write,
+                                                      self._child_prepare)
+            if proc is None:  # the thread, measured against this one as where there is no fork
                 self.process_from = None
                 self._adaptive = self._probing = True
                 self._switch(index, True)
