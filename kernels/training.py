@@ -43,6 +43,7 @@ import dataclasses
 import json
 import math
 import os
+import threading
 import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar, Final
@@ -64,6 +65,8 @@ _ORDER_CONTEXT: Final = "pocv 2026-11 torch-training v1 order"
 FLOOR: Final = 2.0**-100
 RECORD_TYPE: Final = "pocv calibration record"
 _CACHE: Final = 8
+#: a module's construction draws from torch's global RNG (reseeded, then restored): one at a time
+_BUILD_LOCK: Final = threading.Lock()
 
 #: the hyper-parameters every training kernel has (a subclass changes defaults with ``defaults``)
 TRAINING_PARAMS: Final[dict[str, Param]] = {
@@ -136,12 +139,20 @@ class TorchTraining(ToleranceKernel):
     defaults: ClassVar[Mapping[str, Any]] = {}
     #: calibrate() asks the record's kernels to derive tau per group instead of using ``tau``
     calibrated_by_record: ClassVar[bool] = True
-    # not ``pure_step``: the step hands the state's buffers to functional_call as they are, so a
-    # model with BatchNorm in training mode updates running_mean/running_var in the INPUT state;
-    # the committer's copy (pocv.encoding.freeze) is what keeps each leaf the state as submitted
+    # The adapter's own step never writes its input state: every update makes a new tensor, the
+    # float buffers are copied before functional_call sees them (a BatchNorm run in training mode
+    # updates its running statistics in place), and each thread steps its own copy of the module
+    # (functional_call swaps the module's tensors while it runs). A subclass whose model and loss
+    # keep that promise too (no in-place write to a parameter or buffer, no ``.data`` writes)
+    # declares ``pure_step = True`` in its own body (Kernel.pure_step): then the prover commits
+    # each state while the next one computes without copying it, and prover and verifier
+    # recompute challenged steps on several threads at once. Not declared here: the model is the
+    # subclass's.
 
     def __init__(self) -> None:
         self._models: dict[bytes, torch.nn.Module] = {}
+        #: (job key, thread) -> the module that thread's steps reparametrize (_stepping_module)
+        self._step_models: dict[tuple[bytes, int], torch.nn.Module] = {}
         self._data: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self._orders: dict[tuple[int, int, int], np.ndarray[Any, Any]] = {}
         self._records: dict[str, dict[str, Any]] = {}
@@ -215,7 +226,7 @@ class TorchTraining(ToleranceKernel):
         key = self._key(spec)
         m = self._models.get(key)
         if m is None:
-            with torch.random.fork_rng(devices=[]):
+            with _BUILD_LOCK, torch.random.fork_rng(devices=[]):
                 torch.manual_seed(0)  # whatever the factory draws is replaced by pocv's weights
                 m = self.model(spec)
             if not isinstance(m, torch.nn.Module):
@@ -224,6 +235,19 @@ class TorchTraining(ToleranceKernel):
             if len(self._models) >= _CACHE:
                 self._models.clear()
             self._models[key] = m
+        return m
+
+    def _stepping_module(self, spec: JobSpec) -> torch.nn.Module:
+        """The module this thread's steps hand to ``functional_call``, which swaps the module's
+        tensors for the state's while it runs: a copy of :meth:`_module` per thread, so steps on
+        several threads at once (respond workers, a verifier's) never see each other's tensors."""
+        key = (self._key(spec), threading.get_ident())
+        m = self._step_models.get(key)
+        if m is None:
+            m = copy.deepcopy(self._module(spec))
+            if len(self._step_models) >= 4 * _CACHE:
+                self._step_models.clear()
+            self._step_models[key] = m
         return m
 
     def _float_buffers(self, m: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -372,11 +396,12 @@ class TorchTraining(ToleranceKernel):
     def _train(self, state: State, i: int, spec: JobSpec, device: str, v: Variant) -> dict[str, Tensor]:
         P = self.typed(spec)
         cursor = self._cursor(state, i, spec)
-        m = self._module(spec)
+        m = self._stepping_module(spec)
         dt = v.dtype
         names = [n for n, _ in m.named_parameters()]
         params = {n: torch.as_tensor(state[f"param.{n}"]).to(device, dt) for n in names}
-        buffers = {n: torch.as_tensor(state[f"buffer.{n}"]).to(device, dt) for n in self._float_buffers(m)}
+        # copies: a BatchNorm in training mode updates its running statistics in place
+        buffers = {n: torch.as_tensor(state[f"buffer.{n}"]).to(device, dt, copy=True) for n in self._float_buffers(m)}
         if dt != torch.float32 or device != "cpu":
             m = _copy_module(m, dt, device)
         B, M = int(P["batch"]), int(P["micro_batches"])

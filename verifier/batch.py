@@ -123,7 +123,8 @@ def run_task(task: Task, node: str = "", gpus: tuple[str, ...] = ()) -> TaskResu
         if _threads_set != task.threads:
             _set_threads(task.threads)
             _threads_set = task.threads
-        verifier = Verifier(key=Keypair.from_bytes(task.key), device=task.device)
+        # one step at a time: the executor runs a check per slot (a core, a thread) already
+        verifier = Verifier(key=Keypair.from_bytes(task.key), device=task.device, workers=1)
         commitment = Commitment.from_json(task.commitment)
         challenge = Challenge.from_json(task.challenge)
         if task.bundle is not None:

@@ -28,11 +28,15 @@ A response that fails (3)-(7) is the worker's fault and gives a FAIL verdict; in
 
 from __future__ import annotations
 
+import collections
+import contextlib
+import contextvars
 import io
 import logging
 import time
 import warnings
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import BinaryIO, Protocol
 
 import numpy as np
@@ -40,7 +44,7 @@ from blake3 import blake3
 
 from pocv.bundle import MAX_BUNDLE_BYTES, Expected, Response, answer_bytes_bound, probe_signature, signature_ok
 from pocv.challenge import chunk_detection, derive_chunks, derive_indices, detection_probability, sample_size
-from pocv.device import resolve_device
+from pocv.device import cpu_workers, resolve_device
 from pocv.encoding import (
     ChunkLayout,
     State,
@@ -188,12 +192,18 @@ class Verifier:
 
     def __init__(self, *, key: Signer, device: str = "cpu",
                  progress: Callable[[int, int], None] | None = None, book: ChallengeBook | None = None,
-                 artifacts: ArtifactSource | None = None) -> None:
-        """``progress(done, total)`` is called after each challenged step is judged; ``book``
-        keeps the challenge issued last per commitment (default: in memory, this instance);
-        ``artifacts`` is this verifier's own artifact store (pocv.artifacts.ArtifactStore), where
-        the artifacts a job references are resolved and hash-checked (None: the store in use,
-        pocv.kernels.params.use_artifacts)."""
+                 artifacts: ArtifactSource | None = None, workers: int | None = None) -> None:
+        """``progress(done, total)`` is called after each challenged step is judged, in order;
+        ``book`` keeps the challenge issued last per commitment (default: in memory, this
+        instance); ``artifacts`` is this verifier's own artifact store (pocv.artifacts.ArtifactStore),
+        where the artifacts a job references are resolved and hash-checked (None: the store in use,
+        pocv.kernels.params.use_artifacts). ``workers``: challenged steps judged at once on the
+        CPU for a kernel whose step is pure (Kernel.pure_step; any other kernel, and any
+        accelerator, one at a time); None: the cores torch's threads leave free
+        (pocv.device.cpu_workers). The verdict is the same whatever the number."""
+        if workers is not None and (type(workers) is not int or workers < 1):
+            raise InputError(f"verifier workers must be a positive integer, got {workers!r}")
+        self.workers = workers
         self.artifacts = artifacts
         self.progress = progress
         self.book: ChallengeBook = MemoryBook() if book is None else book
@@ -399,55 +409,96 @@ class Verifier:
         # (j, canonical bytes of s_j): the verifier's own s_j from a step j that passed by its leaf
         # value, kept only for the next step j + 1 and only while it is challenged: one state held
         carried: tuple[int, bytes] | None = None
+        workers = self._workers(kernel, len(groups))
+        # groups whose judgment runs on the pool, oldest first: (steps, indices judged, their
+        # results); settled in order (outcomes, progress), at most `workers` in flight, so at most
+        # that many groups' opened states are held at once
+        pending: collections.deque[tuple[int, list[int], Future[list[Comparison]] | None]] = collections.deque()
         done = 0
-        for group in groups:
-            items: list[tuple[State, State, int]] = []
-            for i in group:
-                own = carried[1] if carried is not None and carried[0] == i - 1 else None
-                carried = None  # used by step i alone: never held past it
-                if (i - 1 not in response.states and i - 1 != 0 and own is None) or i not in have:
-                    chained = exact and i - 1 in challenged and i in have
-                    outcomes[i] = Outcome(i, Reason.MISSING, (
-                        f"{NOT_JUDGED}state {i - 1} is not opened whole and step {i - 1} did not pass, so the "
-                        f"verifier's own s_{i - 1} is not known to be the committed one" if chained else
-                        f"state {i - 1} must be opened whole and state {i} opened"))
-                    continue
-                if i in response.chunks and i not in response.states:
-                    outcomes[i] = self._judge_sample(kernel, spec, response, challenge, digests, s0, i)
-                    continue
-                if i not in response.states and not exact:
-                    outcomes[i] = Outcome(i, Reason.MISSING, f"state {i} of a tolerance kernel must be opened whole"
-                                          + (" or by a sample of its chunks" if sampling else ""))
-                    continue
-                try:
-                    # a state opened whole is judged from its opened bytes (proven by the multiproof),
-                    # never replaced by the verifier's own; i - 1 = 0: the verifier's s_0
-                    prev = (decode_state(response.states[i - 1]) if i - 1 in response.states else
-                            decode_state(own) if own is not None else s0)
-                    own = None
-                    if i not in response.states:
-                        keep = i + 1 in challenged  # step i + 1 starts from this s_i (not opened whole)
-                        with warnings.catch_warnings(), np.errstate(all="ignore"):
-                            warnings.simplefilter("ignore", RuntimeWarning)
-                            r, mine = _recompute_by_leaf(kernel, prev, digests[i], i, spec, self.device, keep=keep)
-                        outcomes[i] = Outcome(i, Reason.OK, r.detail) if r.ok else Outcome(
-                            i, Reason.BAD_STATE if r.bad_state else Reason.MISMATCH, r.detail)
-                        if r.ok and mine is not None:
-                            carried = (i, mine)
-                        continue
-                    items.append((prev, decode_state(response.states[i]), i))
-                except EvidenceError as e:
-                    outcomes[i] = Outcome(i, Reason.BAD_STATE, str(e))
-            with warnings.catch_warnings(), np.errstate(all="ignore"):  # a hostile NaN is judged, not printed
-                warnings.simplefilter("ignore", RuntimeWarning)
-                results = kernel.judge_many(items, spec, self.device) if items else []
-            for (_, _, i), r in zip(items, results, strict=True):
+
+        def judge(items: list[tuple[State, State, int]]) -> list[Comparison]:
+            with np.errstate(all="ignore"):  # a hostile NaN is judged, not printed
+                return kernel.judge_many(items, spec, self.device)
+
+        def settle(n: int, steps: list[int], results: list[Comparison]) -> None:
+            nonlocal done
+            for i, r in zip(steps, results, strict=True):
                 outcomes[i] = Outcome(i, Reason.OK, r.detail) if r.ok else Outcome(
                     i, Reason.BAD_STATE if r.bad_state else Reason.MISMATCH, r.detail)
-            done += len(group)
+            done += n
             if self.progress is not None:
                 self.progress(done, len(indices))
+
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(warnings.catch_warnings())
+            warnings.simplefilter("ignore", RuntimeWarning)
+            pool = (stack.enter_context(ThreadPoolExecutor(workers, thread_name_prefix="pocv-check"))
+                    if workers > 1 else None)
+            try:
+                for group in groups:
+                    items: list[tuple[State, State, int]] = []
+                    for i in group:
+                        own = carried[1] if carried is not None and carried[0] == i - 1 else None
+                        carried = None  # used by step i alone: never held past it
+                        if (i - 1 not in response.states and i - 1 != 0 and own is None) or i not in have:
+                            chained = exact and i - 1 in challenged and i in have
+                            outcomes[i] = Outcome(i, Reason.MISSING, (
+                                f"{NOT_JUDGED}state {i - 1} is not opened whole and step {i - 1} did not pass, so "
+                                f"the verifier's own s_{i - 1} is not known to be the committed one" if chained else
+                                f"state {i - 1} must be opened whole and state {i} opened"))
+                            continue
+                        if i in response.chunks and i not in response.states:
+                            outcomes[i] = self._judge_sample(kernel, spec, response, challenge, digests, s0, i)
+                            continue
+                        if i not in response.states and not exact:
+                            outcomes[i] = Outcome(i, Reason.MISSING,
+                                                  f"state {i} of a tolerance kernel must be opened whole"
+                                                  + (" or by a sample of its chunks" if sampling else ""))
+                            continue
+                        try:
+                            # a state opened whole is judged from its opened bytes (proven by the
+                            # multiproof), never replaced by the verifier's own; i - 1 = 0: the verifier's s_0
+                            prev = (decode_state(response.states[i - 1]) if i - 1 in response.states else
+                                    decode_state(own) if own is not None else s0)
+                            own = None
+                            if i not in response.states:
+                                keep = i + 1 in challenged  # step i + 1 starts from this s_i (not opened whole)
+                                with np.errstate(all="ignore"):
+                                    r, mine = _recompute_by_leaf(kernel, prev, digests[i], i, spec, self.device,
+                                                                 keep=keep)
+                                outcomes[i] = Outcome(i, Reason.OK, r.detail) if r.ok else Outcome(
+                                    i, Reason.BAD_STATE if r.bad_state else Reason.MISMATCH, r.detail)
+                                if r.ok and mine is not None:
+                                    carried = (i, mine)
+                                continue
+                            items.append((prev, decode_state(response.states[i]), i))
+                        except EvidenceError as e:
+                            outcomes[i] = Outcome(i, Reason.BAD_STATE, str(e))
+                    steps = [i for _, _, i in items]
+                    if pool is None:
+                        settle(len(group), steps, judge(items) if items else [])
+                        continue
+                    pending.append((len(group), steps, pool.submit(contextvars.copy_context().run, judge, items)
+                                    if items else None))
+                    del items  # held by the pool's task alone: freed when it is judged
+                    while len(pending) > workers or (pending and pending[0][2] is None):
+                        n, steps, fut = pending.popleft()
+                        settle(n, steps, fut.result() if fut is not None else [])
+                while pending:
+                    n, steps, fut = pending.popleft()
+                    settle(n, steps, fut.result() if fut is not None else [])
+            except BaseException:
+                for _, _, fut in pending:
+                    if fut is not None:
+                        fut.cancel()
+                raise
         return verdict([outcomes[i] for i in indices])
+
+    def _workers(self, kernel: Kernel, groups: int) -> int:
+        """Groups of challenged steps judged at once (see ``workers`` in :meth:`__init__`)."""
+        if self.device != "cpu" or not kernel.step_is_pure():
+            return 1
+        return max(1, min(groups, self.workers if self.workers is not None else cpu_workers()))
 
     def _judge_sample(self, kernel: Kernel, spec: JobSpec, response: Response, challenge: Challenge,
                       digests: dict[int, bytes], s0: State, i: int) -> Outcome:

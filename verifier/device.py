@@ -201,6 +201,13 @@ def resolve_device(name: str) -> str:
     return f"cuda:{n}"
 
 
+def cpu_workers() -> int:
+    """Steps that run at once on this machine's CPU cores beside torch's intra-op threads: the
+    cores over torch's thread count (1 where torch already uses every core). What the prover's
+    answer and the verifier's check recompute at once for a kernel whose step is pure."""
+    return max(1, (os.cpu_count() or 1) // max(1, torch.get_num_threads()))
+
+
 # -- fingerprint --------------------------------------------------------------------------------
 
 

@@ -23,12 +23,10 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import torch
-
 from pocv.artifacts import ArtifactStore
 from pocv.bundle import BundleSummary, BundleWriter, ChunkOpening, NullSink, Response, Sink, whole_leaves
 from pocv.challenge import derive_chunks, derive_indices
-from pocv.device import deterministic, environment, fingerprint, resolve_device
+from pocv.device import cpu_workers, deterministic, environment, fingerprint, resolve_device
 from pocv.dispute import Opening, Query
 from pocv.encoding import (
     ChunkLayout,
@@ -459,7 +457,7 @@ class Prover:
             return min(MAX_READERS, os.cpu_count() or 1)
         if not self._pure_steps(kernel) or resolve_device(device) != "cpu":
             return 1
-        return max(1, (os.cpu_count() or 1) // max(1, torch.get_num_threads()))
+        return cpu_workers()
 
     # -- dispute queries -------------------------------------------------------------------
 

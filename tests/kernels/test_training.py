@@ -4,9 +4,12 @@ the verifier, and the attacks of issue 11 point 6, each caught by the real Verif
 
 from __future__ import annotations
 
+import contextvars
 import dataclasses
 import json
+import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -110,6 +113,72 @@ def test_the_data_order_comes_from_the_seed_and_covers_every_sample(setup: Setup
 
 
 # -- calibration -----------------------------------------------------------------------------------
+
+
+def test_digits_declares_a_pure_step_and_keeps_it(setup: Setup) -> None:
+    """The example declares Kernel.pure_step in its own class (the adapter cannot promise it for a
+    model it never saw), and its step never writes its input: the bytes and every tensor's
+    version counter are unchanged (the commit process's by-reference reads rely on it)."""
+    assert get_kernel("digits-cnn").step_is_pure() and not get_kernel("plugin-mlp").step_is_pure()
+    spec = setup.spec("digits-cnn", steps=3)
+    k = kernel_for(spec)
+    with use_artifacts(setup.store):
+        s = k.init_state(spec)
+        for i in range(1, 4):
+            before, versions = encode_state(s), {n: t._version for n, t in s.items()}
+            nxt = k.step(s, i, spec)
+            assert encode_state(s) == before and {n: t._version for n, t in s.items()} == versions
+            assert not any(t.data_ptr() == u.data_ptr() for t in s.values() for u in nxt.values())
+            s = nxt
+
+
+def test_steps_on_several_threads_at_once_are_the_serial_steps(setup: Setup) -> None:
+    """functional_call swaps the module's tensors while a step runs: each thread steps its own copy
+    of the module, so steps recomputed at once (respond workers, a verifier's) are the serial ones."""
+    spec = setup.spec("digits-cnn", steps=12)
+    k = kernel_for(spec)
+    with use_artifacts(setup.store):
+        states = [k.init_state(spec)]
+        for i in range(1, 13):
+            states.append(k.step(states[-1], i, spec))
+        serial = [encode_state(s) for s in states[1:]]
+        barrier = threading.Barrier(3)
+
+        def run(start: int) -> list[tuple[int, bytes]]:
+            barrier.wait()
+            return [(i, encode_state(k.step(states[i - 1], i, spec))) for i in range(start, 13, 3) for _ in range(2)]
+
+        with use_artifacts(setup.store), ThreadPoolExecutor(3) as pool:
+            futures = [pool.submit(contextvars.copy_context().run, run, a) for a in (1, 2, 3)]
+            got = [r for f in futures for r in f.result()]
+    assert len(got) == 24 and all(b == serial[i - 1] for i, b in got)
+
+
+class _CountingBuffer(torch.nn.Module):
+    """A layer that updates a float buffer in place as it runs (as BatchNorm's running statistics do)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = torch.nn.Linear(16, 4)
+        self.register_buffer("seen", torch.zeros(1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.seen.add_(x.shape[0])
+        return self.lin(x)
+
+
+def test_a_buffer_updated_in_place_by_the_model_leaves_the_input_state_as_it_was(setup: Setup) -> None:
+    class Counting(get_kernel("plugin-mlp").__class__):  # type: ignore[misc]
+        def model(self, spec: JobSpec) -> torch.nn.Module:
+            return _CountingBuffer()
+
+    spec = setup.spec("plugin-mlp", steps=2)
+    k = Counting()
+    s = k.init_state(spec)
+    before = encode_state(s)
+    nxt = k.step(s, 1, spec)
+    assert encode_state(s) == before and float(s["buffer.seen"]) == 0.0
+    assert float(nxt["buffer.seen"]) == spec.params["batch"]
 
 
 @pytest.mark.parametrize("name", ["plugin-mlp", "digits-cnn"])

@@ -283,7 +283,7 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     target = output_target(args.out, "verdict")
     key = resolve_keypair(args.keypair, "verifier")
     verifier = Verifier(key=key, device=args.device, progress=progress_for(args, "verify"),  # checks --device
-                        book=_book(args), artifacts=artifact_store(args))
+                        book=_book(args), artifacts=artifact_store(args), workers=args.workers)
     failure: VerificationFailed | UnsignedResponse | None = None
     with open_response(args.response) as f:  # before anything is signed: another record is refused
         try:
@@ -615,6 +615,9 @@ def add_core_parsers(sub: Any) -> None:
     p.add_argument("-k", "--keypair", metavar="FILE", help=keypair_help("verifier"))
     p.add_argument("--job", metavar="JOB", help="the job spec that was ordered: refuse a commitment for another job")
     p.add_argument("--device", default="cpu", help="device to recompute on (default cpu)")
+    p.add_argument("--workers", type=_positive, default=None, metavar="N",
+                   help="challenged steps recomputed at once on the CPU for a kernel whose step is pure (default: "
+                        "automatic, the cores torch's own threads leave free; the verdict is the same)")
     _book_option(p)
     add_artifacts_option(p, "the verifier")
     _out_option(p, "the verdict JSON")

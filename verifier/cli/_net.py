@@ -354,7 +354,7 @@ def cmd_verify_remote(args: argparse.Namespace) -> int:
     target = output_target(args.out, "verdict")
     key = resolve_keypair(args.keypair, "verifier")
     verifier = Verifier(key=key, device=args.device, progress=progress_for(args, "verify"), book=_book(args),
-                        artifacts=artifact_store(args))
+                        artifacts=artifact_store(args), workers=args.workers)
     limits = ClientLimits(connect_timeout_s=args.connect_timeout, attempts=args.attempts)
     ssl_context = None
     if args.cacert is not None:

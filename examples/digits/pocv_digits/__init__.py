@@ -26,6 +26,10 @@ class DigitsCnn(TorchTraining):
     summary = "a small CNN trained on scikit-learn's 8x8 handwritten digits (data set artifact)"
     params: ClassVar[dict[str, Param]] = {"channels": Int(16, 4, 128), "hidden": Int(64, 8, 1024)}
     defaults: ClassVar[dict[str, Any]] = {"lr": 0.05, "batch": 64, "momentum": 0.9, "weight_decay": 5e-4}
+    # the model and the loss below never write a parameter, buffer or input in place: the step is
+    # pure (pocv.kernels.base.Kernel.pure_step), so the prover commits each state while the next
+    # one computes, without a copy, and challenged steps are recomputed on several threads at once
+    pure_step = True
 
     def model(self, spec: JobSpec) -> torch.nn.Module:
         c, h = int(spec.params["channels"]), int(spec.params["hidden"])
