@@ -6,10 +6,9 @@ from __future__ import annotations
 import threading
 
 import pytest
-import torch
 from solders.keypair import Keypair
 
-from pocv import Prover, Verifier
+from pocv import Verifier
 from pocv.errors import InputError, SetupError
 from pocv.jobs import JobSpec
 from pocv.kernels import kernel_for, resolve_spec

@@ -9,6 +9,7 @@ import os
 import signal
 import time
 
+import numpy as np
 import pytest
 import torch
 from solders.keypair import Keypair
@@ -16,7 +17,7 @@ from solders.keypair import Keypair
 import pocv.trace as trace_module
 from pocv import Prover, Verifier, _commitproc
 from pocv.encoding import digest_encoded, encode_state, state_digest
-from pocv.errors import StorageError
+from pocv.errors import SetupError, StorageError
 from pocv.merkle import IncrementalTree, MerkleTree
 from pocv.trace import ADAPT_STATES, Committer, TraceStore
 from tests.helpers import SMALL, Crash, CrashingProver, remember_committers
@@ -286,3 +287,103 @@ def test_fill_encoding_writes_the_canonical_bytes_by_view_and_by_pointer(seed: i
     del cell, slot
     view.release()
     ring.close()
+
+
+# -- a pure step's states, read by the child from the prover's memory -----------------------------------
+
+
+def _pure_run(tmp_path, states, *, name: str = "p", every: int = 2) -> tuple[Committer, TraceStore]:
+    """Submit ``states`` to an adaptive committer of a pure step (no copy) and close it."""
+    store = TraceStore.open(tmp_path / name, SMALL, checkpoint_every=every)
+    committer = Committer(store, IncrementalTree(), background=None, copy=False)
+    for i, st in enumerate(states):
+        committer.submit(i, st)
+    proc = committer._proc
+    committer.close()
+    store.close()
+    committer.last_proc = proc  # type: ignore[attr-defined]
+    return committer, store
+
+
+def test_a_pure_steps_states_are_read_from_the_prover_by_the_child(tmp_path, dear) -> None:
+    """Once a slot holds the schema's headers, only the tensors' addresses go down the pipe and the
+    child copies their data itself (process_vm_readv): the leaves, the tree and the checkpoints
+    are the synchronous ones, across schemas and sizes."""
+    kinds = ["a"] * (ADAPT_STATES + 20) + ["small", "a", "small", "small", "a", "big", "a", "a"]
+    states = [_state(i, k) for i, k in enumerate(kinds)]
+    want, encodings = [state_digest(s) for s in states], [encode_state(s) for s in states]
+    committer, store = _pure_run(tmp_path, states)
+    proc = committer.last_proc  # type: ignore[attr-defined]
+    assert proc.by_ref  # this machine lets a child read its parent (no Yama, no seccomp rule against it)
+    # each slot's first state of a schema is copied (its headers); every later one is read by the child
+    assert proc.sent == len(states) - ADAPT_STATES - kinds.count("big") and proc.sent_by_ref >= proc.sent - 3 * _commitproc.RING_SLOTS
+    assert proc.sent_by_ref > 0
+    _assert_synchronous(store, committer.tree.root(), want, encodings, 2)
+
+
+def test_a_state_written_while_the_child_reads_it_is_refused_naming_the_tensor(tmp_path, dear) -> None:
+    """A kernel that declares a pure step and writes its input anyway is caught by the tensors'
+    version counters when the child's digest comes back: SetupError, nothing committed past it."""
+    store = TraceStore.open(tmp_path / "t", SMALL, checkpoint_every=1)
+    committer = Committer(store, IncrementalTree(), background=None, copy=False)
+    states = [_state(i) for i in range(ADAPT_STATES + 3 * _commitproc.RING_SLOTS)]
+
+    def impure_steps() -> None:
+        for i, st in enumerate(states):
+            committer.submit(i, st)
+            if i >= ADAPT_STATES + 2 * _commitproc.RING_SLOTS:  # every slot holds the headers by now
+                st["y"].add_(1)  # what an impure step does to its input
+        committer.close()
+
+    with pytest.raises(SetupError, match=r"tensor 'y' of s_\d+ was written while the commit process read it"):
+        impure_steps()
+    pid = committer._proc.pid if committer._proc else 0
+    committer.abort()
+    assert not pid or _reaped(pid)
+    leaves = store.read_leaves()
+    assert leaves == b"".join(state_digest(_state(i)) for i in range(len(leaves) // 32))
+
+
+def test_where_the_child_cannot_read_the_prover_it_gets_copies(tmp_path, dear, monkeypatch) -> None:
+    """A child that cannot read its parent's memory (Yama's ptrace scope, a seccomp rule) says so
+    at its start, and every state is copied into the ring: the same leaves and checkpoints."""
+    monkeypatch.setattr(_commitproc, "_can_read", lambda parent, probe: False)  # before the fork
+    states = [_state(i) for i in range(ADAPT_STATES + 20)]
+    committer, store = _pure_run(tmp_path, states)
+    proc = committer.last_proc  # type: ignore[attr-defined]
+    assert not proc.by_ref and proc.sent == 20 and proc.sent_by_ref == 0
+    _assert_synchronous(store, committer.tree.root(), [state_digest(s) for s in states],
+                        [encode_state(s) for s in states], 2)
+
+
+def test_a_read_the_child_cannot_make_reaches_the_caller(tmp_path, dear, monkeypatch) -> None:
+    """An address the child cannot read (here: page 0) is the child's StorageError, raised by a
+    later submit or by close; nothing hangs and the child is gone."""
+    real = _commitproc.data_refs
+
+    def unmapped(state, filled):
+        got = real(state, filled)
+        if got is None:
+            return None
+        flat = list(got[0])
+        flat[1::3] = [8] * (len(flat) // 3)  # every address: page 0
+        return flat, got[1], got[2]
+
+    monkeypatch.setattr(_commitproc, "data_refs", unmapped)
+    store = TraceStore.open(tmp_path / "t", SMALL, checkpoint_every=1)
+    committer = Committer(store, IncrementalTree(), background=None, copy=False)
+    pids: list[int] = []
+    with pytest.raises(StorageError, match=r"could not read s_\d+ from the prover: read -1 of \d+ bytes"):
+        _submit_and_close(committer, range(ADAPT_STATES * 6), pids)
+    committer.abort()
+    assert pids and _reaped(pids[-1])
+
+
+def test_numpy_states_of_a_pure_step_are_copied(tmp_path, dear) -> None:
+    """A numpy array has no version counter to check: its states go through the ring as copies."""
+    states = [{"x": np.full(512, float(i)), "y": np.arange(i, i + 64)} for i in range(ADAPT_STATES + 12)]
+    committer, store = _pure_run(tmp_path, states)
+    proc = committer.last_proc  # type: ignore[attr-defined]
+    assert proc.sent == 12 and proc.sent_by_ref == 0
+    _assert_synchronous(store, committer.tree.root(), [state_digest(s) for s in states],
+                        [encode_state(s) for s in states], 2)

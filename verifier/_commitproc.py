@@ -33,7 +33,9 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import fcntl
+import functools
 import mmap
+import operator
 import os
 import select
 import signal
@@ -45,8 +47,8 @@ import warnings
 from collections.abc import Callable
 from typing import Any, Final
 
-from pocv.encoding import State, digest_encoded, fill_encoding
-from pocv.errors import StorageError
+from pocv.encoding import State, data_refs, digest_encoded, fill_encoding
+from pocv.errors import SetupError, StorageError
 
 #: slots of the ring: states copied whose digests the parent has not read back at most (then
 #: ``send`` reads them, waiting if the child is behind)
@@ -58,14 +60,26 @@ _MSG: Final = struct.Struct("<qIIB")
 #: parent's steps do not wait for the disk
 SKIP: Final = 1
 BEHIND: Final = RING_SLOTS // 2
-#: child -> parent: state index (-1: an error, its message of the given length follows), the
-#: state's digest, whether its checkpoint was skipped
+#: flag: the state's tensor data is not in the slot: the child reads it from the parent's memory
+#: (``process_vm_readv``) into the slot, whose headers are the state's; the message goes on with
+#: a count and, for each tensor, (offset in the slot, address in the parent, bytes)
+REF: Final = 2
+_COUNT: Final = struct.Struct("<I")
+_REF: Final = struct.Struct("<QQQ")
+#: the most tensors a state read by reference may have (IOV_MAX: one system call)
+MAX_REFS: Final = 1024
+#: child -> parent: state index (-1: an error, its message of the given length follows; -2: the
+#: child's first record, whether it can read the parent's memory), the state's digest, whether its
+#: checkpoint was skipped
 _ACK: Final = struct.Struct("<q32s?")
+_HELLO: Final = -2
 #: the most bytes of an error message the child sends
 _MAX_ERROR: Final = 4096
 
 #: (state index, digest, checkpoint skipped) of each state the child committed
 Ack = tuple[int, bytes, bool]
+#: a state the child reads from the parent: its tensors' names, the tensors, their versions when sent
+_Held = tuple[tuple[str, ...], list[Any], tuple[int, ...]]
 
 
 def available() -> bool:
@@ -84,15 +98,22 @@ class CommitProcess:
     def __init__(self, slot_bytes: int, every: int, write: Callable[[int, memoryview, int], None],
                  prepare: Callable[[], None]) -> None:
         self.slot_bytes = -(-slot_bytes // mmap.PAGESIZE) * mmap.PAGESIZE
+        #: whether the child reads a state's tensors from this process's memory (``send(by_ref=)``):
+        #: found out by the child at its start (a kernel or a sandbox may forbid it: then copied)
+        self.by_ref = False
+        self._held: dict[int, _Held] = {}  # index -> the tensors the child reads, by reference
+        probe = ctypes.create_string_buffer(os.urandom(16), 16)  # what the child reads back at its start
         self._ring = mmap.mmap(-1, self.slot_bytes * RING_SLOTS)  # MAP_SHARED | MAP_ANONYMOUS: the child sees it
         self._view = memoryview(self._ring)
         self._cell = ctypes.c_char.from_buffer(self._ring)  # the ring's address, for memmove into it
         self._base = ctypes.addressof(self._cell)
         self._free = list(range(RING_SLOTS - 1, -1, -1))
         self._filled: list[object] = [None] * RING_SLOTS  # the layout token of the bytes in each slot
+        self._sizes = [0] * RING_SLOTS  # ... and their size
         self._slots: dict[int, int] = {}  # state index -> its slot, while in flight
-        #: states handed to the child so far
+        #: states handed to the child so far, and of those, the ones it read from this process
         self.sent = 0
+        self.sent_by_ref = 0
         self._buf = b""
         down_r, down_w = os.pipe()
         up_r, up_w = os.pipe()
@@ -117,8 +138,9 @@ class CommitProcess:
                 _die_with(parent)
                 os.close(down_w)
                 os.close(up_r)
+                os.write(up_w, _ACK.pack(_HELLO, bytes(32), _can_read(parent, probe)))
                 prepare()
-                _serve(down_r, up_w, self._view, self.slot_bytes, every, write)
+                _serve(down_r, up_w, self._view, self._base, self.slot_bytes, every, write)
                 code = 0
             finally:
                 os._exit(code)
@@ -127,30 +149,57 @@ class CommitProcess:
         self.pid = pid
         self._down = down_w
         self._up = up_r
-        os.set_blocking(up_r, False)
         self._exit: int | None = None
+        hello = _read_exact(up_r, _ACK.size)  # the child's first record: it has started
+        if hello is None or _ACK.unpack(hello)[0] != _HELLO:
+            self._shut()
+            del self._cell
+            self._view.release()
+            self._ring.close()
+            raise OSError(f"the commit process did not start ({self._reap()})")
+        self.by_ref = bool(_ACK.unpack(hello)[2])
+        os.set_blocking(up_r, False)
 
     @property
     def in_flight(self) -> int:
         return len(self._slots)
 
-    def send(self, index: int, state: State, *, skip_behind: bool) -> tuple[bool, list[Ack]]:
+    def send(self, index: int, state: State, *, skip_behind: bool, by_ref: bool = False) -> tuple[bool, list[Ack]]:
         """Copy ``s_index``'s canonical encoding into a free slot and hand it to the child:
         (whether it went, the states the child committed that were read back to free a slot,
         in order). It does not go where it is not a small state of a cached schema, or larger
-        than a slot: nothing is sent then."""
+        than a slot: nothing is sent then.
+
+        ``by_ref`` (the caller's promise that nothing writes the state's tensors until the
+        child has read them: a pure step, Kernel.pure_step): once a slot holds a state of this
+        schema, only the addresses of its tensors' data go down the pipe, and the child copies
+        the data into the slot itself (``process_vm_readv``, where :attr:`by_ref`): the copy is
+        made on the child's core, not between this process's steps. This process holds the
+        tensors until the child's digest comes back, and then checks each tensor's version
+        counter: a tensor written meanwhile (the promise broken) raises SetupError."""
         acks: list[Ack] = []
         while not self._free:
             acks += self.acks(block=True)
         slot = self._free[-1]
-        off = slot * self.slot_bytes
-        filled = fill_encoding(state, self._view[off : off + self.slot_bytes], self._filled[slot],
-                               address=self._base + off)
-        if filled is None:
-            return False, acks
-        self._filled[slot], size = filled
+        flags = SKIP if skip_behind else 0
+        refs = data_refs(state, self._filled[slot]) if by_ref and self.by_ref else None
+        if refs is not None and len(refs[0]) <= 3 * MAX_REFS:
+            flat, tensors, names = refs
+            self._held[index] = (names, tensors, tuple(map(_VERSION, tensors)))
+            size = self._sizes[slot]
+            self._write(_MSG.pack(index, slot, size, flags | REF) + _COUNT.pack(len(flat) // 3)
+                        + _packer(len(flat)).pack(*flat))
+            self.sent_by_ref += 1
+        else:
+            off = slot * self.slot_bytes
+            filled = fill_encoding(state, self._view[off : off + self.slot_bytes], self._filled[slot],
+                                   address=self._base + off)
+            if filled is None:
+                return False, acks
+            self._filled[slot], size = filled
+            self._sizes[slot] = size
+            self._write(_MSG.pack(index, slot, size, flags))
         self._free.pop()
-        self._write(_MSG.pack(index, slot, size, SKIP if skip_behind else 0))
         self._slots[index] = slot
         self.sent += 1
         return True, acks
@@ -177,6 +226,9 @@ class CommitProcess:
                     raise StorageError(self._error_message())
                 self._buf = self._buf[_ACK.size :]
                 self._free.append(self._slots.pop(index))
+                held = self._held.pop(index, None)
+                if held is not None:
+                    _unchanged(index, held)
                 out.append((index, digest, skipped))
             if data is None and (out or not block or not self._slots):
                 return out
@@ -207,7 +259,9 @@ class CommitProcess:
 
     def _write(self, data: bytes) -> None:
         try:
-            os.write(self._down, data)  # a few bytes: atomic on a pipe
+            view = memoryview(data)
+            while view:  # one write for a message of PIPE_BUF bytes or fewer (a state of 170 tensors)
+                view = view[os.write(self._down, view) :]
         except BrokenPipeError:
             raise StorageError(f"the commit process stopped ({self._reap()})") from None
 
@@ -238,6 +292,55 @@ class CommitProcess:
         with contextlib.suppress(ChildProcessError):
             self._reap()
         self._slots.clear()
+        self._held.clear()
+
+
+_VERSION: Final = operator.attrgetter("_version")  # a torch tensor's version counter: +1 a write in place
+
+
+@functools.lru_cache(maxsize=16)
+def _packer(n: int) -> struct.Struct:
+    return struct.Struct(f"<{n}Q")
+
+
+def _unchanged(index: int, held: _Held) -> None:
+    """SetupError unless every tensor of ``s_index`` read by the child kept its version."""
+    names, tensors, versions = held
+    if tuple(map(_VERSION, tensors)) == versions:
+        return
+    for name, t, version in zip(names, tensors, versions, strict=True):
+        if t._version != version:
+            raise SetupError(f"tensor {name!r} of s_{index} was written while the commit process read it: the "
+                             "kernel's step writes its input state, so it is not pure; a kernel declares "
+                             "pure_step only for a step that returns new tensors (pocv.kernels.base.Kernel.pure_step)")
+
+
+class _Iovec(ctypes.Structure):
+    _fields_ = (("base", ctypes.c_void_p), ("len", ctypes.c_size_t))
+
+
+def _vm_readv() -> Any:
+    """libc's ``process_vm_readv``, typed; None where there is none."""
+    try:
+        f = ctypes.CDLL(None, use_errno=True).process_vm_readv
+    except (OSError, AttributeError):
+        return None
+    f.restype = ctypes.c_ssize_t
+    f.argtypes = (ctypes.c_int, ctypes.POINTER(_Iovec), ctypes.c_ulong, ctypes.POINTER(_Iovec), ctypes.c_ulong,
+                  ctypes.c_ulong)
+    return f
+
+
+def _can_read(parent: int, probe: Any) -> bool:
+    """In the child: whether it can read the parent's memory (``probe``, the same bytes in both)."""
+    readv = _vm_readv()
+    if readv is None:
+        return False
+    mine = ctypes.create_string_buffer(len(probe))
+    local = _Iovec(ctypes.addressof(mine), len(probe))
+    remote = _Iovec(ctypes.addressof(probe), len(probe))
+    return bool(readv(parent, ctypes.byref(local), 1, ctypes.byref(remote), 1, 0) == len(probe)
+                and mine.raw == probe.raw)
 
 
 def _read_exact(fd: int, n: int) -> bytes | None:
@@ -262,15 +365,37 @@ _PR_SET_PDEATHSIG: Final = 1
 
 
 def _waiting(fd: int) -> int:
-    """States waiting in the pipe ``fd`` (its unread bytes, FIONREAD)."""
+    """Bytes waiting in the pipe ``fd`` (FIONREAD): the states behind, once divided by the
+    length of a state's message."""
     buf = bytearray(4)
     fcntl.ioctl(fd, termios.FIONREAD, buf)
-    return int.from_bytes(buf, sys.byteorder) // _MSG.size
+    return int.from_bytes(buf, sys.byteorder)
 
 
-def _serve(down: int, up: int, ring: memoryview, slot_bytes: int, every: int,
+def _read_parent(readv: Any, parent: int, index: int, slot: int, refs: bytes) -> None:
+    """In the child: copy each tensor of ``s_index`` from the parent's memory to its place in
+    the slot at address ``slot`` (``refs``: (offset, parent's address, bytes) each)."""
+    n = len(refs) // _REF.size
+    vals = struct.unpack(f"<{3 * n}Q", refs)
+    local, remote = (_Iovec * n)(), (_Iovec * n)()
+    total = 0
+    for j in range(n):
+        off, ptr, size = vals[3 * j : 3 * j + 3]
+        local[j].base, local[j].len = slot + off, size
+        remote[j].base, remote[j].len = ptr, size
+        total += size
+    got = readv(parent, local, n, remote, n, 0) if readv is not None else -1
+    if got != total:
+        err = ctypes.get_errno()
+        raise StorageError(f"the commit process could not read s_{index} from the prover: read {got} of {total} "
+                           f"bytes ({os.strerror(err) if err else 'no process_vm_readv'})")
+
+
+def _serve(down: int, up: int, ring: memoryview, base: int, slot_bytes: int, every: int,
            write: Callable[[int, memoryview, int], None]) -> None:
     """The child's loop: hash each state handed over, keep its checkpoint, send its digest."""
+    parent = os.getppid()
+    readv = _vm_readv()
     try:
         while True:
             msg = _read_exact(down, _MSG.size)
@@ -279,11 +404,19 @@ def _serve(down: int, up: int, ring: memoryview, slot_bytes: int, every: int,
             index, slot, size, flags = _MSG.unpack(msg)
             if index < 0:
                 return
+            length = _MSG.size
+            if flags & REF:
+                head = _read_exact(down, _COUNT.size)
+                refs = _read_exact(down, _REF.size * _COUNT.unpack(head)[0]) if head is not None else None
+                if refs is None:
+                    return
+                length += _COUNT.size + len(refs)
+                _read_parent(readv, parent, index, base + slot * slot_bytes, refs)
             view = ring[slot * slot_bytes : slot * slot_bytes + size]
             digest = digest_encoded(view)
             skipped = False
             if index % every == 0:
-                if flags & SKIP and index and _waiting(down) >= BEHIND:  # s_0 is always kept
+                if flags & SKIP and index and _waiting(down) // length >= BEHIND:  # s_0 is always kept
                     skipped = True
                 else:
                     write(index, view, size)

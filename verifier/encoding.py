@@ -177,8 +177,8 @@ class _Layout:
     data (the first with the magic and count), ``tail`` those after the last data.
     """
 
-    __slots__ = ("digest_items", "header_leaf", "heads", "items", "one", "single", "spans", "tail", "total",
-                 "view_caches")
+    __slots__ = ("digest_items", "header_leaf", "heads", "items", "names", "one", "ref_items", "single", "spans",
+                 "tail", "total", "view_caches")
 
     def __init__(self, state: State) -> None:
         pieces = list(_pieces(state))  # validates names, count, dims (raises as the slow path does)
@@ -230,6 +230,17 @@ class _Layout:
                 spans.append((pos, pos + n))
             pos += n
         self.spans = tuple(spans) if small else None
+        #: (name, dtype, shape, offset of its data, its bytes) of each tensor in canonical order, for
+        #: data_refs (bytes 0: an empty tensor); None where digest_items is
+        self.ref_items: tuple[tuple[str, object, tuple[int, ...], int, int], ...] | None = None
+        if small:
+            refs, where = [], iter(spans)
+            for name, dt, shape, views in digest_items:
+                a, b = next(where) if views is not None else (0, 0)
+                refs.append((name, dt, shape, a, b - a))
+            self.ref_items = tuple(refs)
+        #: the tensors' names in canonical order
+        self.names = tuple(name for name, *_ in items)
 
 
 class _Views(dict[int, memoryview]):
@@ -659,6 +670,35 @@ def cached_size(state: State) -> int | None:
     if lay is None or lay.spans is None or _data_ptrs(lay, state) is None:
         return None
     return lay.total
+
+
+def data_refs(state: State, filled: object) -> tuple[list[int], list[torch.Tensor], tuple[str, ...]] | None:
+    """Where ``state``'s tensor data lies in this process, for a copy made elsewhere (the commit
+    process reads it from this one): (offset in the encoding, address, bytes) of each non-empty
+    tensor in canonical order, flattened; the tensors in canonical order (what the caller holds
+    until the copy is made, and whose version counters tell whether the data changed meanwhile);
+    and their names. None unless ``filled`` is the layout token :func:`fill_encoding` returned for
+    this state's schema and every tensor is a contiguous CPU torch tensor of its dtype and shape
+    with memory of its own (a numpy array has no version counter: it is copied the usual way).
+    One pass over the tensors: this runs between two steps (17 tensors: 25-45 us here)."""
+    lay = _LAYOUTS.get(tuple(state))
+    if lay is None or lay is not filled or lay.ref_items is None:
+        return None
+    flat: list[int] = []
+    tensors: list[torch.Tensor] = []
+    tensor = torch.Tensor
+    for name, dt, shape, off, n in lay.ref_items:
+        t = state[name]
+        if type(t) is not tensor or t.dtype is not dt or t.shape != shape or not t.is_cpu or not t.is_contiguous() \
+                or t.is_neg():
+            return None
+        if n:
+            ptr = t.data_ptr()
+            if not ptr:  # a tensor without memory of its own (torch's zero tensors)
+                return None
+            flat += (off, ptr, n)
+        tensors.append(t)
+    return flat, tensors, lay.names
 
 
 def fill_encoding(state: State, buf: memoryview, filled: object = None, *,

@@ -1261,7 +1261,8 @@ class Committer:
                 self._adaptive = self._probing = True
                 self._switch(index, True)
                 return False
-        sent, acks = self._guard(lambda: proc.send(index, state, skip_behind=self.skip_behind))
+        # a pure step (no copy asked for) leaves s_index as it is: the child reads it from here
+        sent, acks = self._guard(lambda: proc.send(index, state, skip_behind=self.skip_behind, by_ref=not self.copy))
         self._take(acks)
         if not sent:
             self._take(self._guard(proc.drain))
