@@ -28,16 +28,27 @@ def _scaler(spec: JobSpec):
     return scaled
 
 
-@pytest.fixture(scope="module", params=["tolerance", "exact"])
-def answered(request, tmp_path_factory):
-    spec = TOL if request.param == "tolerance" else SMALL
-    fake = _scaler(spec) if request.param == "tolerance" else flip_one
+def _answer(kind: str, tmp_path_factory):
+    spec = TOL if kind == "tolerance" else SMALL
+    fake = _scaler(spec) if kind == "tolerance" else flip_one
     prover = StepCheater(when=CHEATED.__contains__, fake=fake, trace_dir=tmp_path_factory.mktemp("t") / "trace",
                          key=WORKER, checkpoint_every=4)
     commitment = prover.run(spec)
     issuer = Verifier(key=Keypair.from_seed(bytes([9]) * 32))
     challenge = issuer.challenge(commitment, beacon=BEACON, k=spec.steps)  # every step
     return issuer.key, commitment, challenge, prover.respond(challenge).to_bytes()
+
+
+@pytest.fixture(scope="module", params=["tolerance", "exact"])
+def answered(request, tmp_path_factory):
+    return _answer(request.param, tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def tolerance_answered(tmp_path_factory):
+    """States opened whole: judged on the pool (an exact kernel's steps opened by their leaf values
+    are recomputed on the caller's thread, one after another)."""
+    return _answer("tolerance", tmp_path_factory)
 
 
 def _check(key, commitment, challenge, bundle, workers, monkeypatch):
@@ -90,11 +101,10 @@ def test_workers_must_be_a_positive_integer(bad) -> None:
         Verifier(key=WORKER, workers=bad)
 
 
-def test_an_error_of_the_verifier_on_a_worker_thread_is_raised_and_stops_the_pool(answered, monkeypatch) -> None:
+def test_an_error_of_the_verifier_on_a_worker_thread_is_raised_and_stops_the_pool(tolerance_answered,
+                                                                                 monkeypatch) -> None:
     """The verifier's own errors (not the worker's evidence) pass: raised by check, the pool shut."""
-    key, commitment, challenge, bundle = answered
-    if commitment.spec.kernel != "mlp-sgd":
-        pytest.skip("an exact kernel's steps opened by their leaf values are recomputed on the caller's thread")
+    key, commitment, challenge, bundle = tolerance_answered
     kernel = kernel_for(commitment.spec)
     judge_many = type(kernel).judge_many
 
