@@ -14,8 +14,14 @@ pocv.prover.PROGRESS_EVERY) the same number of bare steps of the same job runs o
 own, inside the callback; the run's wall time less the callback's is the prover's, the
 callback's the bare steps', so both see the same stretch of the machine's speed. The digits
 job's states (0.3 MB) are below pocv.prover.BACKGROUND_MIN_BYTES: after its first 8 states the
-committer hands them to a forked commit process (Linux), which has finished the last state
-handed over (0.3 ms) long before a bare block (64 steps) ends, and waits idle meanwhile.
+committer hands them to a forked commit process (Linux), which reads each one from the
+prover's memory (the digits step is pure: DigitsCnn.pure_step) and has finished the last state
+handed over long before a bare block (64 steps) ends, and waits idle meanwhile.
+
+The verifier judges the challenged steps on ``cores // torch threads`` threads at once (2 with
+``--threads 1`` on 2 cores: Verifier(workers=None)); "verifier_over_worker" is the ratio of wall
+times, "verifier_over_worker_cpu" the ratio of CPU times (every thread, the prover's commit
+process included).
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import statistics
 import tempfile
@@ -43,6 +50,13 @@ from pocv.kernels.calibrate import calibrate
 from pocv.kernels.params import use_artifacts
 from pocv.kernels.training import make_record
 from pocv.prover import Prover
+
+
+def cpu() -> float:
+    """CPU seconds of this process (every thread) and of its children once reaped (the commit
+    process: the prover reaps it at the end of a run)."""
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return time.process_time() + children.ru_utime + children.ru_stime
 
 
 def main() -> None:
@@ -69,28 +83,28 @@ def main() -> None:
             loads.append(os.getloadavg()[0])
             with use_artifacts(store), deterministic(threads=args.threads):
                 state = k.init_state(spec)
-                c0, t0 = time.process_time(), time.perf_counter()
+                c0, t0 = cpu(), time.perf_counter()
                 for i in range(1, spec.steps + 1):
                     state = k.step(state, i, spec)
                 raws.append(time.perf_counter() - t0)
-                raw_cpu.append(time.process_time() - c0)
+                raw_cpu.append(cpu() - c0)
             if rep:  # the previous trace's disk space back before this run
                 shutil.rmtree(Path(tmp) / f"trace{rep - 1}")
             worker = Prover(trace_dir=Path(tmp) / f"trace{rep}", key=Keypair(), artifacts=store)
-            c0, t0 = time.process_time(), time.perf_counter()
+            c0, t0 = cpu(), time.perf_counter()
             commitment = worker.run(spec)
             runs.append(time.perf_counter() - t0)
-            run_cpu.append(time.process_time() - c0)
+            run_cpu.append(cpu() - c0)
             # one answer and one check right after each run: worker and verifier see the same load
             challenge = verifier.challenge(commitment, beacon=bytes(range(32)))
             t0 = time.perf_counter()
             response = worker.respond(challenge)
             responds.append(time.perf_counter() - t0)
             data = response.to_bytes()
-            c0, t0 = time.process_time(), time.perf_counter()
+            c0, t0 = cpu(), time.perf_counter()
             verdict = verifier.check(commitment, challenge, data)
             checks.append(time.perf_counter() - t0)
-            check_cpu.append(time.process_time() - c0)
+            check_cpu.append(cpu() - c0)
             if not verdict.passed:
                 raise SystemExit(f"an honest run failed its check: {verdict}")
         interleaved = []
@@ -124,7 +138,8 @@ def main() -> None:
             "overhead_interleaved": statistics.median(interleaved), "overhead_interleaved_per_run": interleaved,
             "run_s_steps_only": raw, "run_and_commit_s": run, "overhead": run / raw,
             # per repeat (bare and run alternate): the spread, the CPU time of every thread of this
-            # process (what the commitment costs in cores, whatever else the machine runs) and the
+            # process and of its commit process (what the commitment costs in cores, whatever else
+            # the machine runs) and the
             # 1-minute load average when each repeat began (the figures mean little above ~1.5 on
             # a 2-core machine)
             "overhead_per_repeat": [r / b for r, b in zip(runs, raws, strict=True)],
@@ -132,8 +147,8 @@ def main() -> None:
             "k": challenge.k, "k_over_n_plus_0_02": challenge.k / spec.steps + 0.02,
             "respond_s": respond, "verify_s": check, "verify_s_per_repeat": checks,
             "verifier_over_worker": check / run,
-            # CPU time of the check (every thread) against the run's: the same work on a machine
-            # with no idle core
+            # CPU time of the check (every thread: it recomputes steps on several at once) against
+            # the run's (its commit process included): the same work on a machine with no idle core
             "verify_cpu_s": min(check_cpu), "verifier_over_worker_cpu": min(check_cpu) / min(run_cpu),
             "bundle_bytes": len(data), "passed": verdict.passed,
         }, indent=2))
