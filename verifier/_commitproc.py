@@ -5,7 +5,11 @@ state it does not commit in line to a child forked from the prover. ``submit`` c
 state's canonical bytes into a slot of a shared-memory ring (its tensors' data only, once the
 slot holds a state of the same schema: 0.3 MB in 40-90 us) and sends the slot's number down a
 pipe; the child hashes the bytes, writes the checkpoint into its slot of the pack, and sends
-back the digest, which the parent appends to the leaves and the tree in order. The parent
+back the digest, which the parent appends to the leaves and the tree in order. For a pure step
+(``send(by_ref=True)``: nothing writes a state's tensors once handed over) the parent does not
+even copy the data: it sends each tensor's address, the child copies the data into the slot
+itself with ``process_vm_readv`` (on its own core), and the parent holds the tensors until their
+digest comes back, then checks that no tensor's version counter moved meanwhile. The parent
 reads the digests only when it needs a slot (once every :data:`RING_SLOTS` states or so: a
 system call right after a step costs 30-40 us here), and at the end. The parent keeps the
 leaves file and the tree; the child writes only checkpoint slots (a checkpoint may land before
@@ -99,7 +103,8 @@ class CommitProcess:
                  prepare: Callable[[], None]) -> None:
         self.slot_bytes = -(-slot_bytes // mmap.PAGESIZE) * mmap.PAGESIZE
         #: whether the child reads a state's tensors from this process's memory (``send(by_ref=)``):
-        #: found out by the child at its start (a kernel or a sandbox may forbid it: then copied)
+        #: found out by the child at its start (Yama's ptrace scope or a seccomp rule may forbid it:
+        #: then every state is copied)
         self.by_ref = False
         self._held: dict[int, _Held] = {}  # index -> the tensors the child reads, by reference
         probe = ctypes.create_string_buffer(os.urandom(16), 16)  # what the child reads back at its start
