@@ -123,6 +123,23 @@ class ToleranceKernel(Kernel):
         tensor alone computes only these. Must give the same arrays as :meth:`scales`."""
         return self.scales(expected, spec)
 
+    def _compare_equal(self, expected: State, spec: JobSpec) -> Comparison | None:
+        """:meth:`compare` of ``expected`` against a claimed state equal to it bit for bit, from
+        ``expected`` alone (see Kernel._compare_equal): the bound is asked for first, as compare
+        does (NotCalibrated without one), then every float tensor must be finite (in name order:
+        the first that is not is named, as compare names it). None for a kernel with its own
+        ``compare``."""
+        if type(self).compare is not ToleranceKernel.compare:
+            return None
+        floats = [name for name in sorted(expected) if dtype_name(expected[name]) in _FLOAT_DTYPES]
+        self.bound(spec)
+        for name in floats:
+            self.tau_for(name, spec)
+        for name in floats:
+            if not np.isfinite(as_numpy(expected[name])).all():
+                return Comparison(False, f"tensor {name!r} holds NaN or infinity")
+        return Comparison(True, worst_ratio=0.0)
+
     def compare(self, expected: State, claimed: State, spec: JobSpec) -> Comparison:
         """The bound, element by element, with the exact result of evaluating it in float64:
         a float tensor equal to the recomputed one element for element passes at once (each

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import logging
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal, final
 
@@ -168,12 +168,36 @@ class Kernel(ABC):
         an exception is also logged with its traceback (logger ``pocv.kernels.base``, ERROR),
         so a bug in a kernel stays visible instead of passing silently for a cheat.
         """
+        return self._judge(prev, claimed, i, spec, lambda: self.verify_step(prev, claimed, i, spec, device))
+
+    @final
+    def judge_recomputed(self, prev: State, claimed: State, expected: State, i: int, spec: JobSpec) -> Comparison:
+        """:meth:`judge` for a kernel whose :meth:`verify_step` is the default (recompute, then
+        :meth:`compare`), given ``expected``, the ``step(prev)`` the caller recomputed already:
+        the same schema checks, the same guarantees, ``compare(expected, claimed)`` in place of a
+        second recompute. The verifier's path after a recomputed ``s_i`` whose digest is not the
+        committed one (pocv.check)."""
+        if type(self).verify_step is not Kernel.verify_step:
+            raise TypeError(f"{type(self).__name__} has its own verify_step: judge the step with judge()")
+        return self._judge(prev, claimed, i, spec, lambda: self.compare(expected, claimed, spec))
+
+    def _compare_equal(self, expected: State, spec: JobSpec) -> Comparison | None:
+        """What :meth:`compare` gives ``expected`` against a claimed state equal to it bit for bit,
+        computed from ``expected`` alone; None where that cannot be said without the claimed state
+        (a kernel with its own ``compare``). Engine-internal: the verifier judges a recomputed
+        state that has the committed digest with it (pocv.check), so it must agree with
+        ``compare`` exactly (tests/kernels/test_compare_equal.py)."""
+        return Comparison(True) if type(self).compare is Kernel.compare else None
+
+    def _judge(self, prev: State, claimed: State, i: int, spec: JobSpec,
+               verify: Callable[[], Comparison]) -> Comparison:
+        """judge's body: the schema of both states, then ``verify()`` under judge's guarantees."""
         for which, st in ((i - 1, prev), (i, claimed)):
             why = self.check_schema(st, spec)
             if why is not None:
                 return Comparison(False, f"state {which}: {why}", bad_state=True)
         try:
-            result = self.verify_step(prev, claimed, i, spec, device)
+            result = verify()
         except EvidenceError as e:
             return Comparison(False, str(e), bad_state=True)
         except (MemoryError, SetupError):

@@ -9,6 +9,7 @@ import pytest
 from solders.keypair import Keypair
 
 from pocv import Verifier
+from pocv import check as check_module
 from pocv.errors import InputError, SetupError
 from pocv.jobs import JobSpec
 from pocv.kernels import kernel_for, resolve_spec
@@ -56,13 +57,13 @@ def _check(key, commitment, challenge, bundle, workers, monkeypatch):
     calls: list[tuple[int, int]] = []
     threads: set[str] = set()
     kernel = kernel_for(commitment.spec)
-    judge_many = type(kernel).judge_many
+    step = type(kernel).step
 
-    def recording(self, items, spec, device):
+    def recording(self, state, i, spec, device="cpu"):  # every judged step recomputes s_i
         threads.add(threading.current_thread().name)
-        return judge_many(self, items, spec, device)
+        return step(self, state, i, spec, device)
 
-    monkeypatch.setattr(type(kernel), "judge_many", recording)
+    monkeypatch.setattr(type(kernel), "step", recording)
     v = Verifier(key=key, workers=workers, progress=lambda done, total: calls.append((done, total)))
     v.book.issue(challenge)
     verdict = v.check(commitment, challenge, bundle)
@@ -79,11 +80,12 @@ def test_the_verdict_is_the_same_with_any_number_of_workers(answered, monkeypatc
         (o.index, o.reason, o.detail) for o in one.outcomes]
     n = len(challenge.indices)
     assert calls1 == calls3 == [(d, n) for d in range(1, n + 1)]  # in order, one a step
+    here = {threading.current_thread().name}
     if commitment.spec.kernel == "mlp-sgd":  # states opened whole: judged on the pool
-        assert threads1 == {threading.current_thread().name}
+        assert threads1 == here
         assert threads3 and all(t.startswith("pocv-check") for t in threads3)
     else:  # an exact kernel's chain of steps opened by their leaf values: here, one after another
-        assert threads1 == threads3 == set()
+        assert threads1 == threads3 == here
     assert not any(t.name.startswith("pocv-check") for t in threading.enumerate())  # and the pool is gone
 
 
@@ -106,16 +108,47 @@ def test_an_error_of_the_verifier_on_a_worker_thread_is_raised_and_stops_the_poo
     """The verifier's own errors (not the worker's evidence) pass: raised by check, the pool shut."""
     key, commitment, challenge, bundle = tolerance_answered
     kernel = kernel_for(commitment.spec)
-    judge_many = type(kernel).judge_many
+    step = type(kernel).step
 
-    def failing(self, items, spec, device):
-        if any(i == 9 for _, _, i in items):
+    def failing(self, state, i, spec, device="cpu"):
+        if i == 9:
             raise SetupError("the verifier's device went away at step 9")
-        return judge_many(self, items, spec, device)
+        return step(self, state, i, spec, device)
 
-    monkeypatch.setattr(type(kernel), "judge_many", failing)
+    monkeypatch.setattr(type(kernel), "step", failing)
     v = Verifier(key=key, workers=3)
     v.book.issue(challenge)
     with pytest.raises(SetupError, match="at step 9"):
         v.check(commitment, challenge, bundle)
     assert not any(t.name.startswith("pocv-check") for t in threading.enumerate())
+
+
+def test_a_step_judged_by_its_digest_has_the_verdict_of_the_full_judgment(answered, monkeypatch) -> None:
+    """An opened s_i whose digest is the verifier's own s_i's is judged without being decoded
+    (pocv.check._judge_by_digest); every other goes to judge, from the state already recomputed.
+    The outcomes are those of the full judgment of every step, and each step is recomputed once."""
+    key, commitment, challenge, bundle = answered
+    kernel = kernel_for(commitment.spec)
+    step = type(kernel).step
+    calls: list[int] = []
+
+    def counting(self, state, i, spec, device="cpu"):
+        calls.append(i)
+        return step(self, state, i, spec, device)
+
+    monkeypatch.setattr(type(kernel), "step", counting)
+    fast = Verifier(key=key, workers=1)
+    fast.book.issue(challenge)
+    by_digest = fast.check(commitment, challenge, bundle)
+    fast_calls = sorted(calls)
+    calls.clear()
+    monkeypatch.setattr(check_module, "_judge_by_digest", lambda *a: (None, None))  # every step: judge()
+    full = Verifier(key=key, workers=1)
+    full.book.issue(challenge)
+    judged = full.check(commitment, challenge, bundle)
+    assert [(o.index, o.reason, o.detail) for o in by_digest.outcomes] == [
+        (o.index, o.reason, o.detail) for o in judged.outcomes]
+    assert not by_digest.passed and {o.index for o in by_digest.failures} >= CHEATED
+    assert fast_calls == sorted(calls)  # one recompute a judged step, cheated ones too
+    if commitment.spec.kernel == "mlp-sgd":  # every step opened whole: each judged
+        assert fast_calls == list(challenge.indices)

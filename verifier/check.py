@@ -162,6 +162,30 @@ def _recompute_by_leaf(kernel: Kernel, prev: State, leaf: bytes, i: int, spec: J
                              f"{bytes(leaf).hex()[:16]}..."), None
 
 
+def _judge_by_digest(kernel: Kernel, prev: State, leaf: bytes, i: int, spec: JobSpec,
+                     device: str) -> tuple[Comparison | None, State | None]:
+    """A step whose ``s_i`` is opened whole, for a kernel whose ``verify_step`` is the default
+    (recompute, then compare): the verifier's own ``s_i`` is recomputed first, and when it has
+    the committed digest ``leaf`` (the digest of the opened bytes, which the multiproof proved),
+    the opened ``s_i`` is the verifier's own bit for bit, so the verdict is what ``compare``
+    gives a state against itself (``Kernel._compare_equal``), without decoding the opened state
+    or comparing it element by element. Returns (that verdict, None), or (None, the recomputed
+    ``s_i`` or None) where it is not decided here (another digest, a schema that fails, a
+    kernel that raised or cannot say): the caller judges the opened state then
+    (``Kernel.judge_recomputed`` with the recomputed state, else ``judge``)."""
+    if kernel.check_schema(prev, spec) is not None:
+        return None, None
+    try:
+        mine = kernel.step(prev, i, spec, device)
+        if state_digest(mine) != leaf or kernel.check_schema(mine, spec) is not None:
+            return None, mine
+        return kernel._compare_equal(mine, spec), None
+    except (MemoryError, SetupError):
+        raise
+    except Exception:  # judge() judges it again and says why: a state that breaks the kernel is a FAIL
+        return None, None
+
+
 #: how the detail of a step left unjudged begins: an exact kernel's step whose s_(i-1) is not opened
 #: whole and whose step i-1 did not pass (its outcome is MISSING; docs/protocol.md §9 (8))
 NOT_JUDGED = "not judged: "
@@ -410,21 +434,48 @@ class Verifier:
         # value, kept only for the next step j + 1 and only while it is challenged: one state held
         carried: tuple[int, bytes] | None = None
         workers = self._workers(kernel, len(groups))
+        # an opened s_i of a kernel that recomputes and compares is judged first by the digest of
+        # the verifier's own s_i (_judge_by_digest): the opened bytes are decoded only if needed
+        by_digest = not batched and type(kernel).verify_step is Kernel.verify_step
         # groups whose judgment runs on the pool, oldest first: (steps, indices judged, their
         # results); settled in order (outcomes, progress), at most `workers` in flight, so at most
         # that many groups' opened states are held at once
-        pending: collections.deque[tuple[int, list[int], Future[list[Comparison]] | None]] = collections.deque()
+        pending: collections.deque[tuple[int, list[int], Future[list[Outcome]] | None]] = collections.deque()
         done = 0
 
-        def judge(items: list[tuple[State, State, int]]) -> list[Comparison]:
-            with np.errstate(all="ignore"):  # a hostile NaN is judged, not printed
-                return kernel.judge_many(items, spec, self.device)
+        def outcome(i: int, r: Comparison) -> Outcome:
+            return Outcome(i, Reason.OK, r.detail) if r.ok else Outcome(
+                i, Reason.BAD_STATE if r.bad_state else Reason.MISMATCH, r.detail)
 
-        def settle(n: int, steps: list[int], results: list[Comparison]) -> None:
+        def judge(items: list[tuple[State, State | None, int]]) -> list[Outcome]:
+            """The outcomes of ``items``, in order; a claimed state None: judged by digest first."""
+            out: dict[int, Outcome] = {}
+            rest: list[tuple[State, State, int]] = []
+            with np.errstate(all="ignore"):  # a hostile NaN is judged, not printed
+                for prev, claimed, i in items:
+                    if claimed is None:
+                        r, mine = _judge_by_digest(kernel, prev, digests[i], i, spec, self.device)
+                        if r is not None:
+                            out[i] = outcome(i, r)
+                            continue
+                        try:
+                            claimed = decode_state(response.states[i])
+                        except EvidenceError as e:
+                            out[i] = Outcome(i, Reason.BAD_STATE, str(e))
+                            continue
+                        if mine is not None:  # recomputed already: compared, not recomputed again
+                            out[i] = outcome(i, kernel.judge_recomputed(prev, claimed, mine, i, spec))
+                            continue
+                    rest.append((prev, claimed, i))
+                results = kernel.judge_many(rest, spec, self.device) if rest else []
+            for (_, _, i), r in zip(rest, results, strict=True):
+                out[i] = outcome(i, r)
+            return [out[i] for _, _, i in items]
+
+        def settle(n: int, steps: list[int], results: list[Outcome]) -> None:
             nonlocal done
-            for i, r in zip(steps, results, strict=True):
-                outcomes[i] = Outcome(i, Reason.OK, r.detail) if r.ok else Outcome(
-                    i, Reason.BAD_STATE if r.bad_state else Reason.MISMATCH, r.detail)
+            for i, o in zip(steps, results, strict=True):
+                outcomes[i] = o
             done += n
             if self.progress is not None:
                 self.progress(done, len(indices))
@@ -436,7 +487,7 @@ class Verifier:
                     if workers > 1 else None)
             try:
                 for group in groups:
-                    items: list[tuple[State, State, int]] = []
+                    items: list[tuple[State, State | None, int]] = []
                     for i in group:
                         own = carried[1] if carried is not None and carried[0] == i - 1 else None
                         carried = None  # used by step i alone: never held past it
@@ -471,7 +522,7 @@ class Verifier:
                                 if r.ok and mine is not None:
                                     carried = (i, mine)
                                 continue
-                            items.append((prev, decode_state(response.states[i]), i))
+                            items.append((prev, None if by_digest else decode_state(response.states[i]), i))
                         except EvidenceError as e:
                             outcomes[i] = Outcome(i, Reason.BAD_STATE, str(e))
                     steps = [i for _, _, i in items]
