@@ -381,7 +381,7 @@ def _read_parent(readv: Any, parent: int, index: int, slot: int, refs: bytes) ->
     """In the child: copy each tensor of ``s_index`` from the parent's memory to its place in
     the slot at address ``slot`` (``refs``: (offset, parent's address, bytes) each)."""
     n = len(refs) // _REF.size
-    vals = struct.unpack(f"<{3 * n}Q", refs)
+    vals = _packer(3 * n).unpack(refs)
     local, remote = (_Iovec * n)(), (_Iovec * n)()
     total = 0
     for j in range(n):

@@ -517,8 +517,7 @@ class Verifier:
                                 with np.errstate(all="ignore"):
                                     r, mine = _recompute_by_leaf(kernel, prev, digests[i], i, spec, self.device,
                                                                  keep=keep)
-                                outcomes[i] = Outcome(i, Reason.OK, r.detail) if r.ok else Outcome(
-                                    i, Reason.BAD_STATE if r.bad_state else Reason.MISMATCH, r.detail)
+                                outcomes[i] = outcome(i, r)
                                 if r.ok and mine is not None:
                                     carried = (i, mine)
                                 continue

@@ -177,8 +177,8 @@ class _Layout:
     data (the first with the magic and count), ``tail`` those after the last data.
     """
 
-    __slots__ = ("digest_items", "header_leaf", "heads", "items", "names", "one", "ref_items", "single", "spans",
-                 "tail", "total", "view_caches")
+    __slots__ = ("digest_items", "header_leaf", "heads", "items", "names", "one", "single", "spans", "tail", "total",
+                 "view_caches")
 
     def __init__(self, state: State) -> None:
         pieces = list(_pieces(state))  # validates names, count, dims (raises as the slow path does)
@@ -230,15 +230,6 @@ class _Layout:
                 spans.append((pos, pos + n))
             pos += n
         self.spans = tuple(spans) if small else None
-        #: (name, dtype, shape, offset of its data, its bytes) of each tensor in canonical order, for
-        #: data_refs (bytes 0: an empty tensor); None where digest_items is
-        self.ref_items: tuple[tuple[str, object, tuple[int, ...], int, int], ...] | None = None
-        if small:
-            refs, where = [], iter(spans)
-            for name, dt, shape, views in digest_items:
-                a, b = next(where) if views is not None else (0, 0)
-                refs.append((name, dt, shape, a, b - a))
-            self.ref_items = tuple(refs)
         #: the tensors' names in canonical order
         self.names = tuple(name for name, *_ in items)
 
@@ -637,11 +628,12 @@ def digest_and_pieces(state: State) -> tuple[bytes, list[bytes | memoryview], in
     return digest, pieces, sum(len(p) if isinstance(p, bytes) else p.nbytes for p in pieces)
 
 
-def _data_ptrs(lay: _Layout, state: State) -> list[int] | None:
+def _data_ptrs(lay: _Layout, state: State, tensors: list[torch.Tensor] | None = None) -> list[int] | None:
     """The data pointers of ``state``'s non-empty tensors, in canonical order: None unless every
     tensor is a contiguous CPU torch tensor (not a lazily negated view) with memory of its own,
     or a C-contiguous numpy array, of the dtype and shape ``lay`` was made for. Each pointer is
-    read for its tensor's bytes of the layout while ``state`` holds the tensor."""
+    read for its tensor's bytes of the layout while ``state`` holds the tensor. With
+    ``tensors``, torch tensors only (numpy arrays refused), each appended to it in order."""
     out: list[int] = []
     for name, dt, shape, views in lay.digest_items or ():
         t = state[name]
@@ -653,7 +645,9 @@ def _data_ptrs(lay: _Layout, state: State) -> list[int] | None:
                 if not ptr:  # a tensor without memory of its own (torch's zero tensors)
                     return None
                 out.append(ptr)
-        elif type(t) is np.ndarray:
+            if tensors is not None:
+                tensors.append(t)
+        elif type(t) is np.ndarray and tensors is None:
             if t.dtype != dt or t.shape != shape or not t.flags.c_contiguous:
                 return None
             if views is not None:
@@ -679,25 +673,18 @@ def data_refs(state: State, filled: object) -> tuple[list[int], list[torch.Tenso
     until the copy is made, and whose version counters tell whether the data changed meanwhile);
     and their names. None unless ``filled`` is the layout token :func:`fill_encoding` returned for
     this state's schema and every tensor is a contiguous CPU torch tensor of its dtype and shape
-    with memory of its own (a numpy array has no version counter: it is copied the usual way).
-    One pass over the tensors: this runs between two steps (17 tensors: 25-45 us here)."""
+    with memory of its own (a numpy array has no version counter: it is copied the usual way):
+    the checks of :func:`_data_ptrs`."""
     lay = _LAYOUTS.get(tuple(state))
-    if lay is None or lay is not filled or lay.ref_items is None:
+    if lay is None or lay is not filled or lay.spans is None:
+        return None
+    tensors: list[torch.Tensor] = []
+    ptrs = _data_ptrs(lay, state, tensors)
+    if ptrs is None:
         return None
     flat: list[int] = []
-    tensors: list[torch.Tensor] = []
-    tensor = torch.Tensor
-    for name, dt, shape, off, n in lay.ref_items:
-        t = state[name]
-        if type(t) is not tensor or t.dtype is not dt or t.shape != shape or not t.is_cpu or not t.is_contiguous() \
-                or t.is_neg():
-            return None
-        if n:
-            ptr = t.data_ptr()
-            if not ptr:  # a tensor without memory of its own (torch's zero tensors)
-                return None
-            flat += (off, ptr, n)
-        tensors.append(t)
+    for (a, b), ptr in zip(lay.spans, ptrs, strict=True):
+        flat += (a, ptr, b - a)
     return flat, tensors, lay.names
 
 
